@@ -1,0 +1,34 @@
+"""jaxlr: linear regression from scratch, as a JIT-compiled functional trainer in JAX.
+
+The path of the lesson, one module each: `data` (key -> data -> batches),
+`model` (Params, net, square_loss), `optim` (sgd and the jitted step),
+`train` (fit: loop and fused engines), `solve` (closed form and metrics).
+"""
+
+from jaxlr.data import batches, permutation, synthetic_data
+from jaxlr.model import Params, init_params, net, square_loss
+from jaxlr.optim import TrainState, init_state, make_step, sgd
+from jaxlr.solve import mse, r2, solve
+from jaxlr.train import FitResult, fit, moving_average
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FitResult",
+    "Params",
+    "TrainState",
+    "batches",
+    "fit",
+    "init_params",
+    "init_state",
+    "make_step",
+    "moving_average",
+    "mse",
+    "net",
+    "permutation",
+    "r2",
+    "sgd",
+    "solve",
+    "square_loss",
+    "synthetic_data",
+]

@@ -1,0 +1,78 @@
+"""The model of the lesson: parameters, the linear network, and the squared loss."""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Params(NamedTuple):
+    """Weights and bias of a linear model, a pytree that `jax.grad` differentiates.
+
+    Attributes:
+        w: array of shape (d, k), one column of weights per output.
+        b: array of shape (k,), one intercept per output.
+    """
+
+    w: jax.Array
+    b: jax.Array
+
+
+def init_params(key, num_inputs, num_outputs=1, *, dtype=jnp.float32):
+    """Draws w and b from a standard normal, as the lesson does.
+
+    Args:
+        key: a PRNG key, e.g. ``jax.random.key(0)``.
+        num_inputs: d, the number of features.
+        num_outputs: k, the number of targets.
+        dtype: floating dtype of the parameters.
+
+    Returns:
+        Params with w of shape (d, k) and b of shape (k,).
+
+    Example:
+        >>> params = init_params(jax.random.key(0), 2)
+        >>> params.w.shape, params.b.shape
+        ((2, 1), (1,))
+    """
+    w_key, b_key = jax.random.split(key)
+    return Params(
+        w=jax.random.normal(w_key, (num_inputs, num_outputs), dtype),
+        b=jax.random.normal(b_key, (num_outputs,), dtype),
+    )
+
+
+def net(params, X):
+    """The linear network: one weighted sum per output plus its intercept.
+
+    Args:
+        params: Params with w of shape (d, k) and b of shape (k,).
+        X: array of shape (n, d).
+
+    Returns:
+        Predictions of shape (n, k).
+    """
+    # b[None, :] rather than implicit rank promotion: (n, k) + (k,) is legal
+    # numpy, but spelling it out keeps strict rank-promotion mode usable.
+    return X @ params.w + params.b[None, :]
+
+
+def square_loss(yhat, y):
+    """Mean of the squared errors over every example and output.
+
+    A mean, not half of one: the gradient is 2/n times the residuals.
+
+    Args:
+        yhat: predictions of shape (n, k).
+        y: targets of the same shape.
+
+    Returns:
+        A scalar.
+    """
+    if jnp.shape(yhat) != jnp.shape(y):
+        # (n, 1) against (n,) would broadcast to (n, n) and train on nonsense.
+        raise ValueError(
+            f"`yhat` shape {jnp.shape(yhat)} and `y` shape {jnp.shape(y)} differ; "
+            "reshape y to (n, k), e.g. y.reshape(-1, 1)."
+        )
+    return jnp.mean((yhat - y) ** 2)

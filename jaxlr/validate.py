@@ -1,0 +1,177 @@
+"""Checks on user input, run in plain Python before anything is traced.
+
+Every error names the argument and the value it got, so that a bad call fails
+at once, with a message that says what to change, and before any work is done.
+"""
+
+import math
+import numbers
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+def _describe(value):
+    """A short, safe description of a value for an error message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_int(name, value, *, low, high=None, high_name=None):
+    """Returns `value` as an int, refusing bools, floats and out-of-range values."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` (={_describe(value)}) must be an integer.")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        if high is None:
+            raise ValueError(f"`{name}` (={value}) must be at least {low}.")
+        bound = f"{high_name} (={high})" if high_name else str(high)
+        raise ValueError(f"`{name}` (={value}) must be between {low} and {bound}.")
+    return value
+
+
+def check_real(name, value, *, low, high=None, low_open=True):
+    """Returns `value` as a float inside (low, high] (or [low, high]), finite."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` (={_describe(value)}) must be a real number.")
+    value = float(value)
+    too_low = value <= low if low_open else value < low
+    if not math.isfinite(value) or too_low or (high is not None and value > high):
+        left = "(" if low_open else "["
+        right = f"{high}]" if high is not None else "inf)"
+        raise ValueError(f"`{name}` (={value}) must be a finite number in {left}{low}, {right}.")
+    return value
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"`{name}` (={_describe(value)}) must be one of {options}.")
+    return value
+
+
+def check_key(key, name="key"):
+    """Accepts a typed key (`jax.random.key`) or a raw uint32[2] key (`PRNGKey`)."""
+    dtype = getattr(key, "dtype", None)
+    shape = getattr(key, "shape", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) and shape == ():
+        return key
+    if dtype == np.uint32 and shape == (2,):
+        return jax.random.wrap_key_data(jnp.asarray(key))
+    raise TypeError(
+        f"`{name}` (={_describe(key)}) must be a single PRNG key, "
+        "e.g. jax.random.key(0); JAX has no global seed."
+    )
+
+
+def check_optimizer(optimizer):
+    if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(
+            f"`optimizer` (={_describe(optimizer)}) must be None (plain SGD) or an "
+            "optax.GradientTransformation such as optax.adam(1e-2)."
+        )
+    return optimizer
+
+
+def _float_dtype(dtype):
+    """The floating dtype training runs in: float64 only when x64 is on."""
+    return jax.dtypes.canonicalize_dtype(np.result_type(dtype, np.float32))
+
+
+def as_array(name, value):
+    """`value` as a NumPy or JAX array of real numbers; bool and int are cast."""
+    if not isinstance(value, (jax.Array, np.ndarray)):
+        try:
+            value = np.asarray(value)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"`{name}` could not be read as an array: {err}") from None
+    kind = np.dtype(value.dtype).kind
+    if kind not in "biuf":
+        raise TypeError(
+            f"`{name}` has dtype {value.dtype}; jaxlr trains on real numbers "
+            "(bool and int are cast to float)."
+        )
+    dtype = _float_dtype(value.dtype)
+    return value.astype(dtype) if value.dtype != dtype else value
+
+
+def _check_finite(X, y):
+    """Raises if X or y holds NaN or inf, naming how many rows and the first."""
+    for name, array in (("X", X), ("y", y)):
+        if _on_host(array):
+            array = np.asarray(array)  # a view, not a copy, for a CPU jax.Array
+            # One pass: a finite sum proves every entry finite; only a
+            # failing array pays for the row by row search.
+            if np.isfinite(array.sum()):
+                continue
+            count, first = _nonfinite_summary(np, array)
+        else:
+            count, first = np.asarray(_nonfinite_summary_jit(array))
+        if count:
+            raise ValueError(
+                f"`{name}` has NaN or inf in {count} row(s); the first is row {first}. "
+                "Drop or impute them before training."
+            )
+
+
+def _on_host(array):
+    if not isinstance(array, jax.Array):
+        return True
+    return array.is_fully_addressable and all(d.platform == "cpu" for d in array.devices())
+
+
+def _nonfinite_summary(xp, array):
+    """The number of rows of `array` holding NaN or inf, and the first of them."""
+    bad = ~xp.isfinite(array).all(axis=1)
+    return xp.stack([bad.sum(), xp.argmax(bad)])
+
+
+_nonfinite_summary_jit = jax.jit(partial(_nonfinite_summary, jnp))
+
+
+def training_arrays(X, y):
+    """Validates a design matrix and targets; returns X (n, d) and y (n, k).
+
+    A 1-D y is read as one output and becomes (n, 1). The floating dtype is
+    float32, or float64 when `jax_enable_x64` is on and the input is float64.
+    """
+    X = as_array("X", X)
+    if X.ndim != 2:
+        hint = " Use X.reshape(-1, 1) for a single feature." if X.ndim == 1 else ""
+        raise ValueError(f"`X` must be 2-D (examples, features), got shape {X.shape}.{hint}")
+    n, d = X.shape
+    if n == 0:
+        raise ValueError(f"`X` (shape {X.shape}) has no examples.")
+    if d == 0:
+        raise ValueError(f"`X` (shape {X.shape}) has no features.")
+    y = as_array("y", y)
+    if y.ndim == 1:
+        y = y.reshape(-1, 1)
+    if y.ndim != 2:
+        raise ValueError(f"`y` must be 1-D or 2-D (examples, outputs), got shape {y.shape}.")
+    if y.shape[0] != n:
+        raise ValueError(f"`y` has {y.shape[0]} rows but `X` has {n}; they must match.")
+    if y.shape[1] == 0:
+        raise ValueError(f"`y` (shape {y.shape}) has no outputs.")
+    if y.dtype != X.dtype:
+        y = y.astype(X.dtype)
+    _check_finite(X, y)
+    return X, y
+
+
+def check_params(params, num_inputs, num_outputs):
+    """Checks that `params` fits data with d inputs and k outputs."""
+    from jaxlr.model import Params
+
+    if not isinstance(params, Params):
+        raise TypeError(f"`params` (={_describe(params)}) must be jaxlr.Params(w, b).")
+    want_w, want_b = (num_inputs, num_outputs), (num_outputs,)
+    if jnp.shape(params.w) != want_w or jnp.shape(params.b) != want_b:
+        raise ValueError(
+            f"`params` has w {jnp.shape(params.w)} and b {jnp.shape(params.b)}, but the data "
+            f"needs w {want_w} and b {want_b}."
+        )
+    return params

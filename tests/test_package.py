@@ -1,0 +1,33 @@
+"""The package as a user meets it: importing it, and `python -m jaxlr`."""
+
+import os
+import re
+import subprocess
+import sys
+
+IMPORT_PROBE = """
+import os, jax
+flags = os.environ.get("XLA_FLAGS")
+import jaxlr
+assert os.environ.get("XLA_FLAGS") == flags, "XLA_FLAGS changed"
+assert not jax.config.jax_enable_x64, "x64 enabled"
+"""
+
+
+def test_import_is_silent_and_changes_no_global_setting():
+    done = subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "" and done.stderr == ""
+
+
+def test_python_m_jaxlr_runs_the_seed_job():
+    env = {**os.environ, "JAXLR_NO_CACHE": "1"}
+    done = subprocess.run([sys.executable, "-m", "jaxlr"], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    log = [line for line in lines if line.startswith("Epoch ")]
+    assert len(log) == 10
+    assert re.fullmatch(r"Epoch 1, batch 2499\. Moving avg of loss: \S+", log[-1])
+    learned = next(line for line in lines if line.startswith("learned w"))
+    w = [float(v) for v in re.search(r"\[([^\]]*)\]", learned).group(1).split()]
+    assert abs(w[0] - 2.0) < 0.01 and abs(w[1] + 3.4) < 0.01

@@ -1,0 +1,132 @@
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxlr
+
+SEED_LINE = re.compile(r"^Epoch (\d), batch (\d+)\. Moving avg of loss: (\S+)$")
+
+
+@pytest.fixture(scope="module")
+def seed_fits(seed_data):
+    X, y = seed_data
+    key = jax.random.key(42)
+    return {engine: jaxlr.fit(X, y, key=key, engine=engine) for engine in ("fused", "loop")}
+
+
+@pytest.mark.parametrize("engine", ["fused", "loop"])
+def test_the_seed_job_learns_the_truth(seed_fits, engine):
+    result = seed_fits[engine]
+    assert np.max(np.abs(np.asarray(result.params.w).ravel() - [2.0, -3.4])) < 0.01
+    assert abs(float(result.params.b[0]) - 4.2) < 0.01
+    # The moving loss settles at the noise variance, 0.01 ** 2 = 1e-4.
+    assert float(result.moving_losses[-1]) < 3e-4
+    assert result.losses.shape == result.moving_losses.shape == (5000,)
+
+
+def test_both_engines_give_the_same_run(seed_fits):
+    fused, loop = seed_fits["fused"], seed_fits["loop"]
+    np.testing.assert_allclose(fused.params.w, loop.params.w, atol=1e-5)
+    np.testing.assert_allclose(fused.params.b, loop.params.b, atol=1e-5)
+    np.testing.assert_allclose(fused.losses, loop.losses, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(fused.moving_losses, loop.moving_losses, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("n, batch_size, optimizer", [
+    (10_001, 4, None), (203, 10, None), (203, 203, None), (500, 7, "adam"),
+])  # fmt: skip
+def test_engines_agree_when_the_batch_size_does_not_divide_n(n, batch_size, optimizer):
+    X, y = jaxlr.synthetic_data(jax.random.key(1), num_examples=n)
+    make = {None: lambda: None, "adam": lambda: optax.adam(0.01)}[optimizer]
+    runs = [
+        jaxlr.fit(X, y, key=jax.random.key(2), epochs=3, batch_size=batch_size, optimizer=make(), engine=e)
+        for e in ("fused", "loop")
+    ]
+    assert runs[0].losses.shape == (3 * -(-n // batch_size),)
+    np.testing.assert_allclose(runs[0].params.w, runs[1].params.w, atol=1e-5)
+    np.testing.assert_allclose(runs[0].params.b, runs[1].params.b, atol=1e-5)
+
+
+def test_the_same_key_repeats_the_run_bit_for_bit(seed_data):
+    X, y = seed_data
+    first = jaxlr.fit(X[:2000], y[:2000], key=jax.random.key(7), batch_size=16)
+    second = jaxlr.fit(X[:2000], y[:2000], key=jax.random.key(7), batch_size=16)
+    np.testing.assert_array_equal(first.params.w, second.params.w)
+    np.testing.assert_array_equal(first.losses, second.losses)
+    other = jaxlr.fit(X[:2000], y[:2000], key=jax.random.key(8), batch_size=16)
+    assert not np.array_equal(first.losses, other.losses)
+
+
+def test_several_outputs_are_learned():
+    true_w = np.array([[1.0, -2.0, 0.5], [3.0, 0.0, -1.5]], np.float32)
+    true_b = np.array([0.1, -0.2, 0.3], np.float32)
+    X, y = jaxlr.synthetic_data(jax.random.key(3), num_examples=4000, true_w=true_w, true_b=true_b)
+    result = jaxlr.fit(X, y, key=jax.random.key(4), epochs=3, batch_size=8, lr=0.01)
+    assert result.params.w.shape == (2, 3)
+    np.testing.assert_allclose(result.params.w, true_w, atol=0.01)
+    np.testing.assert_allclose(result.params.b, true_b, atol=0.01)
+
+
+@pytest.mark.parametrize("engine", ["fused", "loop"])
+def test_verbose_prints_the_lessons_ten_lines(seed_data, engine, capsys):
+    X, y = seed_data
+    result = jaxlr.fit(X, y, key=jax.random.key(42), engine=engine, verbose=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 10
+    parsed = [SEED_LINE.match(line).groups() for line in lines]
+    expected = [(str(e), str(b)) for e in range(2) for b in (499, 999, 1499, 1999, 2499)]
+    assert [p[:2] for p in parsed] == expected
+    printed = [float(p[2]) for p in parsed]
+    steps = [2500 * int(e) + int(b) for e, b in expected]
+    np.testing.assert_allclose(printed, np.asarray(result.moving_losses)[steps], rtol=1e-6)
+    assert printed[0] > 1.0 and printed[-1] < 3e-4
+
+
+def test_quiet_by_default(seed_data, capsys):
+    X, y = seed_data
+    jaxlr.fit(X[:100], y[:100], key=jax.random.key(0))
+    assert capsys.readouterr().out == ""
+
+
+def test_moving_average_follows_the_lessons_recurrence():
+    losses = np.array([4.0, 2.0, 1.0, 0.5], np.float32)
+    expected, moving = [], None
+    for value in losses:
+        moving = value if moving is None else 0.9 * moving + 0.1 * value
+        expected.append(moving)
+    np.testing.assert_allclose(jaxlr.moving_average(losses, 0.1), expected, rtol=1e-6)
+    # Carrying the average on from earlier steps:
+    np.testing.assert_allclose(jaxlr.moving_average(losses[2:], 0.1, expected[1]), expected[2:], rtol=1e-6)
+
+
+def test_given_params_are_the_starting_point(seed_data):
+    X, y = seed_data
+    truth = jaxlr.Params(w=jnp.array([[2.0], [-3.4]]), b=jnp.array([4.2]))
+    result = jaxlr.fit(X[:400], y[:400], key=jax.random.key(0), params=truth, epochs=1)
+    # Starting at the truth, every batch loss is pure noise.
+    assert float(result.losses.max()) < 1e-3
+    untrained = jaxlr.fit(X[:400], y[:400], key=jax.random.key(0), params=truth, epochs=0)
+    np.testing.assert_array_equal(untrained.params.w, truth.w)
+    assert untrained.losses.shape == (0,)
+
+
+def test_epochs_resume_where_they_left_off(seed_data):
+    # Epoch e's order depends only on the key and e, so the second epoch of a
+    # two-epoch run equals a one-epoch run started from the first's params.
+    X, y = seed_data
+    key = jax.random.key(9)
+    whole = jaxlr.fit(X, y, key=key, epochs=2)
+    first = jaxlr.fit(X, y, key=key, epochs=1)
+    np.testing.assert_array_equal(whole.losses[:2500], first.losses)
+
+
+def test_device_places_data_and_params(seed_data):
+    X, y = seed_data
+    cpu = jax.devices("cpu")[0]
+    for device in (cpu, "cpu"):
+        result = jaxlr.fit(X[:100], y[:100], key=jax.random.key(0), device=device)
+        assert result.params.w.devices() == {cpu}
