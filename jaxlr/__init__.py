@@ -9,7 +9,7 @@ from jaxlr.data import batches, permutation, synthetic_data
 from jaxlr.model import Params, init_params, net, square_loss
 from jaxlr.optim import TrainState, init_state, make_step, sgd
 from jaxlr.solve import mse, r2, solve
-from jaxlr.train import FitResult, fit, moving_average
+from jaxlr.train import FitResult, TrainingDiverged, fit, moving_average
 
 __version__ = "0.1.0"
 
@@ -17,6 +17,7 @@ __all__ = [
     "FitResult",
     "Params",
     "TrainState",
+    "TrainingDiverged",
     "batches",
     "fit",
     "init_params",

@@ -1,5 +1,6 @@
 """`fit`: the training loop of the lesson, as a Python loop or as one compiled scan."""
 
+import functools
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -10,7 +11,7 @@ import numpy as np
 from jaxlr import validate
 from jaxlr.data import batches, permutation_from_words
 from jaxlr.model import Params, init_params, square_loss
-from jaxlr.optim import TrainState, init_state, make_step, update
+from jaxlr.optim import TrainState, init_state, update
 
 # The fused engine gathers the shuffled rows of this many bytes of batches at
 # a time, then scans over them: gathers stay large and cache friendly, while
@@ -19,7 +20,7 @@ _CHUNK_BYTES = 1 << 24
 
 
 class FitResult(NamedTuple):
-    """What `fit` returns.
+    """What `fit` returns (and what a `callback` sees after each epoch).
 
     Attributes:
         params: the learned Params.
@@ -32,6 +33,29 @@ class FitResult(NamedTuple):
     opt_state: Any
     losses: jax.Array
     moving_losses: jax.Array
+
+
+class TrainingDiverged(FloatingPointError):
+    """Training stopped because a loss or an update was no longer finite.
+
+    Attributes:
+        epoch, batch: where it happened (batch counts from 0 within the epoch).
+        last_finite_loss: the loss of the last good step (None if there was none).
+        params: the last finite parameters, from just before that step.
+        opt_state: the optimizer state that goes with them.
+    """
+
+    def __init__(self, epoch, batch, last_finite_loss, state, lr):
+        self.epoch, self.batch = epoch, batch
+        self.last_finite_loss = last_finite_loss
+        self.params, self.opt_state = state.params, state.opt_state
+        last = "none" if last_finite_loss is None else f"{last_finite_loss:.3g}"
+        rate = f"`lr` (={lr})" if lr is not None else "the optimizer's learning rate"
+        super().__init__(
+            f"training diverged at epoch {epoch}, batch {batch}: the loss or the parameters "
+            f"stopped being finite (last finite loss: {last}). Lower {rate}, or standardize "
+            "the features so that they share one scale."
+        )
 
 
 def fit(
@@ -49,6 +73,9 @@ def fit(
     smoothing=0.01,
     verbose=False,
     device=None,
+    opt_state=None,
+    initial_epoch=0,
+    callback=None,
 ):
     """Trains a linear model by mini-batch SGD (or an optax optimizer).
 
@@ -72,12 +99,24 @@ def fit(
         engine: "fused" or "loop".
         log_every: with `verbose`, print a line every this many batches.
         smoothing: weight of the newest loss in the moving average, in (0, 1].
-        verbose: print the lesson's progress lines.
+        verbose: print the lesson's progress lines (the fused engine prints
+            them when its program returns).
         device: a `jax.Device`, or a platform name such as "cpu" or "gpu",
             to hold the data and the parameters; None for JAX's default.
+        opt_state: the optimizer state to continue from, with `params`.
+        initial_epoch: index of the first epoch, to continue a run: with the
+            same key, the params and opt_state after epoch e-1, and
+            ``initial_epoch=e``, the result is that of one uninterrupted run.
+        callback: called as ``callback(epoch, result)`` after each epoch, with
+            a FitResult for that epoch; returning True stops training. The
+            fused engine then compiles one epoch at a time.
 
     Returns:
         FitResult.
+
+    Raises:
+        TrainingDiverged: a loss or an update stopped being finite; the error
+            carries the last finite params.
 
     Example:
         >>> X, y = synthetic_data(jax.random.key(0))
@@ -89,6 +128,7 @@ def fit(
     n, d = X.shape
     k = y.shape[1]
     epochs = validate.check_int("epochs", epochs, low=0)
+    initial_epoch = validate.check_int("initial_epoch", initial_epoch, low=0)
     batch_size = validate.check_int(
         "batch_size", batch_size, low=1, high=n, high_name="the number of examples"
     )
@@ -98,30 +138,50 @@ def fit(
     smoothing = validate.check_real("smoothing", smoothing, low=0.0, high=1.0)
     log_every = validate.check_int("log_every", log_every, low=1)
     engine = validate.check_choice("engine", engine, ("fused", "loop"))
+    if callback is not None and not callable(callback):
+        raise TypeError(f"`callback` (={callback!r}) must be a function (epoch, result) -> bool.")
     device = _as_device(device)
 
-    initial_params, epoch_words = _start(key, np.arange(epochs), num_inputs=d, num_outputs=k, dtype=X.dtype)
-    epoch_words = np.asarray(epoch_words)
+    epoch_ids = np.arange(initial_epoch, initial_epoch + epochs)
+    initial_params, epoch_words = _start(key, epoch_ids, num_inputs=d, num_outputs=k, dtype=X.dtype)
     if params is None:
         params = initial_params
     else:
         params = validate.check_params(params, d, k)
         params = Params(*(jnp.asarray(p, X.dtype) for p in params))
     state = init_state(params, optimizer)
+    if opt_state is not None:
+        if optimizer is None:
+            raise ValueError("`opt_state` was given without the `optimizer` it belongs to.")
+        state = state._replace(opt_state=opt_state)
     if device is not None:
         state = jax.device_put(state, device)
 
-    if engine == "loop":
-        run = _run_loop
-    else:
-        run = _run_fused
-        X, y = (jnp.asarray(a) if device is None else jax.device_put(a, device) for a in (X, y))
-    state, losses, moving = run(
-        state, X, y, epoch_words,
-        lr=lr, batch_size=batch_size, optimizer=optimizer,
-        smoothing=smoothing, log_every=log_every if verbose else None,
+    run = _Run(
+        lr=lr, batch_size=batch_size, optimizer=optimizer, smoothing=smoothing,
+        log_every=log_every if verbose else None, callback=callback,
+        steps_per_epoch=-(-n // batch_size),
     )  # fmt: skip
-    return FitResult(state.params, state.opt_state, losses, moving)
+    epochs_and_words = list(zip(epoch_ids.tolist(), np.asarray(epoch_words)))
+    if engine == "loop":
+        return _run_loop(state, X, y, epochs_and_words, run)
+    if device is not None:
+        X, y = jax.device_put((X, y), device)
+    elif not (isinstance(X, jax.Array) and isinstance(y, jax.Array)):
+        X, y = jnp.asarray(X), jnp.asarray(y)
+    return _run_fused(state, X, y, epochs_and_words, run)
+
+
+class _Run(NamedTuple):
+    """The settings both engines need, gathered once."""
+
+    lr: Any
+    batch_size: int
+    optimizer: Any
+    smoothing: float
+    log_every: Any
+    callback: Any
+    steps_per_epoch: int
 
 
 @partial(jax.jit, static_argnames=("num_inputs", "num_outputs", "dtype"))
@@ -189,57 +249,133 @@ def _print_log_line(epoch, batch, value):
     print(f"Epoch {epoch}, batch {batch}. Moving avg of loss: {value!s}")
 
 
+def _guarded_update(carry, X, y, *, lr, loss, optimizer, freeze=True):
+    """`update`, carrying a flag that turns False at the first non-finite loss.
+
+    carry is (state, ok). With `freeze`, the state then stays at the params
+    that step started from, and losses read NaN from there on. The host
+    learns of it at its next read, not every step. Checking the loss
+    suffices: it is quadratic in the params, so it overflows before they do.
+    """
+    state, ok = carry
+    new_state, value = update(state, X, y, lr, loss, optimizer)
+    good = ok & jnp.isfinite(value)
+    if freeze:
+        new_state = jax.tree.map(lambda new, old: jnp.where(good, new, old), new_state, state)
+        value = jnp.where(good, value, jnp.nan)
+    return (new_state, good), value
+
+
+def _check_diverged(losses, first_epoch, state, run):
+    """Raises TrainingDiverged if the host copy of `losses` holds a non-finite value."""
+    bad = ~np.isfinite(losses)
+    if not bad.any():
+        return
+    first = int(np.argmax(bad))
+    good = losses[:first]
+    last = float(good[-1]) if first else None
+    epoch, batch = divmod(first, run.steps_per_epoch)
+    raise TrainingDiverged(first_epoch + epoch, batch, last, state, run.lr)
+
+
+def _finish(state, loss_parts, moving_parts, dtype):
+    def join(parts):
+        if not parts:
+            return jnp.zeros(0, dtype)
+        return parts[0] if len(parts) == 1 else jnp.concatenate([jnp.asarray(p) for p in parts])
+
+    return FitResult(state.params, state.opt_state, join(loss_parts), join(moving_parts))
+
+
 # ------------------------------------------------------------------ loop engine
 
 
-def _run_loop(state, X, y, epoch_words, *, lr, batch_size, optimizer, smoothing, log_every):
-    step = make_step(lr, optimizer=optimizer)
+def _run_loop(state, X, y, epochs_and_words, run):
+    step = _jitted_guarded_update(run.lr, square_loss, run.optimizer)
     X, y = np.asarray(X), np.asarray(y)  # the generator slices host memory
-    losses, pending, moving_parts = [], [], []
+    carry = (state, np.bool_(True))
+    # The loop reads losses back only every `flush_every` steps: to print a
+    # line, to notice divergence, and to smooth them.
+    flush_every = run.log_every or 500
+    loss_parts, moving_parts, pending = [], [], []
+    moving_last = None
 
-    def flush():
-        # The one place the loop waits for the device: at a log line or the end.
+    def flush(epoch, last_batch):
+        nonlocal moving_last
         values = np.array([np.asarray(v) for v in pending], dtype=X.dtype)
-        initial = moving_parts[-1][-1] if moving_parts else None
-        moving_parts.append(np.asarray(moving_average(values, smoothing, initial)))
-        losses.append(values)
         pending.clear()
+        bad = ~np.isfinite(values)
+        if bad.any():
+            at = int(np.argmax(bad))
+            earlier = values[at - 1] if at else (loss_parts[-1][-1] if loss_parts else None)
+            last = None if earlier is None else float(earlier)
+            raise TrainingDiverged(epoch, last_batch + 1 - len(values) + at, last, carry[0], run.lr)
+        moving = np.asarray(moving_average(values, run.smoothing, moving_last))
+        moving_last = moving[-1]
+        loss_parts.append(values)
+        moving_parts.append(moving)
+        if run.log_every is not None and (last_batch + 1) % run.log_every == 0:
+            _print_log_line(epoch, last_batch, moving_last)
 
-    for epoch, words in enumerate(epoch_words):
+    for epoch, words in epochs_and_words:
         key = jax.random.wrap_key_data(words)
-        for i, (X_batch, y_batch) in enumerate(batches(X, y, batch_size, key=key)):
-            state, value = step(state, X_batch, y_batch)
+        parts_before = len(loss_parts)
+        for i, (X_batch, y_batch) in enumerate(batches(X, y, run.batch_size, key=key)):
+            carry, value = step(carry, X_batch, y_batch)
             pending.append(value)
-            if log_every is not None and (i + 1) % log_every == 0:
-                flush()
-                _print_log_line(epoch, i, moving_parts[-1][-1])
-    if pending:
-        flush()
-    return state, _concat(losses, X.dtype), _concat(moving_parts, X.dtype)
+            if (i + 1) % flush_every == 0:
+                flush(epoch, i)
+        if pending:
+            flush(epoch, run.steps_per_epoch - 1)
+        if run.callback is not None:
+            epoch_result = _finish(carry[0], loss_parts[parts_before:], moving_parts[parts_before:], X.dtype)
+            if run.callback(epoch, epoch_result):
+                break
+    return _finish(carry[0], loss_parts, moving_parts, X.dtype)
 
 
-def _concat(parts, dtype):
-    return jnp.asarray(np.concatenate(parts) if parts else np.zeros(0, dtype))
+@functools.lru_cache(maxsize=32)
+def _jitted_guarded_update(lr, loss, optimizer):
+    # Cached: repeated fits with the same settings reuse one compiled step.
+    return jax.jit(partial(_guarded_update, lr=lr, loss=loss, optimizer=optimizer))
 
 
 # ------------------------------------------------------------------ fused engine
 
 
-def _run_fused(state, X, y, epoch_words, *, lr, batch_size, optimizer, smoothing, log_every):
+def _run_fused(state, X, y, epochs_and_words, run):
     n = X.shape[0]
-    orders = _shuffled_orders(epoch_words, n)
-    state, losses, moving = _fused_epochs(
-        state, X, y, orders, lr, smoothing,
-        batch_size=batch_size, loss=square_loss, optimizer=optimizer,
-    )  # fmt: skip
-    if log_every is not None:
-        # One read once the program is done: the fused engine logs afterwards.
-        steps_per_epoch = -(-n // batch_size)
-        shown = np.asarray(moving).reshape(-1, steps_per_epoch)
-        for epoch in range(shown.shape[0]):
-            for i in range(log_every - 1, steps_per_epoch, log_every):
-                _print_log_line(epoch, i, shown[epoch, i])
-    return state, losses, moving
+    # Without a callback the whole run is one program; with one, one per epoch.
+    per_call = 1 if run.callback is not None else max(1, len(epochs_and_words))
+    loss_parts, moving_parts = [], []
+    # NaN stands for "no average yet": training starts it from its first loss.
+    moving_last = np.array(np.nan, X.dtype)
+    for start in range(0, len(epochs_and_words), per_call):
+        block = epochs_and_words[start : start + per_call]
+        orders = _shuffled_orders([words for _, words in block], n)
+        program = partial(
+            _fused_epochs, X=X, y=y, orders=orders, lr=run.lr, smoothing=run.smoothing,
+            moving_last=moving_last, batch_size=run.batch_size, loss=square_loss,
+            optimizer=run.optimizer,
+        )  # fmt: skip
+        (new_state, ok), losses, moving, moving_last = program(state)
+        if not bool(ok):  # one read per program, not per step
+            # Rare, so the fast program does not freeze the params at the
+            # first bad step; this replay does, to hand back the last finite ones.
+            (state, _), losses, _, _ = program(state, freeze=True)
+            _check_diverged(np.asarray(losses), block[0][0], state, run)
+        state = new_state
+        loss_parts.append(losses)
+        moving_parts.append(moving)
+        if run.log_every is not None:
+            shown = np.asarray(moving).reshape(len(block), run.steps_per_epoch)
+            for (epoch, _), row in zip(block, shown):
+                for i in range(run.log_every - 1, run.steps_per_epoch, run.log_every):
+                    _print_log_line(epoch, i, row[i])
+        if run.callback is not None:
+            if run.callback(block[0][0], FitResult(state.params, state.opt_state, losses, moving)):
+                break
+    return _finish(state, loss_parts, moving_parts, X.dtype)
 
 
 def _shuffled_orders(epoch_words, n):
@@ -250,44 +386,50 @@ def _shuffled_orders(epoch_words, n):
     return orders
 
 
-@partial(jax.jit, static_argnames=("batch_size", "loss", "optimizer"))
-def _fused_epochs(state, X, y, orders, lr, smoothing, *, batch_size, loss, optimizer):
-    """A whole run as one program: a scan over epochs, each a scan over batches.
+@partial(jax.jit, static_argnames=("batch_size", "loss", "optimizer", "freeze"))
+def _fused_epochs(
+    state, X, y, orders, lr, smoothing, moving_last, *, batch_size, loss, optimizer, freeze=False
+):
+    """Epochs of training as one program: a scan over epochs, each a scan over batches.
 
     Args:
         orders: int32 array of shape (epochs, n), each epoch's row order.
+        moving_last: the moving average so far; NaN before the first step.
 
     Returns:
-        The final state, and the losses and their moving average, each of
-        shape (epochs * steps_per_epoch,).
+        (state, ok) as `_guarded_update` leaves them; the losses and their
+        moving average, each of shape (epochs * steps_per_epoch,); and the
+        last moving average, to carry into the next call.
     """
     n, d = X.shape
     num_full, remainder = divmod(n, batch_size)
     row_bytes = (d + y.shape[1]) * X.dtype.itemsize
     per_chunk = max(1, min(num_full, _CHUNK_BYTES // (batch_size * row_bytes)))
     num_chunks, leftover = divmod(num_full, per_chunk)
-    step = partial(update, lr=lr, loss=loss, optimizer=optimizer)
+    step = partial(_guarded_update, lr=lr, loss=loss, optimizer=optimizer, freeze=freeze)
 
-    def train_on(state, rows):
+    def train_on(carry, rows):
         # rows: (m, batch_size) indices; one gather, then m steps on slices.
-        return jax.lax.scan(lambda s, batch: step(s, *batch), state, (X[rows], y[rows]))
+        return jax.lax.scan(lambda c, batch: step(c, *batch), carry, (X[rows], y[rows]))
 
-    def epoch(state, order):
+    def epoch(carry, order):
         full = order[: num_full * batch_size].reshape(num_full, batch_size)
         pieces = []
         if num_chunks:
             chunks = full[: num_chunks * per_chunk].reshape(num_chunks, per_chunk, batch_size)
-            state, chunk_losses = jax.lax.scan(train_on, state, chunks)
+            carry, chunk_losses = jax.lax.scan(train_on, carry, chunks)
             pieces.append(chunk_losses.reshape(-1))
         if leftover:
-            state, tail_losses = train_on(state, full[num_chunks * per_chunk :])
+            carry, tail_losses = train_on(carry, full[num_chunks * per_chunk :])
             pieces.append(tail_losses)
         if remainder:
             rows = order[num_full * batch_size :]
-            state, last_loss = step(state, X[rows], y[rows])
+            carry, last_loss = step(carry, X[rows], y[rows])
             pieces.append(last_loss[None])
-        return state, jnp.concatenate(pieces)
+        return carry, jnp.concatenate(pieces)
 
-    state, losses = jax.lax.scan(epoch, state, orders)
+    carry, losses = jax.lax.scan(epoch, (state, jnp.bool_(True)), orders)
     losses = losses.reshape(-1)
-    return state, losses, moving_average(losses, smoothing)
+    start = jnp.where(jnp.isnan(moving_last), losses[0], moving_last)
+    moving = _smooth(losses, smoothing, start)
+    return carry, losses, moving, moving[-1]

@@ -130,3 +130,59 @@ def test_device_places_data_and_params(seed_data):
     for device in (cpu, "cpu"):
         result = jaxlr.fit(X[:100], y[:100], key=jax.random.key(0), device=device)
         assert result.params.w.devices() == {cpu}
+
+
+@pytest.mark.parametrize("engine", ["fused", "loop"])
+def test_a_run_continues_exactly_from_any_epoch(seed_data, engine):
+    X, y = seed_data
+    X, y = X[:1001], y[:1001]
+    adam = optax.adam(0.01)
+    whole = jaxlr.fit(X, y, key=jax.random.key(3), epochs=3, optimizer=adam, engine=engine)
+    first = jaxlr.fit(X, y, key=jax.random.key(3), epochs=1, optimizer=adam, engine=engine)
+    rest = jaxlr.fit(
+        X, y, key=jax.random.key(3), epochs=2, optimizer=adam, engine=engine,
+        params=first.params, opt_state=first.opt_state, initial_epoch=1,
+    )  # fmt: skip
+    np.testing.assert_array_equal(rest.params.w, whole.params.w)
+    np.testing.assert_array_equal(rest.params.b, whole.params.b)
+    np.testing.assert_array_equal(np.concatenate([first.losses, rest.losses]), whole.losses)
+
+
+@pytest.mark.parametrize("engine", ["fused", "loop"])
+def test_a_callback_sees_each_epoch_and_can_stop(seed_data, engine):
+    X, y = seed_data
+    seen = []
+
+    def stop_after_two(epoch, result):
+        seen.append((epoch, result.losses.shape[0]))
+        return epoch == 1
+
+    stopped = jaxlr.fit(X[:400], y[:400], key=jax.random.key(0), epochs=5, batch_size=8, engine=engine, callback=stop_after_two)
+    assert seen == [(0, 50), (1, 50)]
+    assert stopped.losses.shape == (100,)
+    plain = jaxlr.fit(X[:400], y[:400], key=jax.random.key(0), epochs=2, batch_size=8, engine=engine)
+    np.testing.assert_allclose(stopped.params.w, plain.params.w, atol=1e-6)
+    np.testing.assert_allclose(stopped.moving_losses, plain.moving_losses, rtol=1e-6)
+
+
+@pytest.mark.parametrize("engine", ["fused", "loop"])
+def test_divergence_stops_training_and_keeps_the_last_finite_params(seed_data, engine):
+    X, y = seed_data
+    with pytest.raises(jaxlr.TrainingDiverged) as caught:
+        jaxlr.fit(X, y, key=jax.random.key(42), lr=10.0, engine=engine)
+    error = caught.value
+    assert error.epoch == 0 and error.batch > 0
+    assert np.isfinite(error.last_finite_loss)
+    assert np.all(np.isfinite(error.params.w)) and np.all(np.isfinite(error.params.b))
+    assert "lr` (=10.0)" in str(error) and "standardize" in str(error)
+
+
+def test_both_engines_stop_at_the_same_step(seed_data):
+    X, y = seed_data
+    errors = []
+    for engine in ("fused", "loop"):
+        with pytest.raises(jaxlr.TrainingDiverged) as caught:
+            jaxlr.fit(X, y, key=jax.random.key(42), lr=10.0, engine=engine)
+        errors.append(caught.value)
+    assert (errors[0].epoch, errors[0].batch) == (errors[1].epoch, errors[1].batch)
+    np.testing.assert_allclose(errors[0].params.w, errors[1].params.w, rtol=1e-5)
