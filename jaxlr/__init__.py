@@ -13,8 +13,20 @@ from jaxlr.train import FitResult, TrainingDiverged, fit, moving_average
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # The estimator imports scikit-learn, which jaxlr itself does not need:
+    # load it only when asked for.
+    if name == "LinearRegressor":
+        from jaxlr.estimator import LinearRegressor
+
+        return LinearRegressor
+    raise AttributeError(f"module 'jaxlr' has no attribute {name!r}")
+
+
 __all__ = [
     "FitResult",
+    "LinearRegressor",
     "Params",
     "TrainState",
     "TrainingDiverged",

@@ -1,47 +1,510 @@
-"""The `jaxlr` command: parse the arguments, call the library, print the results."""
+"""The `jaxlr` command: train, solve and predict on tables, from the shell.
+
+    jaxlr train                              the lesson's job on its synthetic data
+    jaxlr train --data t.csv --target price  SGD on a table, with --save, --plot, ...
+    jaxlr solve --data t.csv --target price  the closed-form fit
+    jaxlr predict --model m.npz --data new.csv --output preds.csv
+
+Errors a user can cause print one line, ``jaxlr: error: ...``, and exit with
+status 2, writing no file; a diverging run exits with status 1.
+"""
 
 import argparse
+import io
+import json
+import math
+import os
 import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
 
-from jaxlr.data import synthetic_data
-from jaxlr.train import fit
+from jaxlr.data import DataError, load_table, synthetic_data
+from jaxlr.persist import Model, ModelFileError, atomic_write, load_model, save_model
+from jaxlr.solve import solve
+from jaxlr.train import TrainingDiverged, fit
 
 SEED_TRUE_W = (2.0, -3.4)
 SEED_TRUE_B = 4.2
 
 
+class UsageError(Exception):
+    """Bad command-line arguments."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # argparse would print the usage and a second line; we print one.
+        raise UsageError(message)
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="jaxlr", description=__doc__)
-    sub = parser.add_subparsers(dest="command")
-    train = sub.add_parser("train", help="train on the lesson's synthetic data")
-    train.add_argument("--epochs", type=int, default=2)
-    train.add_argument("--lr", type=float, default=0.001)
-    train.add_argument("--batch-size", type=int, default=4)
-    train.add_argument("--seed", type=int, default=0)
+    """Runs the command line; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv = ["train", *argv]  # `jaxlr` alone runs the lesson's job
+    try:
+        args = _parser().parse_args(argv)
+        _check_destinations(args)
+        _configure_jax(args)
+        return args.command(args)
+    except TrainingDiverged as err:
+        print(f"jaxlr: error: {err}", file=sys.stderr)
+        return 1
+    except (UsageError, DataError, ModelFileError, ValueError, TypeError, OSError) as err:
+        print(f"jaxlr: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jaxlr: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(err):
+    text = str(err) or type(err).__name__
+    if isinstance(err, OSError) and err.filename is not None:
+        text = f"{err.strerror}: {err.filename!r}"
+    return " ".join(text.split())
+
+
+# ------------------------------------------------------------------ arguments
+
+
+def _typed(convert, check, what):
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+_count = _typed(int, lambda v: v >= 0, "a whole number >= 0")
+_positive_int = _typed(int, lambda v: v >= 1, "a whole number >= 1")
+_positive = _typed(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+_fraction = _typed(float, lambda v: 0 < v < 1, "a number strictly between 0 and 1")
+
+
+def _parser():
+    parser = _Parser(prog="jaxlr", description="Linear regression from scratch, in JAX.")
+    from jaxlr import __version__
+
+    parser.add_argument("--version", action="version", version=f"jaxlr {__version__}")
+    sub = parser.add_subparsers(title="commands", parser_class=_Parser)
+
+    data = _Parser(add_help=False)
+    data.add_argument("--data", metavar="FILE", help="a CSV with a header row, a .npy matrix, or a .npz with X and y")
+    data.add_argument("--target", metavar="COL", help="target column: a name, or a 0-based index")
+    data.add_argument("--features", metavar="COLS", help="comma-separated feature columns (default: every other numeric column)")
+    data.add_argument("--standardize", action="store_true", help="scale features to mean 0, sd 1 (statistics from the training split)")
+    data.add_argument("--val-fraction", type=_fraction, metavar="F", help="hold out this fraction of rows for validation")
+    data.add_argument("--seed", type=int, default=0, help="seed for the data split, initialisation and shuffling")
+    data.add_argument("--save", metavar="MODEL.npz", help="write the model file here")
+    common = _Parser(add_help=False)
+    common.add_argument("--x64", action="store_true", help="compute in float64")
+    common.add_argument("--quiet", action="store_true", help="no progress lines or bar")
+    common.add_argument("--json", action="store_true", help="print one JSON object with the results")
+    common.add_argument("--no-cache", action="store_true", help="do not use the persistent compilation cache")
+
+    train = sub.add_parser("train", parents=[data, common], help="train by SGD (the lesson's job without --data)")
+    train.add_argument("--epochs", type=_count, default=2)
+    train.add_argument("--lr", type=_positive, default=0.001, help="learning rate")
+    train.add_argument("--batch-size", type=_positive_int, default=4)
     train.add_argument("--engine", choices=("fused", "loop"), default="fused")
-    args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["train", *(argv or [])])
-    return _train_seed(args)
+    train.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), default="sgd")
+    train.add_argument("--early-stopping", type=_positive_int, metavar="N", help="stop after N epochs without validation improvement; keep the best")
+    train.add_argument("--plot", metavar="PNG", help="write the loss curve and predicted against actual here")
+    train.set_defaults(command=_train)
+
+    closed = sub.add_parser("solve", parents=[data, common], help="fit in closed form (least squares)")
+    closed.set_defaults(command=_solve)
+
+    predict = sub.add_parser("predict", parents=[common], help="apply a saved model to a table")
+    predict.add_argument("--model", required=True, metavar="MODEL.npz")
+    predict.add_argument("--data", required=True, metavar="FILE")
+    predict.add_argument("--target", metavar="COL", help="if the table has the target, also report the error")
+    predict.add_argument("--output", metavar="CSV", help="write predictions here (default: standard output)")
+    predict.set_defaults(command=_predict)
+    return parser
 
 
-def _train_seed(args):
-    data_key, fit_key = jax.random.split(jax.random.key(args.seed))
-    X, y = synthetic_data(data_key, true_w=SEED_TRUE_W, true_b=SEED_TRUE_B)
+def _configure_jax(args):
+    if args.x64:
+        jax.config.update("jax_enable_x64", True)
+    if args.no_cache or os.environ.get("JAXLR_NO_CACHE"):
+        return
+    # Compiled programs are kept between runs: a repeated command skips XLA.
+    cache = os.environ.get("JAXLR_CACHE_DIR") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    ) / "jaxlr" / "xla"
+    try:
+        Path(cache).mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return  # an unwritable cache only costs speed
+    jax.config.update("jax_compilation_cache_dir", str(cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+# ------------------------------------------------------------------ data
+
+
+class _Split:
+    """Training and validation rows, standardized with the training statistics."""
+
+    def __init__(self, table, args, key):
+        X, y = table.X, table.y
+        if y is None:
+            raise DataError("--target is required with --data.")
+        if X.shape[0] == 0:
+            raise DataError(f"{args.data} has no rows.")
+        self.rows = X.shape[0]
+        val_X = val_y = None
+        if args.val_fraction:
+            num_val = int(round(args.val_fraction * X.shape[0]))
+            if not 1 <= num_val < X.shape[0]:
+                raise DataError(
+                    f"--val-fraction {args.val_fraction} of {X.shape[0]} rows leaves an empty split."
+                )
+            from jaxlr.data import permutation
+
+            order = permutation(key, X.shape[0])
+            val_X, val_y = X[order[:num_val]], y[order[:num_val]]
+            X, y = X[order[num_val:]], y[order[num_val:]]
+        self.mean = np.zeros(X.shape[1])
+        self.scale = np.ones(X.shape[1])
+        if args.standardize:
+            self.mean = X.mean(axis=0)
+            spread = X.std(axis=0)
+            self.scale = np.where(spread > 0, spread, 1.0)  # a constant column stays as it is
+        self.X, self.y = self._scaled(X), y
+        self.val_X = None if val_X is None else self._scaled(val_X)
+        self.val_y = val_y
+
+    def _scaled(self, X):
+        return (X - self.mean) / self.scale
+
+
+def _load(args):
+    """The training table: from --data, or the lesson's synthetic data."""
+    features = None if args.features is None else [f.strip() for f in args.features.split(",") if f.strip()]
+    if args.data is None:
+        if args.target is not None or features is not None:
+            raise UsageError("--target and --features need --data.")
+        key = jax.random.fold_in(jax.random.key(args.seed), 0)
+        X, y = synthetic_data(key, true_w=SEED_TRUE_W, true_b=SEED_TRUE_B)
+        from jaxlr.data import Table
+
+        return Table(np.asarray(X, np.float64), np.asarray(y, np.float64), ("x0", "x1"), "y"), True
+    if args.target is None:
+        raise UsageError("--data needs --target (a column name or 0-based index).")
+    return load_table(args.data, target=args.target, features=features), False
+
+
+def _keys(args):
+    key = jax.random.key(args.seed)
+    # fold_in 0 is the synthetic data's; 1 and 2 split and train.
+    return jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
+
+
+# ------------------------------------------------------------------ commands
+
+
+def _train(args):
+    import optax
+
+    if args.early_stopping and not args.val_fraction:
+        raise UsageError("--early-stopping needs --val-fraction to measure improvement.")
+    table, is_seed_job = _load(args)
+    split_key, fit_key = _keys(args)
+    split = _Split(table, args, split_key)
+    optimizer = {
+        "sgd": None,
+        "momentum": optax.sgd(args.lr, momentum=0.9),
+        "adam": optax.adam(args.lr),
+    }[args.optimizer]
+    plot_ready = _check_plotting(args.plot)
+    show_lines = not (args.quiet or args.json)
+    callbacks = []
+    stopper = None
+    if args.early_stopping:
+        stopper = _EarlyStopping(args.early_stopping, split.val_X, split.val_y)
+        callbacks.append(stopper)
+    bar = _progress_bar(args.epochs, enabled=not args.quiet)
+    if bar is not None:
+
+        def advance(epoch, result):
+            bar.update(1)
+            return False
+
+        callbacks.append(advance)
+
     start = time.perf_counter()
-    result = fit(
-        X, y, key=fit_key, epochs=args.epochs, lr=args.lr,
-        batch_size=args.batch_size, engine=args.engine, verbose=True,
-    )  # fmt: skip
-    jax.block_until_ready(result)
+    try:
+        result = fit(
+            split.X, split.y, key=fit_key, epochs=args.epochs, lr=args.lr,
+            batch_size=args.batch_size, optimizer=optimizer, engine=args.engine,
+            verbose=show_lines, callback=_all_of(callbacks),
+        )  # fmt: skip
+        jax.block_until_ready(result)
+    finally:
+        if bar is not None:
+            bar.close()
     elapsed = time.perf_counter() - start
-    w, b = np.asarray(result.params.w).ravel(), np.asarray(result.params.b)
-    print(f"learned w = {np.array2string(w, precision=4)}   true w = {list(SEED_TRUE_W)}")
-    print(f"learned b = {np.array2string(b, precision=4)}   true b = [{SEED_TRUE_B}]")
-    print(f"final moving loss = {float(result.moving_losses[-1]):.3g} (noise variance 1e-4)")
-    print(f"elapsed = {elapsed:.2f} s (compilation included)")
+    params = result.params if stopper is None or stopper.best is None else stopper.best_params
+    model = Model(
+        params=jax.tree.map(np.asarray, params),
+        x_mean=split.mean,
+        x_scale=split.scale,
+        feature_names=table.feature_names,
+        target_names=(table.target_name,),
+        settings={
+            "command": "train", "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+            "optimizer": args.optimizer, "engine": args.engine, "seed": args.seed,
+            "standardize": args.standardize, "val_fraction": args.val_fraction,
+            "early_stopping": args.early_stopping, "x64": args.x64,
+        },
+    )  # fmt: skip
+    report = _report(model, split, args, elapsed)
+    moving = np.asarray(result.moving_losses)
+    report["final_moving_loss"] = float(moving[-1]) if moving.size else None
+    report["epochs_run"] = int(result.losses.shape[0] // max(1, -(-split.X.shape[0] // args.batch_size)))
+    if stopper is not None:
+        report["best_epoch"] = stopper.best_epoch
+    if is_seed_job:
+        report["true_w"], report["true_b"] = list(SEED_TRUE_W), [SEED_TRUE_B]
+    plot = plot_ready(result, model, split) if args.plot else None
+    _write_outputs(args, model, plot)
+    _print_report(report, args)
     return 0
+
+
+def _solve(args):
+    table, is_seed_job = _load(args)
+    split_key, _ = _keys(args)
+    split = _Split(table, args, split_key)
+    start = time.perf_counter()
+    params = solve(split.X, split.y)
+    jax.block_until_ready(params)
+    elapsed = time.perf_counter() - start
+    model = Model(
+        params=jax.tree.map(np.asarray, params),
+        x_mean=split.mean,
+        x_scale=split.scale,
+        feature_names=table.feature_names,
+        target_names=(table.target_name,),
+        settings={"command": "solve", "seed": args.seed, "standardize": args.standardize,
+                  "val_fraction": args.val_fraction, "x64": args.x64},
+    )  # fmt: skip
+    report = _report(model, split, args, elapsed)
+    if is_seed_job:
+        report["true_w"], report["true_b"] = list(SEED_TRUE_W), [SEED_TRUE_B]
+    _write_outputs(args, model, None)
+    _print_report(report, args)
+    return 0
+
+
+def _predict(args):
+    model = load_model(args.model)
+    path = Path(args.data)
+    table = load_table(path, target=args.target)
+    X = _match_features(table, model, path)
+    predictions = model.predict(X)
+    lines = [",".join(model.target_names)]
+    lines += [",".join(repr(float(v)) for v in row) for row in predictions]
+    text = "\n".join(lines) + "\n"
+    report = {"command": "predict", "rows": int(X.shape[0]), "output": args.output}
+    if table.y is not None:
+        report.update(_metrics(predictions, table.y))
+    if args.output:
+        atomic_write(args.output, lambda file: file.write(text.encode()))
+        _print_report(report, args)
+    elif args.json:
+        report["predictions"] = predictions.tolist()
+        _print_report(report, args)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _match_features(table, model, path):
+    """The table's features in the model's order; refuses any difference."""
+    d = len(model.feature_names)
+    if path.suffix.lower() in (".npy", ".npz"):
+        if table.X.shape[1] != d:
+            raise DataError(f"{path.name} has {table.X.shape[1]} feature columns; the model needs {d}.")
+        return table.X
+    have, need = list(table.feature_names), list(model.feature_names)
+    missing = [name for name in need if name not in have]
+    extra = [name for name in have if name not in need]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"lacks the model's feature column(s) {', '.join(map(repr, missing))}")
+        if extra:
+            parts.append(f"has column(s) the model was not trained on: {', '.join(map(repr, extra))}")
+        raise DataError(f"{path.name} does not match the model: it {'; and it '.join(parts)}.")
+    return table.X[:, [have.index(name) for name in need]]
+
+
+# ------------------------------------------------------------------ helpers
+
+
+class _EarlyStopping:
+    """A fit callback: stop after `patience` epochs without a better validation MSE."""
+
+    def __init__(self, patience, X_val, y_val):
+        self.patience, self.X_val, self.y_val = patience, X_val, y_val
+        self.best, self.best_params, self.best_epoch, self.waited = None, None, None, 0
+
+    def __call__(self, epoch, result):
+        w, b = (np.asarray(p, np.float64) for p in result.params)
+        error = float(np.mean((self.X_val @ w + b - self.y_val) ** 2))
+        if self.best is None or error < self.best:
+            self.best, self.best_params, self.best_epoch, self.waited = error, result.params, epoch, 0
+            return False
+        self.waited += 1
+        return self.waited >= self.patience
+
+
+def _all_of(callbacks):
+    if not callbacks:
+        return None
+
+    def callback(epoch, result):
+        # Every callback runs; any one of them may stop training.
+        return any([cb(epoch, result) for cb in callbacks])
+
+    return callback
+
+
+def _progress_bar(total, *, enabled):
+    """A tqdm bar on stderr, shown only on a terminal and after a second."""
+    if not enabled or not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the `progress` extra is not installed
+        return None
+    return tqdm(total=total, unit="epoch", file=sys.stderr, delay=1.0, leave=False)
+
+
+def _metrics(predictions, y, prefix=""):
+    residual = ((predictions - y) ** 2).sum(axis=0)
+    total = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
+    r2 = np.where(total > 0, 1 - residual / np.where(total > 0, total, 1), 0.0)
+    return {f"{prefix}mse": float(np.mean((predictions - y) ** 2)), f"{prefix}r2": float(np.mean(r2))}
+
+
+def _report(model, split, args, elapsed):
+    w, b = model.coefficients()
+    report = {
+        "command": model.settings["command"],
+        "rows": split.rows,
+        "features": list(model.feature_names),
+        "target": model.target_names[0],
+        "w": w[:, 0].tolist(),
+        "b": float(b[0]),
+        "elapsed_s": round(elapsed, 4),
+        "model": args.save,
+    }
+    raw_X = split.X * split.scale + split.mean
+    report.update(_metrics(model.predict(raw_X), split.y, "train_"))
+    if split.val_X is not None:
+        raw_val = split.val_X * split.scale + split.mean
+        report.update(_metrics(model.predict(raw_val), split.val_y, "val_"))
+    return report
+
+
+def _print_report(report, args):
+    if args.json:
+        print(json.dumps(report))
+        return
+    if "w" in report:
+        w = np.array(report["w"])
+        line = f"learned w = {np.array2string(w, precision=4)}"
+        print(line + (f"   true w = {report['true_w']}" if "true_w" in report else ""))
+        line = f"learned b = {report['b']:.4f}"
+        print(line + (f"   true b = {report['true_b'][0]}" if "true_b" in report else ""))
+    if report.get("final_moving_loss") is not None:
+        print(f"final moving loss = {report['final_moving_loss']:.3g}")
+    for split in ("train", "val"):
+        if f"{split}_mse" in report:
+            name = "training" if split == "train" else "validation"
+            print(f"{name} MSE = {report[f'{split}_mse']:.4g}, R^2 = {report[f'{split}_r2']:.4f}")
+    if "mse" in report:
+        print(f"MSE = {report['mse']:.4g}, R^2 = {report['r2']:.4f}")
+    if "best_epoch" in report:
+        print(f"early stopping: {report['epochs_run']} epochs run, best epoch {report['best_epoch']}")
+    if "elapsed_s" in report:
+        print(f"elapsed = {report['elapsed_s']:.2f} s (compilation included)")
+    if report.get("model"):
+        print(f"model saved to {report['model']}")
+    if report.get("output"):
+        print(f"{report['rows']} predictions written to {report['output']}")
+
+
+def _check_plotting(path):
+    """Fails before training, not after it, when a plot cannot be made."""
+    if path is None:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: F401
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install 'jaxlr[plot]'.") from None
+    return _plot
+
+
+def _plot(result, model, split):
+    """The loss curve and predicted against actual, as PNG bytes."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    steps = np.arange(1, result.losses.shape[0] + 1)
+    left.semilogy(steps, np.asarray(result.losses), lw=0.3, alpha=0.4, label="batch loss")
+    left.semilogy(steps, np.asarray(result.moving_losses), lw=1.5, label="moving average")
+    left.set_xlabel("step")
+    left.set_ylabel("squared error")
+    left.legend()
+    X, y, title = (split.val_X, split.val_y, "validation") if split.val_X is not None else (split.X, split.y, "training")
+    predicted = model.predict(X * split.scale + split.mean)[:, 0]
+    right.scatter(y[:, 0], predicted, s=3, alpha=0.4)
+    low, high = float(min(y.min(), predicted.min())), float(max(y.max(), predicted.max()))
+    right.plot([low, high], [low, high], "k--", lw=1)
+    right.set_xlabel(f"actual {model.target_names[0]}")
+    right.set_ylabel("predicted")
+    right.set_title(f"{title} rows")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _check_destinations(args):
+    """Refuses an output path whose directory is missing, before any work is done."""
+    for option in ("save", "plot", "output"):
+        path = getattr(args, option, None)
+        if path is None:
+            continue
+        if Path(path).is_dir():
+            raise UsageError(f"--{option} {path!r} is a directory, not a file name.")
+        parent = Path(path).parent
+        if not parent.is_dir():
+            raise UsageError(f"--{option} {path!r}: directory {str(parent)!r} does not exist.")
+
+
+def _write_outputs(args, model, plot):
+    """Writes the files last, each atomically: an error before here writes nothing."""
+    if args.save:
+        save_model(args.save, model)
+    if plot is not None:
+        atomic_write(args.plot, lambda file: file.write(plot))

@@ -1,6 +1,10 @@
-"""Data for the lesson: the synthetic problem, the shuffle, and the batching generator."""
+"""Data: the synthetic problem, the shuffle, the batching generator, and tables from files."""
 
+import csv
+import zipfile
 from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -125,3 +129,177 @@ def _iterate(X, y, batch_size, order):
             X_block, y_block = X[rows], y[rows]
         for offset in range(0, X_block.shape[0], batch_size):
             yield X_block[offset : offset + batch_size], y_block[offset : offset + batch_size]
+
+
+# ------------------------------------------------------------------ tables
+
+
+class DataError(ValueError):
+    """A data file that cannot be read as a table of numbers."""
+
+
+class Table(NamedTuple):
+    """Columns read from a file.
+
+    Attributes:
+        X: float64 array of shape (n, d).
+        y: float64 array of shape (n, 1), or None when no target was asked for.
+        feature_names: the d column names, in the order of X's columns.
+        target_name: the target column's name, or None.
+    """
+
+    X: np.ndarray
+    y: Any
+    feature_names: tuple
+    target_name: Any
+
+
+def load_table(path, *, target=None, features=None):
+    """Reads a CSV file with a header row, a `.npy` matrix, or a `.npz` with X and y.
+
+    In a CSV, `target` is a column name or a 0-based index; the features are
+    the columns named in `features`, or else every numeric column but the
+    target. A column counts as numeric when its first row is a number; any
+    later cell of a numeric column that is not one is an error, with its line
+    and column. A `.npy` matrix is read the same way, with columns named by
+    their index; a `.npz` holds arrays X and y (and optionally feature_names).
+
+    Args:
+        path: the file.
+        target: the target column, or None to read features only.
+        features: a list of feature columns (names or indices), or None.
+
+    Returns:
+        Table.
+
+    Raises:
+        DataError: the file is missing, empty, ragged, or not numeric where it must be.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"`data` file {str(path)!r} does not exist.")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return _load_npz(path, target, features)
+    if suffix == ".npy":
+        matrix = _load_npy(path)
+        names = [str(j) for j in range(matrix.shape[1])]
+        return _select(path, names, lambda j: matrix[:, j], target, features, numeric=[True] * len(names))
+    header, rows = _read_csv(path)
+    first = rows[0]
+    numeric = [_is_number(cell) for cell in first]
+
+    def column(j):
+        values = np.empty(len(rows))
+        for i, row in enumerate(rows):
+            try:
+                values[i] = float(row[j])
+            except ValueError:
+                what = "is empty" if not row[j].strip() else f"holds {row[j]!r}, not a number"
+                # Line numbers count the header as line 1.
+                raise DataError(f"{path.name}: line {i + 2}, column {header[j]!r} {what}.") from None
+        return values
+
+    return _select(path, header, column, target, features, numeric)
+
+
+def _is_number(cell):
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_csv(path):
+    try:
+        with open(path, newline="", encoding="utf-8") as file:
+            lines = [row for row in csv.reader(file) if any(cell.strip() for cell in row)]
+    except UnicodeDecodeError:
+        raise DataError(f"{path.name} is not a text CSV file (use .npy or .npz for binary data).") from None
+    except csv.Error as err:
+        raise DataError(f"{path.name} could not be parsed as CSV: {err}") from None
+    if not lines:
+        raise DataError(f"{path.name} is empty.")
+    header = [name.strip() for name in lines[0]]
+    duplicates = sorted({name for name in header if header.count(name) > 1})
+    if duplicates:
+        raise DataError(f"{path.name} has duplicate column names: {', '.join(map(repr, duplicates))}.")
+    if len(lines) == 1:
+        raise DataError(f"{path.name} has a header row but no data rows.")
+    for number, row in enumerate(lines[1:], start=2):
+        if len(row) != len(header):
+            raise DataError(
+                f"{path.name}: line {number} has {len(row)} fields but the header has {len(header)}."
+            )
+    return header, lines[1:]
+
+
+def _column_index(path, names, wanted, role):
+    """The index of a column given by name or by 0-based index."""
+    wanted = str(wanted).strip()
+    if wanted in names:
+        return names.index(wanted)
+    if wanted.lstrip("-").isdigit():
+        index = int(wanted)
+        if 0 <= index < len(names):
+            return index
+        raise DataError(f"{role} column index {index} is out of range: {path.name} has {len(names)} columns.")
+    raise DataError(f"{role} column {wanted!r} is not in {path.name}; its columns are: {', '.join(names)}.")
+
+
+def _select(path, names, column, target, features, numeric):
+    target_index = None if target is None else _column_index(path, names, target, "target")
+    if features is not None:
+        chosen = [_column_index(path, names, name, "feature") for name in features]
+        if target_index in chosen:
+            raise DataError(f"column {names[target_index]!r} cannot be both the target and a feature.")
+    else:
+        chosen = [j for j in range(len(names)) if numeric[j] and j != target_index]
+    if not chosen:
+        raise DataError(f"{path.name} has no numeric feature columns.")
+    X = np.column_stack([column(j) for j in chosen])
+    y = None if target_index is None else column(target_index)[:, None]
+    return Table(
+        X=X,
+        y=y,
+        feature_names=tuple(names[j] for j in chosen),
+        target_name=None if target_index is None else names[target_index],
+    )
+
+
+def _load_npy(path):
+    try:
+        matrix = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise DataError(f"{path.name} is not a readable .npy array: {err}") from None
+    if matrix.ndim != 2 or matrix.shape[0] == 0:
+        raise DataError(f"{path.name} must hold a 2-D array with at least one row, got shape {matrix.shape}.")
+    if matrix.dtype.kind not in "biuf":
+        raise DataError(f"{path.name} holds {matrix.dtype} values, not numbers.")
+    return matrix
+
+
+def _load_npz(path, target, features):
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path.name} is not a readable .npz archive: {err}") from None
+    if "X" not in arrays:
+        raise DataError(f"{path.name} must hold an array named X (and y to train); it holds {sorted(arrays)}.")
+    X = arrays["X"]
+    if X.ndim != 2 or X.dtype.kind not in "biuf":
+        raise DataError(f"X in {path.name} must be a 2-D numeric array, got {X.dtype} of shape {X.shape}.")
+    names = [str(v) for v in arrays.get("feature_names", [f"x{j}" for j in range(X.shape[1])])]
+    y = None
+    if target is not None:
+        if "y" not in arrays:
+            raise DataError(f"{path.name} holds no array named y to train on.")
+        y = np.asarray(arrays["y"])
+        y = y.reshape(-1, 1) if y.ndim == 1 else y
+    if features is not None:
+        chosen = [_column_index(path, names, name, "feature") for name in features]
+        X, names = X[:, chosen], [names[j] for j in chosen]
+    return Table(X=np.asarray(X, np.float64), y=None if y is None else np.asarray(y, np.float64),
+                 feature_names=tuple(names), target_name=None if y is None else "y")

@@ -112,7 +112,7 @@ def _check_finite(X, y):
             count, first = np.asarray(_nonfinite_summary_jit(array))
         if count:
             raise ValueError(
-                f"`{name}` has NaN or inf in {count} row(s); the first is row {first}. "
+                f"`{name}` has NaN or inf in {count} row(s); the first is row {first} (counting from 0). "
                 "Drop or impute them before training."
             )
 

@@ -1,0 +1,211 @@
+"""The `jaxlr` command, end to end, in subprocesses."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jaxlr
+from jaxlr.persist import load_model
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    # One compilation cache for the module's runs, never the user's own.
+    return tmp_path_factory.mktemp("xla-cache")
+
+
+def run_cli(*args, cwd, cache_dir, timeout=300):
+    env = {**os.environ, "JAXLR_CACHE_DIR": str(cache_dir)}
+    return subprocess.run(
+        [sys.executable, "-m", "jaxlr", *map(str, args)],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
+    )  # fmt: skip
+
+
+def write_table(path, n=400, seed=0, header="id,a,b,c,label,price"):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3)) * [1.0, 10.0, 100.0] + [0.0, 5.0, -50.0]
+    y = X @ [1.5, -0.2, 0.03] + 7.0 + 0.1 * rng.normal(size=n)
+    lines = [header] + [f"{i},{x[0]},{x[1]},{x[2]},row{i},{t}" for i, (x, t) in enumerate(zip(X, y))]
+    path.write_text("\n".join(lines) + "\n")
+    return X, y
+
+
+def test_the_seed_job_prints_the_lessons_lines_and_the_result(tmp_path, cache_dir):
+    done = run_cli("train", cwd=tmp_path, cache_dir=cache_dir)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    log = [line for line in lines if line.startswith("Epoch ")]
+    assert [re.match(r"Epoch (\d), batch (\d+)\. Moving avg of loss: [\d.e+-]+$", l).groups() for l in log] == [
+        (str(e), str(b)) for e in (0, 1) for b in (499, 999, 1499, 1999, 2499)
+    ]
+    assert any(line.startswith("learned w = [") and "true w = [2.0, -3.4]" in line for line in lines)
+    assert any(line.startswith("learned b = ") and "true b = 4.2" in line for line in lines)
+    assert any(line.startswith("final moving loss = ") for line in lines)
+    assert any(line.startswith("elapsed = ") for line in lines)
+
+
+def test_train_save_predict_round_trip_matches_the_api(tmp_path, cache_dir):
+    write_table(tmp_path / "table.csv")
+    done = run_cli(
+        "train", "--data", "table.csv", "--target", "price", "--features", "a,b,c", "--standardize",
+        "--val-fraction", "0.25", "--epochs", "20", "--batch-size", "16", "--lr", "0.01",
+        "--save", "model.npz", "--quiet", cwd=tmp_path, cache_dir=cache_dir,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "validation MSE" in done.stdout and "Epoch" not in done.stdout
+    model = load_model(tmp_path / "model.npz")
+    assert model.feature_names == ("a", "b", "c") and model.target_names == ("price",)
+
+    # The prediction table: columns in another order, no target, a text column.
+    rng = np.random.default_rng(5)
+    X_new = rng.normal(size=(7, 3))
+    rows = [f"{c},{a},{b},x" for a, b, c in X_new]
+    (tmp_path / "new.csv").write_text("c,a,b,note\n" + "\n".join(rows) + "\n")
+    done = run_cli("predict", "--model", "model.npz", "--data", "new.csv", "--output", "preds.csv",
+                   cwd=tmp_path, cache_dir=cache_dir)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    predicted = np.loadtxt(tmp_path / "preds.csv", delimiter=",", skiprows=1)
+    # The same model through the API: standardize, then the network.
+    standardized = (X_new - model.x_mean) / model.x_scale
+    expected = np.asarray(jaxlr.net(jaxlr.Params(*model.params), standardized.astype(np.float32)))[:, 0]
+    np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-5)
+    # And the fit itself is good: close to the closed form on the same data.
+    w, b = model.coefficients()
+    np.testing.assert_allclose(w[:, 0], [1.5, -0.2, 0.03], rtol=0.05, atol=0.01)
+
+
+def test_solve_reports_json_and_saves(tmp_path, cache_dir):
+    X, y = write_table(tmp_path / "table.csv")
+    done = run_cli("solve", "--data", "table.csv", "--target", "5", "--features", "a,b,c", "--json",
+                   "--save", "exact.npz", cwd=tmp_path, cache_dir=cache_dir)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    design = np.hstack([X, np.ones((len(X), 1))])
+    coef = np.linalg.lstsq(design, y, rcond=None)[0]
+    np.testing.assert_allclose(report["w"], coef[:3], rtol=1e-3, atol=1e-4)
+    assert report["target"] == "price" and report["model"] == "exact.npz"
+    assert (tmp_path / "exact.npz").is_file()
+
+
+def test_train_json_with_early_stopping_and_a_plot(tmp_path, cache_dir):
+    write_table(tmp_path / "table.csv")
+    done = run_cli(
+        "train", "--data", "table.csv", "--target", "price", "--features", "a,b,c", "--standardize",
+        "--val-fraction", "0.2", "--epochs", "200", "--batch-size", "32", "--lr", "0.05",
+        "--optimizer", "momentum", "--early-stopping", "3", "--plot", "loss.png", "--json",
+        cwd=tmp_path, cache_dir=cache_dir,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)  # the whole of stdout is one JSON object
+    assert report["epochs_run"] < 200 and 0 <= report["best_epoch"] < report["epochs_run"]
+    assert report["val_r2"] > 0.99
+    import matplotlib.pyplot as plt
+
+    image = plt.imread(tmp_path / "loss.png")
+    assert image.ndim == 3 and image.shape[0] > 100
+
+
+def test_npz_and_npy_tables(tmp_path, cache_dir):
+    X, y = write_table(tmp_path / "unused.csv")
+    np.savez(tmp_path / "data.npz", X=X, y=y)
+    np.save(tmp_path / "matrix.npy", np.column_stack([X, y]))
+    done = run_cli("solve", "--data", "data.npz", "--target", "y", "--json", cwd=tmp_path, cache_dir=cache_dir)
+    assert done.returncode == 0, done.stderr
+    from_npz = json.loads(done.stdout)["w"]
+    done = run_cli("solve", "--data", "matrix.npy", "--target", "3", "--json", "--save", "m.npz",
+                   cwd=tmp_path, cache_dir=cache_dir)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_allclose(json.loads(done.stdout)["w"], from_npz, rtol=1e-6)
+    np.save(tmp_path / "new.npy", X[:4])
+    done = run_cli("predict", "--model", "m.npz", "--data", "new.npy", cwd=tmp_path, cache_dir=cache_dir)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "3" and len(done.stdout.splitlines()) == 5
+
+
+def test_divergence_is_one_line_and_exit_status_1(tmp_path, cache_dir):
+    done = run_cli("train", "--lr", "10", "--save", "model.npz", cwd=tmp_path, cache_dir=cache_dir)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("jaxlr: error: training diverged at epoch 0")
+    assert not (tmp_path / "model.npz").exists()
+
+
+GOOD = ["--data", "table.csv", "--target", "price", "--features", "a,b,c"]
+ERRORS = {
+    "missing data file": (["train", "--data", "nope.csv", "--target", "price"], "does not exist"),
+    "no target": (["train", "--data", "table.csv"], "needs --target"),
+    "unknown target": (["train", "--data", "table.csv", "--target", "cost"], "'cost' is not in table.csv"),
+    "target index out of range": (["train", "--data", "table.csv", "--target", "9"], "out of range"),
+    "non-numeric cell": (["train", "--data", "bad_cell.csv", "--target", "price"], "line 4, column 'b' holds 'oops'"),
+    "empty cell": (["train", "--data", "empty_cell.csv", "--target", "price"], "line 3, column 'price' is empty"),
+    "empty file": (["train", "--data", "empty.csv", "--target", "price"], "is empty"),
+    "header only": (["train", "--data", "header.csv", "--target", "price"], "no data rows"),
+    "ragged rows": (["train", "--data", "ragged.csv", "--target", "price"], "line 3 has 2 fields"),
+    "duplicate columns": (["train", "--data", "dupes.csv", "--target", "price"], "duplicate column names: 'a'"),
+    "nan in data": (["train", "--data", "nan.csv", "--target", "price"], "NaN or inf in 1 row(s); the first is row 1 (counting from 0)"),
+    "negative lr": (["train", *GOOD, "--lr", "-1"], "--lr: must be a finite number > 0"),
+    "zero batch": (["train", *GOOD, "--batch-size", "0"], "--batch-size: must be a whole number >= 1"),
+    "batch too large": (["train", *GOOD, "--batch-size", "5000"], "`batch_size` (=5000) must be between 1 and"),
+    "fractional epochs": (["train", *GOOD, "--epochs", "1.5"], "--epochs: must be a whole number >= 0"),
+    "bad fraction": (["train", *GOOD, "--val-fraction", "1.5"], "strictly between 0 and 1"),
+    "bad engine": (["train", *GOOD, "--engine", "turbo"], "invalid choice: 'turbo'"),
+    "early stopping alone": (["train", *GOOD, "--early-stopping", "2"], "needs --val-fraction"),
+    "missing save directory": (["train", *GOOD, "--save", "no/such/dir/m.npz"], "does not exist"),
+    "missing model": (["predict", "--model", "none.npz", "--data", "table.csv"], "model file 'none.npz' does not exist"),
+    "model not an npz": (["predict", "--model", "table.csv", "--data", "table.csv"], "not a readable jaxlr model file"),
+    "truncated model": (["predict", "--model", "truncated.npz", "--data", "table.csv"], "not a readable jaxlr model file"),
+    "old model format": (["predict", "--model", "old.npz", "--data", "table.csv"], "format version 0"),
+    "wrong features": (["predict", "--model", "model.npz", "--data", "other.csv"], "lacks the model's feature column(s) 'c'"),
+    "unknown option": (["train", "--colour", "red"], "unrecognized arguments: --colour red"),
+}
+
+
+@pytest.fixture(scope="module")
+def error_dir(tmp_path_factory, cache_dir):
+    d = tmp_path_factory.mktemp("errors")
+    write_table(d / "table.csv")
+    (d / "bad_cell.csv").write_text("a,b,price\n1,2,3\n4,5,6\n7,oops,9\n")
+    (d / "empty_cell.csv").write_text("a,b,price\n1,2,3\n4,5,\n")
+    (d / "empty.csv").write_text("")
+    (d / "header.csv").write_text("a,b,price\n")
+    (d / "ragged.csv").write_text("a,b,price\n1,2,3\n4,5\n")
+    (d / "dupes.csv").write_text("a,a,price\n1,2,3\n")
+    (d / "nan.csv").write_text("a,b,price\n1,2,3\n4,nan,6\n")
+    (d / "other.csv").write_text("a,b,d\n1,2,3\n")
+    done = run_cli("solve", *GOOD, "--save", "model.npz", cwd=d, cache_dir=cache_dir)
+    assert done.returncode == 0, done.stderr
+    data = (d / "model.npz").read_bytes()
+    (d / "truncated.npz").write_bytes(data[: len(data) // 2])
+    with np.load(d / "model.npz") as archive:
+        fields = dict(archive)
+    np.savez(d / "old.npz", **{**fields, "format_version": np.array(0)})
+    return d
+
+
+@pytest.mark.parametrize("case", sorted(ERRORS))
+def test_user_errors_print_one_line_exit_2_and_write_nothing(case, error_dir, cache_dir):
+    args, message = ERRORS[case]
+    before = sorted(p.name for p in error_dir.iterdir())
+    outputs = ["--save", "out.npz"] if args[0] in ("train", "solve") and "--save" not in args else []
+    if args[0] == "predict":
+        outputs = ["--output", "out.csv"]
+    done = run_cli(*args, *outputs, cwd=error_dir, cache_dir=cache_dir)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.startswith("jaxlr: error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in error_dir.iterdir()) == before
+
+
+def test_the_console_script_is_installed():
+    script = Path(sys.executable).parent / "jaxlr"
+    if not script.exists():
+        pytest.skip("jaxlr is not installed as a package here")
+    done = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("jaxlr ")
