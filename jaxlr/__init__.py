@@ -9,7 +9,7 @@ from jaxlr.data import batches, permutation, synthetic_data
 from jaxlr.model import Params, init_params, net, square_loss
 from jaxlr.optim import TrainState, init_state, make_step, sgd
 from jaxlr.solve import mse, r2, solve
-from jaxlr.train import FitResult, TrainingDiverged, fit, moving_average
+from jaxlr.train import FitResult, SweepResult, TrainingDiverged, fit, moving_average, sweep
 
 __version__ = "0.1.0"
 
@@ -43,5 +43,7 @@ __all__ = [
     "sgd",
     "solve",
     "square_loss",
+    "sweep",
+    "SweepResult",
     "synthetic_data",
 ]

@@ -13,10 +13,11 @@ from jaxlr.data import batches, permutation_from_words
 from jaxlr.model import Params, init_params, square_loss
 from jaxlr.optim import TrainState, init_state, update
 
-# The fused engine gathers the shuffled rows of this many bytes of batches at
-# a time, then scans over them: gathers stay large and cache friendly, while
-# memory beyond the data itself stays bounded whatever n is.
-_CHUNK_BYTES = 1 << 24
+# The fused engine gathers the shuffled rows of up to this many bytes of
+# batches at once, then scans over them: XLA pays a fixed cost per gather, so
+# small batches are gathered many at a time, while a chunk that stays in cache
+# keeps large batches streaming and memory bounded whatever n is.
+_CHUNK_BYTES = 1 << 18
 
 
 class FitResult(NamedTuple):
@@ -170,6 +171,85 @@ def fit(
     elif not (isinstance(X, jax.Array) and isinstance(y, jax.Array)):
         X, y = jnp.asarray(X), jnp.asarray(y)
     return _run_fused(state, X, y, epochs_and_words, run)
+
+
+class SweepResult(NamedTuple):
+    """What `sweep` returns: one leading axis of size m, one entry per learning rate.
+
+    Attributes:
+        lrs: array of shape (m,).
+        params: Params with w of shape (m, d, k) and b of shape (m, k).
+        losses: array of shape (m, steps).
+        moving_losses: array of shape (m, steps).
+        diverged: bool array of shape (m,): True where a loss stopped being finite
+            (that run's params and later losses are then not finite either).
+    """
+
+    lrs: jax.Array
+    params: Params
+    losses: jax.Array
+    moving_losses: jax.Array
+    diverged: jax.Array
+
+
+def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01, device=None):
+    """Trains one model per learning rate, all at once, as one compiled program.
+
+    The runs share the key, so they see the same initial params and the same
+    batches in the same order; `jax.vmap` turns the m parameter updates of a
+    step into one batched computation over the gathered batch. Run i equals
+    ``fit(X, y, key=key, lr=lrs[i], ...)`` with the fused engine. Plain SGD
+    only: an optax optimizer fixes its learning rate when it is built.
+
+    Args:
+        X, y, key, epochs, batch_size, params, smoothing, device: as for `fit`.
+        lrs: 1-D sequence of m learning rates, each finite and > 0.
+
+    Returns:
+        SweepResult. A run that diverges does not stop the others: see `diverged`.
+
+    Example:
+        >>> lrs = jnp.logspace(-4, -1, 64)
+        >>> result = sweep(X, y, key=jax.random.key(0), lrs=lrs)
+        >>> best = jnp.argmin(result.moving_losses[:, -1])
+    """
+    key = validate.check_key(key)
+    X, y = validate.training_arrays(X, y)
+    n, d = X.shape
+    k = y.shape[1]
+    epochs = validate.check_int("epochs", epochs, low=1)
+    batch_size = validate.check_int(
+        "batch_size", batch_size, low=1, high=n, high_name="the number of examples"
+    )
+    smoothing = validate.check_real("smoothing", smoothing, low=0.0, high=1.0)
+    rates = np.asarray(lrs, dtype=np.float64)
+    if rates.ndim != 1 or rates.size == 0:
+        raise ValueError(f"`lrs` must be a non-empty 1-D sequence, got shape {rates.shape}.")
+    if not (np.all(np.isfinite(rates)) and np.all(rates > 0)):
+        raise ValueError(f"`lrs` must all be finite and > 0; got {rates[~(np.isfinite(rates) & (rates > 0))][:3]}.")
+    device = _as_device(device)
+    initial_params, epoch_words = _start(key, np.arange(epochs), num_inputs=d, num_outputs=k, dtype=X.dtype)
+    if params is None:
+        params = initial_params
+    else:
+        params = Params(*(jnp.asarray(p, X.dtype) for p in validate.check_params(params, d, k)))
+    orders = _shuffled_orders(np.asarray(epoch_words), n)
+    arrays = (X, y, init_state(params), rates.astype(X.dtype))
+    X, y, state, rates = jax.device_put(arrays, device) if device is not None else arrays
+    (final, ok), losses, moving = _sweep_program(state, X, y, orders, rates, smoothing, batch_size=batch_size)
+    return SweepResult(rates, final.params, losses, moving, ~ok)
+
+
+@partial(jax.jit, static_argnames=("batch_size",))
+def _sweep_program(state, X, y, orders, lrs, smoothing, *, batch_size):
+    def one(lr):
+        carry, losses, moving, _ = _fused_epochs(
+            state, X, y, orders, lr, smoothing, jnp.full((), jnp.nan, X.dtype),
+            batch_size=batch_size, loss=square_loss, optimizer=None,
+        )  # fmt: skip
+        return carry, losses, moving
+
+    return jax.vmap(one)(lrs)
 
 
 class _Run(NamedTuple):
@@ -410,6 +490,9 @@ def _fused_epochs(
 
     def train_on(carry, rows):
         # rows: (m, batch_size) indices; one gather, then m steps on slices.
+        if rows.shape[0] == 1:  # a batch fills the chunk: gather it in the step
+            carry, value = step(carry, X[rows[0]], y[rows[0]])
+            return carry, value[None]
         return jax.lax.scan(lambda c, batch: step(c, *batch), carry, (X[rows], y[rows]))
 
     def epoch(carry, order):

@@ -1,0 +1,66 @@
+"""python -m benchmarks {seed,scale,sweep,cold,all} [--size tiny] [--device gpu] [--json FILE]"""
+
+import argparse
+import datetime
+import json
+import sys
+
+from benchmarks import cold, harness, scale, seed, sweep
+
+SIZES = {
+    # case: (full size, tiny size used by the tests)
+    "seed": ({"num_examples": 10_000}, {"num_examples": 200}),
+    "scale": ({"num_examples": 2_000_000, "num_features": 100, "batch_size": 1024},
+              {"num_examples": 4096, "num_features": 8, "batch_size": 64}),  # fmt: skip
+    "sweep": ({"num_examples": 10_000, "num_rates": 64}, {"num_examples": 200, "num_rates": 4}),
+    "cold": ({}, {}),
+}
+GPU_SCALE = {"num_examples": 20_000_000, "num_features": 100, "batch_size": 4096}
+REFERENCE = {
+    "seed": "scikit-learn SGDRegressor",
+    "scale": "sequential pass (no shuffle)",
+    "sweep": "one jaxlr fused fit",
+    "cold": 'python -c "import jax"',
+}
+MODULES = {"seed": seed, "scale": scale, "sweep": sweep, "cold": cold}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("case", choices=[*MODULES, "all"])
+    parser.add_argument("--size", choices=("full", "tiny"), default="full")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions after a warm-up (median reported)")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="gpu: the scale case on a CUDA device, larger")
+    parser.add_argument("--json", default="benchmarks/results.json", help="where to write the results")
+    args = parser.parse_args(argv)
+
+    cases = list(MODULES) if args.case == "all" else [args.case]
+    if args.device == "gpu":
+        cases = ["scale"]
+    payload = {"machine": harness.machine(), "command": "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv),
+               "date": datetime.date.today().isoformat(), "cases": {}}  # fmt: skip
+    for case in cases:
+        size = SIZES[case][args.size == "tiny"]
+        options = dict(size)
+        if case == "scale":
+            options["device"] = args.device
+            if args.device == "gpu" and args.size == "full":
+                options.update(GPU_SCALE)
+        if case != "cold":
+            options["repeats"] = args.repeats
+        else:
+            options["repeats"] = min(args.repeats, 3)
+        rows = MODULES[case].run(**options)
+        checks = MODULES[case].targets(rows)
+        print(f"\n## {case}  ({', '.join(f'{k}={v}' for k, v in size.items()) or 'fresh processes'})\n")
+        print(harness.markdown(rows, REFERENCE[case]))
+        print()
+        for check, value in checks.items():
+            print(f"- {check}: {value:.3g}" if isinstance(value, float) else f"- {check}: {value}")
+        payload["cases"][case] = {"rows": rows, "targets": checks}
+    harness.write_json(args.json, payload)
+    print(f"\nmachine: {json.dumps(payload['machine'])}\nresults: {args.json}")
+
+
+if __name__ == "__main__":
+    main()

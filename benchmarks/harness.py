@@ -1,0 +1,113 @@
+"""Timing, result rows and tables shared by the benchmark cases."""
+
+import dataclasses
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import time
+
+import jax
+
+
+@dataclasses.dataclass
+class Row:
+    """One measured (or skipped) contender of a case."""
+
+    case: str
+    name: str
+    seconds: float | None = None  # median steady-state time
+    compile_seconds: float | None = None  # first call minus the median
+    metrics: dict = dataclasses.field(default_factory=dict)
+    skipped: str | None = None  # why it was not measured
+
+
+def measure(fn, *, repeats):
+    """Runs `fn` once to warm up, then `repeats` times; JAX results are waited for.
+
+    Returns (median seconds, first-call seconds, the last result).
+    """
+    start = time.perf_counter()
+    result = jax.block_until_ready(fn())
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), first, result
+
+
+def timed_row(case, name, fn, *, repeats, metrics=None):
+    median, first, result = measure(fn, repeats=repeats)
+    row = Row(case, name, median, max(0.0, first - median))
+    if metrics is not None:
+        row.metrics.update(metrics(result))
+    return row
+
+
+def available(module):
+    return importlib.util.find_spec(module) is not None
+
+
+def machine():
+    """What the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    devices = jax.devices()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "device": f"{devices[0].platform}: {devices[0].device_kind}",
+    }
+
+
+def markdown(rows, reference=None):
+    """A markdown table; `reference` names the row the ratios are taken against."""
+    ref = next((r.seconds for r in rows if r.name == reference and r.seconds), None)
+    metric_names = sorted({k for r in rows for k in r.metrics})
+    head = ["contender", "median", "compile"] + (["vs " + reference] if ref else []) + metric_names
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if r.skipped:
+            cells = [r.name, f"skipped: {r.skipped}", ""] + ([""] if ref else []) + [""] * len(metric_names)
+        else:
+            cells = [r.name, _duration(r.seconds), _duration(r.compile_seconds)]
+            if ref:
+                cells.append(f"{r.seconds / ref:.3g}x")
+            cells += [_number(r.metrics.get(k)) for k in metric_names]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _duration(seconds):
+    if seconds is None:
+        return ""
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds:.3g} s"
+
+
+def _number(value):
+    if value is None:
+        return ""
+    if isinstance(value, (int, bool)) or isinstance(value, str):
+        return str(value)
+    return f"{value:.3g}"
+
+
+def write_json(path, payload):
+    with open(path, "w") as file:
+        json.dump(payload, file, indent=2, default=lambda r: dataclasses.asdict(r))

@@ -1,0 +1,51 @@
+"""64 learning rates of the lesson's job: one vmapped program against 64 separate fits."""
+
+import warnings
+
+import jax
+import numpy as np
+
+import jaxlr
+from benchmarks.harness import Row, available, timed_row
+
+
+def run(*, num_examples=10_000, num_rates=64, repeats=5):
+    X, y = jaxlr.synthetic_data(jax.random.key(0), num_examples=num_examples)
+    X_np, y_np = np.asarray(X), np.asarray(y)[:, 0]
+    key = jax.random.key(1)
+    lrs = np.logspace(-4, -1, num_rates)
+    jaxlr.train._sweep_program.clear_cache()
+
+    def best(result):
+        final = np.asarray(result.moving_losses)[:, -1]
+        return {"best_lr": float(lrs[np.nanargmin(final)]), "diverged": int(np.asarray(result.diverged).sum())}
+
+    rows = [
+        timed_row("sweep", f"jaxlr.sweep ({num_rates} lrs, one program)", lambda: jaxlr.sweep(X, y, key=key, lrs=lrs),
+                  repeats=repeats, metrics=best),  # fmt: skip
+    ]
+    rows[0].metrics["compilations"] = jaxlr.train._sweep_program._cache_size()
+    rows.append(timed_row("sweep", "one jaxlr fused fit", lambda: jaxlr.fit(X, y, key=key), repeats=repeats))
+    rows.append(timed_row("sweep", f"{num_rates} jaxlr fused fits",
+                          lambda: [jaxlr.fit(X, y, key=key, lr=float(lr)) for lr in lrs], repeats=max(1, repeats // 2)))  # fmt: skip
+    if available("sklearn"):
+        from sklearn.linear_model import SGDRegressor
+
+        def sklearn_fits():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return [
+                    SGDRegressor(learning_rate="constant", eta0=lr, max_iter=2, tol=None, penalty=None,
+                                 random_state=0).fit(X_np, y_np)  # fmt: skip
+                    for lr in lrs
+                ]
+
+        rows.append(timed_row("sweep", f"{num_rates} SGDRegressor fits", sklearn_fits, repeats=max(1, repeats // 2)))
+    else:
+        rows.append(Row("sweep", f"{num_rates} SGDRegressor fits", skipped="scikit-learn is not installed"))
+    return rows
+
+
+def targets(rows):
+    sweep, one = rows[0].seconds, rows[1].seconds
+    return {"sweep / one fit <= 10": sweep / one, "compilations == 1": rows[0].metrics["compilations"]}
