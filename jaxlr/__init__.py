@@ -5,7 +5,7 @@ The path of the lesson, one module each: `data` (key -> data -> batches),
 `train` (fit: loop and fused engines), `solve` (closed form and metrics).
 """
 
-from jaxlr.data import batches, permutation, synthetic_data
+from jaxlr.data import batches, permutation, synthetic_data, to_device
 from jaxlr.model import Params, init_params, net, square_loss
 from jaxlr.optim import TrainState, init_state, make_step, sgd
 from jaxlr.solve import mse, r2, solve
@@ -46,4 +46,5 @@ __all__ = [
     "sweep",
     "SweepResult",
     "synthetic_data",
+    "to_device",
 ]

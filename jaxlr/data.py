@@ -61,6 +61,41 @@ def _synthetic_data(key, num_examples, true_w, true_b, noise):
     return X, X @ true_w + true_b[None, :] + noise * eps
 
 
+def to_device(array, device=None):
+    """Copies a host array to a JAX device in pieces of at most 64 MB.
+
+    `jax.device_put` of one large NumPy array can stage a second full copy on
+    the way; filling a device buffer piece by piece keeps the peak at the host
+    array, its device copy and one piece. A `jax.Array` is only moved (if
+    `device` asks for another place).
+
+    Args:
+        array: a NumPy or JAX array.
+        device: a `jax.Device`, or None for JAX's default.
+    """
+    if isinstance(array, jax.Array):
+        return array if device is None else jax.device_put(array, device)
+    array = np.asarray(array)
+    rows = max(1, _TRANSFER_BYTES // max(1, array[:1].nbytes))
+    if array.ndim == 0 or array.shape[0] <= rows:
+        return jax.device_put(array, device)
+    buffer = jnp.zeros(array.shape, array.dtype, device=device)
+    for start in range(0, array.shape[0], rows):
+        # The last piece ends flush with the array (rewriting a few rows), so
+        # every piece has one shape and `_write_rows` compiles once.
+        start = min(start, array.shape[0] - rows)
+        buffer = _write_rows(buffer, jax.device_put(array[start : start + rows], device), start)
+    return buffer
+
+
+_TRANSFER_BYTES = 64 << 20
+
+
+@partial(jax.jit, donate_argnums=0)
+def _write_rows(buffer, piece, start):
+    return jax.lax.dynamic_update_slice_in_dim(buffer, piece, start, axis=0)
+
+
 def key_words(keys):
     """The raw uint32 words of one key or a batch of keys, on the host."""
     return np.asarray(jax.random.key_data(keys))

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlr import validate
-from jaxlr.data import batches, permutation_from_words
+from jaxlr.data import batches, permutation_from_words, to_device
 from jaxlr.model import Params, init_params, square_loss
-from jaxlr.optim import TrainState, init_state, update
+from jaxlr.optim import TrainState, init_state, make_step, update
 
 # The fused engine gathers the shuffled rows of up to this many bytes of
 # batches at once, then scans over them: XLA pays a fixed cost per gather, so
@@ -166,10 +166,7 @@ def fit(
     epochs_and_words = list(zip(epoch_ids.tolist(), np.asarray(epoch_words)))
     if engine == "loop":
         return _run_loop(state, X, y, epochs_and_words, run)
-    if device is not None:
-        X, y = jax.device_put((X, y), device)
-    elif not (isinstance(X, jax.Array) and isinstance(y, jax.Array)):
-        X, y = jnp.asarray(X), jnp.asarray(y)
+    X, y = to_device(X, device), to_device(y, device)
     return _run_fused(state, X, y, epochs_and_words, run)
 
 
@@ -234,8 +231,10 @@ def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01
     else:
         params = Params(*(jnp.asarray(p, X.dtype) for p in validate.check_params(params, d, k)))
     orders = _shuffled_orders(np.asarray(epoch_words), n)
-    arrays = (X, y, init_state(params), rates.astype(X.dtype))
-    X, y, state, rates = jax.device_put(arrays, device) if device is not None else arrays
+    X, y = to_device(X, device), to_device(y, device)
+    state, rates = init_state(params), rates.astype(X.dtype)
+    if device is not None:
+        state, rates = jax.device_put((state, rates), device)
     (final, ok), losses, moving = _sweep_program(state, X, y, orders, rates, smoothing, batch_size=batch_size)
     return SweepResult(rates, final.params, losses, moving, ~ok)
 
@@ -371,47 +370,55 @@ def _finish(state, loss_parts, moving_parts, dtype):
 
 
 def _run_loop(state, X, y, epochs_and_words, run):
-    step = _jitted_guarded_update(run.lr, square_loss, run.optimizer)
+    step = make_step(run.lr, optimizer=run.optimizer)  # the lesson's jitted step
     X, y = np.asarray(X), np.asarray(y)  # the generator slices host memory
-    carry = (state, np.bool_(True))
-    # The loop reads losses back only every `flush_every` steps: to print a
-    # line, to notice divergence, and to smooth them.
-    flush_every = run.log_every or 500
-    loss_parts, moving_parts, pending = [], [], []
+    # Losses are read back only every `read_every` steps (and at an epoch's
+    # end): to print a line, to notice divergence, and to smooth them.
+    read_every = run.log_every or 500
+    loss_parts, moving_parts = [], []
     moving_last = None
-
-    def flush(epoch, last_batch):
-        nonlocal moving_last
-        values = np.array([np.asarray(v) for v in pending], dtype=X.dtype)
-        pending.clear()
-        bad = ~np.isfinite(values)
-        if bad.any():
-            at = int(np.argmax(bad))
-            earlier = values[at - 1] if at else (loss_parts[-1][-1] if loss_parts else None)
-            last = None if earlier is None else float(earlier)
-            raise TrainingDiverged(epoch, last_batch + 1 - len(values) + at, last, carry[0], run.lr)
-        moving = np.asarray(moving_average(values, run.smoothing, moving_last))
-        moving_last = moving[-1]
-        loss_parts.append(values)
-        moving_parts.append(moving)
-        if run.log_every is not None and (last_batch + 1) % run.log_every == 0:
-            _print_log_line(epoch, last_batch, moving_last)
-
     for epoch, words in epochs_and_words:
-        key = jax.random.wrap_key_data(words)
         parts_before = len(loss_parts)
-        for i, (X_batch, y_batch) in enumerate(batches(X, y, run.batch_size, key=key)):
-            carry, value = step(carry, X_batch, y_batch)
-            pending.append(value)
-            if (i + 1) % flush_every == 0:
-                flush(epoch, i)
-        if pending:
-            flush(epoch, run.steps_per_epoch - 1)
+        stream = batches(X, y, run.batch_size, key=jax.random.wrap_key_data(words))
+        chunk_start, chunk = state, []  # the state and the steps since the last read
+        for i, batch in enumerate(stream):
+            state, value = step(state, *batch)
+            chunk.append((batch, value))
+            if (i + 1) % read_every and i + 1 < run.steps_per_epoch:
+                continue
+            values = np.array([np.asarray(v) for _, v in chunk], dtype=X.dtype)
+            if not np.isfinite(values).all():
+                last = float(loss_parts[-1][-1]) if loss_parts else None
+                _replay_to_divergence(chunk_start, chunk, epoch, i + 1 - len(chunk), last, run)
+            moving = np.asarray(moving_average(values, run.smoothing, moving_last))
+            moving_last = moving[-1]
+            loss_parts.append(values)
+            moving_parts.append(moving)
+            if run.log_every is not None and (i + 1) % run.log_every == 0:
+                _print_log_line(epoch, i, moving_last)
+            chunk_start, chunk = state, []
         if run.callback is not None:
-            epoch_result = _finish(carry[0], loss_parts[parts_before:], moving_parts[parts_before:], X.dtype)
+            epoch_result = _finish(state, loss_parts[parts_before:], moving_parts[parts_before:], X.dtype)
             if run.callback(epoch, epoch_result):
                 break
-    return _finish(carry[0], loss_parts, moving_parts, X.dtype)
+    return _finish(state, loss_parts, moving_parts, X.dtype)
+
+
+def _replay_to_divergence(state, chunk, epoch, first_batch, last_finite_loss, run):
+    """Reruns a chunk of steps with the guarded step to find where training
+    diverged and the last finite params, then raises TrainingDiverged.
+
+    Rare, so the loop's fast path runs the plain step and only this replay pays
+    for the guard.
+    """
+    guarded = _jitted_guarded_update(run.lr, square_loss, run.optimizer)
+    carry = (state, np.bool_(True))
+    for offset, (batch, _) in enumerate(chunk):
+        carry, value = guarded(carry, *batch)
+        if not bool(carry[1]):
+            raise TrainingDiverged(epoch, first_batch + offset, last_finite_loss, carry[0], run.lr)
+        last_finite_loss = float(value)
+    raise AssertionError("a non-finite loss did not recur on replay")  # steps are deterministic
 
 
 @functools.lru_cache(maxsize=32)

@@ -6,6 +6,7 @@ at once, with a message that says what to change, and before any work is done.
 
 import math
 import numbers
+import weakref
 from functools import partial
 
 import jax
@@ -16,7 +17,7 @@ import optax
 
 def _describe(value):
     """A short, safe description of a value for an error message."""
-    text = repr(value)
+    text = " ".join(repr(value).split())
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -100,16 +101,25 @@ def as_array(name, value):
 
 def _check_finite(X, y):
     """Raises if X or y holds NaN or inf, naming how many rows and the first."""
+    if isinstance(X, jax.Array) and isinstance(y, jax.Array):
+        # jax Arrays are immutable: a pair checked once stays finite, and
+        # repeated fits on the same data skip the pass over it.
+        if _was_checked(X, y):
+            return
+        # On the device, in one pass: reading a device array into NumPy could
+        # copy it (and JAX would keep that copy alive with the array).
+        if bool(_all_finite(X, y)):
+            _remember_checked(X, y)
+            return
+    elif np.isfinite(np.sum(X)) and np.isfinite(np.sum(y)):
+        # A finite sum proves every entry finite, in one pass without a
+        # temporary; only a failing array pays for the row by row search.
+        return
     for name, array in (("X", X), ("y", y)):
-        if _on_host(array):
-            array = np.asarray(array)  # a view, not a copy, for a CPU jax.Array
-            # One pass: a finite sum proves every entry finite; only a
-            # failing array pays for the row by row search.
-            if np.isfinite(array.sum()):
-                continue
-            count, first = _nonfinite_summary(np, array)
-        else:
+        if isinstance(array, jax.Array):
             count, first = np.asarray(_nonfinite_summary_jit(array))
+        else:
+            count, first = _nonfinite_summary(np, array)
         if count:
             raise ValueError(
                 f"`{name}` has NaN or inf in {count} row(s); the first is row {first} (counting from 0). "
@@ -117,10 +127,25 @@ def _check_finite(X, y):
             )
 
 
-def _on_host(array):
-    if not isinstance(array, jax.Array):
-        return True
-    return array.is_fully_addressable and all(d.platform == "cpu" for d in array.devices())
+_checked = {}  # (id(X), id(y)) -> weak references to X and y
+
+
+def _was_checked(X, y):
+    refs = _checked.get((id(X), id(y)))
+    return refs is not None and refs[0]() is X and refs[1]() is y
+
+
+def _remember_checked(X, y):
+    key = (id(X), id(y))
+    forget = lambda _: _checked.pop(key, None)  # noqa: E731
+    _checked[key] = (weakref.ref(X, forget), weakref.ref(y, forget))
+
+
+@jax.jit
+def _all_finite(X, y):
+    # Sums rather than isfinite(X).all(): a plain reduction needs no
+    # temporary the size of X. A finite sum proves every entry finite.
+    return jnp.isfinite(X.sum()) & jnp.isfinite(y.sum())
 
 
 def _nonfinite_summary(xp, array):

@@ -1,0 +1,106 @@
+"""Bad input is refused before any work, with the argument and its value named."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxlr
+
+X_OK = np.random.default_rng(0).normal(size=(20, 2)).astype(np.float32)
+Y_OK = X_OK @ np.array([[1.0], [2.0]], np.float32)
+KEY = jax.random.key(0)
+
+
+def with_nan(array, row, col=0, value=np.nan):
+    array = array.copy()
+    array[row, col] = value
+    return array
+
+
+BAD_DATA = {
+    "X 1-D": (X_OK[:, 0], Y_OK, ValueError, r"`X` must be 2-D .* got shape \(20,\)\. Use X\.reshape\(-1, 1\)"),
+    "X 3-D": (X_OK[:, :, None], Y_OK, ValueError, r"`X` must be 2-D .* got shape \(20, 2, 1\)"),
+    "X scalar": (np.float32(1.0), Y_OK, ValueError, r"`X` must be 2-D .* got shape \(\)"),
+    "rows differ": (X_OK, Y_OK[:19], ValueError, r"`y` has 19 rows but `X` has 20"),
+    "y 3-D": (X_OK, Y_OK[:, :, None], ValueError, r"`y` must be 1-D or 2-D .* got shape \(20, 1, 1\)"),
+    "no examples": (X_OK[:0], Y_OK[:0], ValueError, r"`X` \(shape \(0, 2\)\) has no examples"),
+    "no features": (X_OK[:, :0], Y_OK, ValueError, r"`X` \(shape \(20, 0\)\) has no features"),
+    "NaN in X": (with_nan(with_nan(X_OK, 3), 7), Y_OK, ValueError, r"`X` has NaN or inf in 2 row\(s\); the first is row 3"),
+    "inf in y": (X_OK, with_nan(Y_OK, 5, value=-np.inf), ValueError, r"`y` has NaN or inf in 1 row\(s\); the first is row 5"),
+    "strings": (X_OK.astype(str), Y_OK, TypeError, r"`X` has dtype <U\d+; jaxlr trains on real numbers"),
+    "objects": (X_OK.astype(object), Y_OK, TypeError, r"`X` has dtype object"),
+    "complex": (X_OK.astype(np.complex64), Y_OK, TypeError, r"`X` has dtype complex64"),
+    "complex y": (X_OK, Y_OK.astype(np.complex64), TypeError, r"`y` has dtype complex64"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DATA))
+@pytest.mark.parametrize("entry", ["fit", "solve", "batches"])
+def test_bad_data_is_refused(case, entry):
+    X, y, error, message = BAD_DATA[case]
+    call = {
+        "fit": lambda: jaxlr.fit(X, y, key=KEY),
+        "solve": lambda: jaxlr.solve(X, y),
+        "batches": lambda: jaxlr.batches(X, y, 4, key=KEY),
+    }[entry]
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_nan_in_a_device_array_is_found_too():
+    with pytest.raises(ValueError, match=r"`X` has NaN or inf in 1 row\(s\); the first is row 3"):
+        jaxlr.fit(jnp.asarray(with_nan(X_OK, 3)), Y_OK, key=KEY)
+
+
+def test_bool_and_int_features_are_cast_to_float():
+    X = (X_OK > 0).astype(np.int64)
+    result = jaxlr.fit(X, Y_OK, key=KEY, epochs=1)
+    assert result.params.w.dtype == jnp.float32
+    assert jaxlr.fit(X > 0, Y_OK, key=KEY, epochs=1).params.w.dtype == jnp.float32
+
+
+BAD_SETTINGS = {
+    "batch_size 0": ({"batch_size": 0}, ValueError, r"`batch_size` \(=0\) must be between 1 and the number of examples \(=20\)"),
+    "batch_size negative": ({"batch_size": -3}, ValueError, r"`batch_size` \(=-3\) must be between 1"),
+    "batch_size float": ({"batch_size": 2.5}, TypeError, r"`batch_size` \(=2.5\) must be an integer"),
+    "batch_size too big": ({"batch_size": 21}, ValueError, r"`batch_size` \(=21\) must be between 1 and the number of examples \(=20\)"),
+    "batch_size bool": ({"batch_size": True}, TypeError, r"`batch_size` \(=True\) must be an integer"),
+    "epochs negative": ({"epochs": -1}, ValueError, r"`epochs` \(=-1\) must be at least 0"),
+    "epochs float": ({"epochs": 1.5}, TypeError, r"`epochs` \(=1.5\) must be an integer"),
+    "lr zero": ({"lr": 0.0}, ValueError, r"`lr` \(=0.0\) must be a finite number in \(0.0, inf\)"),
+    "lr negative": ({"lr": -0.1}, ValueError, r"`lr` \(=-0.1\)"),
+    "lr nan": ({"lr": float("nan")}, ValueError, r"`lr` \(=nan\)"),
+    "lr inf": ({"lr": float("inf")}, ValueError, r"`lr` \(=inf\)"),
+    "lr string": ({"lr": "0.1"}, TypeError, r"`lr` \(='0.1'\) must be a real number"),
+    "smoothing zero": ({"smoothing": 0.0}, ValueError, r"`smoothing` \(=0.0\) must be a finite number in \(0.0, 1.0\]"),
+    "smoothing above one": ({"smoothing": 1.5}, ValueError, r"`smoothing` \(=1.5\)"),
+    "engine": ({"engine": "gpu"}, ValueError, r"`engine` \(='gpu'\) must be one of 'fused', 'loop'"),
+    "params shapes": ({"params": jaxlr.Params(jnp.zeros((3, 1)), jnp.zeros(1))}, ValueError,
+                      r"`params` has w \(3, 1\) and b \(1,\), but the data needs w \(2, 1\) and b \(1,\)"),
+    "params type": ({"params": (jnp.zeros((2, 1)), jnp.zeros(1))}, TypeError, r"`params` .* must be jaxlr.Params"),
+    "optimizer": ({"optimizer": "adam"}, TypeError, r"`optimizer` \(='adam'\) must be None .* or an optax.GradientTransformation"),
+    "callback": ({"callback": 3}, TypeError, r"`callback` \(=3\) must be a function"),
+    "device": ({"device": "tpu9"}, ValueError, r"`device` \(='tpu9'\) names no available JAX platform"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SETTINGS))
+def test_bad_settings_are_refused(case):
+    settings, error, message = BAD_SETTINGS[case]
+    with pytest.raises(error, match=message):
+        jaxlr.fit(X_OK, Y_OK, key=KEY, **settings)
+
+
+@pytest.mark.parametrize("key", [0, None, np.array([1, 2, 3], np.uint32), "seed", jax.random.split(KEY, 2)])
+def test_a_key_that_is_not_a_prng_key_is_refused(key):
+    with pytest.raises(TypeError, match=r"`key` .* must be a single PRNG key, e.g. jax.random.key\(0\)"):
+        jaxlr.fit(X_OK, Y_OK, key=key)
+
+
+def test_nothing_is_traced_before_the_checks_pass():
+    traces = []
+    step_loss = lambda yhat, y: (traces.append(1), jaxlr.square_loss(yhat, y))[1]  # noqa: E731
+    with pytest.raises(ValueError):
+        jaxlr.make_step(lr=-1.0, loss=step_loss)
+    assert traces == []
