@@ -5,6 +5,7 @@ The path of the lesson, one module each: `data` (key -> data -> batches),
 `train` (fit: loop and fused engines), `solve` (closed form and metrics).
 """
 
+from jaxlr import checkpoint
 from jaxlr.data import batches, permutation, synthetic_data, to_device
 from jaxlr.model import Params, init_params, net, square_loss
 from jaxlr.optim import TrainState, init_state, make_step, sgd

@@ -119,6 +119,8 @@ def _parser():
     train.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), default="sgd")
     train.add_argument("--early-stopping", type=_positive_int, metavar="N", help="stop after N epochs without validation improvement; keep the best")
     train.add_argument("--plot", metavar="PNG", help="write the loss curve and predicted against actual here")
+    train.add_argument("--checkpoint", metavar="DIR", help="save the run here after every epoch (atomically)")
+    train.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --checkpoint")
     train.set_defaults(command=_train)
 
     closed = sub.add_parser("solve", parents=[data, common], help="fit in closed form (least squares)")
@@ -218,6 +220,8 @@ def _keys(args):
 def _train(args):
     import optax
 
+    if args.resume and not args.checkpoint:
+        raise UsageError("--resume needs --checkpoint DIR.")
     if args.early_stopping and not args.val_fraction:
         raise UsageError("--early-stopping needs --val-fraction to measure improvement.")
     table, is_seed_job = _load(args)
@@ -250,6 +254,7 @@ def _train(args):
             split.X, split.y, key=fit_key, epochs=args.epochs, lr=args.lr,
             batch_size=args.batch_size, optimizer=optimizer, engine=args.engine,
             verbose=show_lines, callback=_all_of(callbacks),
+            checkpoint=args.checkpoint, resume=args.resume,
         )  # fmt: skip
         jax.block_until_ready(result)
     finally:
@@ -267,7 +272,7 @@ def _train(args):
             "command": "train", "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
             "optimizer": args.optimizer, "engine": args.engine, "seed": args.seed,
             "standardize": args.standardize, "val_fraction": args.val_fraction,
-            "early_stopping": args.early_stopping, "x64": args.x64,
+            "early_stopping": args.early_stopping, "x64": args.x64, "checkpoint": args.checkpoint,
         },
     )  # fmt: skip
     report = _report(model, split, args, elapsed)

@@ -2,14 +2,16 @@
 
 import functools
 from functools import partial
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlr import checkpoint as checkpoint_lib
 from jaxlr import validate
-from jaxlr.data import batches, permutation_from_words, to_device
+from jaxlr.data import batches, key_words, permutation_from_words, to_device
 from jaxlr.model import Params, init_params, square_loss
 from jaxlr.optim import TrainState, init_state, make_step, update
 
@@ -77,6 +79,9 @@ def fit(
     opt_state=None,
     initial_epoch=0,
     callback=None,
+    checkpoint=None,
+    checkpoint_every=1,
+    resume=False,
 ):
     """Trains a linear model by mini-batch SGD (or an optax optimizer).
 
@@ -111,6 +116,13 @@ def fit(
         callback: called as ``callback(epoch, result)`` after each epoch, with
             a FitResult for that epoch; returning True stops training. The
             fused engine then compiles one epoch at a time.
+        checkpoint: a directory to save the run in every `checkpoint_every`
+            epochs (and after the last), atomically, keeping the previous one.
+        checkpoint_every: epochs between checkpoints.
+        resume: continue from the newest good checkpoint in `checkpoint`, if
+            any: the run then trains only the epochs still missing from
+            ``initial_epoch + epochs`` and ends with the params an
+            uninterrupted run would have. The key and settings must match.
 
     Returns:
         FitResult.
@@ -142,6 +154,26 @@ def fit(
     if callback is not None and not callable(callback):
         raise TypeError(f"`callback` (={callback!r}) must be a function (epoch, result) -> bool.")
     device = _as_device(device)
+    saving = None
+    if checkpoint is not None:
+        checkpoint_every = validate.check_int("checkpoint_every", checkpoint_every, low=1)
+        Path(checkpoint).mkdir(parents=True, exist_ok=True)
+        saving = _Saving(
+            directory=checkpoint, every=checkpoint_every, key_words=key_words(key),
+            settings={"examples": n, "features": d, "outputs": k, "batch_size": batch_size, "lr": lr,
+                      "optimizer": None if optimizer is None else repr(jax.tree.structure(
+                          optimizer.init(Params(jnp.zeros((d, k), X.dtype), jnp.zeros(k, X.dtype)))))},
+        )  # fmt: skip
+    elif resume:
+        raise ValueError("`resume` needs `checkpoint`, the directory to resume from.")
+    moving_start = None
+    if resume:
+        found = checkpoint_lib.latest(checkpoint, saving.opt_state_like(optimizer, d, k, X.dtype))
+        if found is not None:
+            saving.check_matches(found, checkpoint)
+            end = initial_epoch + epochs
+            params, opt_state, moving_start = found.params, found.opt_state, found.moving_last
+            initial_epoch, epochs = found.epoch, max(0, end - found.epoch)
 
     epoch_ids = np.arange(initial_epoch, initial_epoch + epochs)
     initial_params, epoch_words = _start(key, epoch_ids, num_inputs=d, num_outputs=k, dtype=X.dtype)
@@ -158,10 +190,12 @@ def fit(
     if device is not None:
         state = jax.device_put(state, device)
 
+    if saving is not None:
+        callback = saving.callback(initial_epoch + epochs, moving_start, callback)
     run = _Run(
         lr=lr, batch_size=batch_size, optimizer=optimizer, smoothing=smoothing,
         log_every=log_every if verbose else None, callback=callback,
-        steps_per_epoch=-(-n // batch_size),
+        steps_per_epoch=-(-n // batch_size), moving_start=moving_start,
     )  # fmt: skip
     epochs_and_words = list(zip(epoch_ids.tolist(), np.asarray(epoch_words)))
     if engine == "loop":
@@ -261,6 +295,52 @@ class _Run(NamedTuple):
     log_every: Any
     callback: Any
     steps_per_epoch: int
+    moving_start: Any  # the moving average carried in from a checkpoint, or None
+
+
+class _Saving(NamedTuple):
+    """What `fit` needs to write and to check checkpoints."""
+
+    directory: Any
+    every: int
+    key_words: np.ndarray
+    settings: dict
+
+    @staticmethod
+    def opt_state_like(optimizer, d, k, dtype):
+        params = Params(jnp.zeros((d, k), dtype), jnp.zeros(k, dtype))
+        return init_state(params, optimizer).opt_state
+
+    def check_matches(self, found, directory):
+        if not np.array_equal(found.key_words, self.key_words):
+            raise checkpoint_lib.CheckpointError(
+                f"the checkpoint in {str(directory)!r} was written by a run with another `key`."
+            )
+        differ = sorted(name for name in self.settings if found.settings.get(name) != self.settings[name])
+        if differ:
+            was = ", ".join(f"{name}={found.settings.get(name)!r}" for name in differ)
+            raise checkpoint_lib.CheckpointError(
+                f"the checkpoint in {str(directory)!r} was written with other settings ({was})."
+            )
+
+    def callback(self, end_epoch, moving_start, then):
+        """A fit callback that saves every `every` epochs and after the last."""
+        moving = [moving_start]
+
+        def save_then_continue(epoch, result):
+            done = epoch + 1
+            if result.moving_losses.shape[0]:
+                moving[0] = float(np.asarray(result.moving_losses)[-1])
+            if done % self.every == 0 or done == end_epoch:
+                saved = checkpoint_lib.Checkpoint(
+                    epoch=done, params=jax.tree.map(np.asarray, result.params),
+                    opt_state=result.opt_state, moving_last=moving[0],
+                    key_words=self.key_words, settings=self.settings,
+                )  # fmt: skip
+                checkpoint_lib.save(self.directory, saved)
+            return bool(then(epoch, result)) if then is not None else False
+
+        return save_then_continue
 
 
 @partial(jax.jit, static_argnames=("num_inputs", "num_outputs", "dtype"))
@@ -376,7 +456,7 @@ def _run_loop(state, X, y, epochs_and_words, run):
     # end): to print a line, to notice divergence, and to smooth them.
     read_every = run.log_every or 500
     loss_parts, moving_parts = [], []
-    moving_last = None
+    moving_last = None if run.moving_start is None else np.asarray(run.moving_start, X.dtype)
     for epoch, words in epochs_and_words:
         parts_before = len(loss_parts)
         stream = batches(X, y, run.batch_size, key=jax.random.wrap_key_data(words))
@@ -436,7 +516,7 @@ def _run_fused(state, X, y, epochs_and_words, run):
     per_call = 1 if run.callback is not None else max(1, len(epochs_and_words))
     loss_parts, moving_parts = [], []
     # NaN stands for "no average yet": training starts it from its first loss.
-    moving_last = np.array(np.nan, X.dtype)
+    moving_last = np.array(np.nan if run.moving_start is None else run.moving_start, X.dtype)
     for start in range(0, len(epochs_and_words), per_call):
         block = epochs_and_words[start : start + per_call]
         orders = _shuffled_orders([words for _, words in block], n)

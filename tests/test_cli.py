@@ -156,6 +156,7 @@ ERRORS = {
     "bad fraction": (["train", *GOOD, "--val-fraction", "1.5"], "strictly between 0 and 1"),
     "bad engine": (["train", *GOOD, "--engine", "turbo"], "invalid choice: 'turbo'"),
     "early stopping alone": (["train", *GOOD, "--early-stopping", "2"], "needs --val-fraction"),
+    "resume alone": (["train", *GOOD, "--resume"], "--resume needs --checkpoint"),
     "missing save directory": (["train", *GOOD, "--save", "no/such/dir/m.npz"], "does not exist"),
     "missing model": (["predict", "--model", "none.npz", "--data", "table.csv"], "model file 'none.npz' does not exist"),
     "model not an npz": (["predict", "--model", "table.csv", "--data", "table.csv"], "not a readable jaxlr model file"),
@@ -209,3 +210,15 @@ def test_the_console_script_is_installed():
         pytest.skip("jaxlr is not installed as a package here")
     done = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.startswith("jaxlr ")
+
+
+def test_checkpoint_and_resume_from_the_command_line(tmp_path, cache_dir):
+    write_table(tmp_path / "table.csv")
+    common = ["train", *GOOD, "--standardize", "--batch-size", "16", "--lr", "0.01", "--json", "--quiet"]
+    whole = run_cli(*common, "--epochs", "6", cwd=tmp_path, cache_dir=cache_dir)
+    part = run_cli(*common, "--epochs", "3", "--checkpoint", "ckpt", cwd=tmp_path, cache_dir=cache_dir)
+    rest = run_cli(*common, "--epochs", "6", "--checkpoint", "ckpt", "--resume", cwd=tmp_path, cache_dir=cache_dir)
+    for done in (whole, part, rest):
+        assert done.returncode == 0, done.stderr
+    assert json.loads(rest.stdout)["w"] == json.loads(whole.stdout)["w"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir())[-1] == "checkpoint-00000006.npz"
