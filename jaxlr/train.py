@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlr import checkpoint as checkpoint_lib
-from jaxlr import validate
+from jaxlr import parallel, validate
 from jaxlr.data import batches, key_words, permutation_from_words, to_device
 from jaxlr.model import Params, init_params, square_loss
 from jaxlr.optim import TrainState, init_state, make_step, update
@@ -82,6 +82,7 @@ def fit(
     checkpoint=None,
     checkpoint_every=1,
     resume=False,
+    devices=None,
 ):
     """Trains a linear model by mini-batch SGD (or an optax optimizer).
 
@@ -119,6 +120,12 @@ def fit(
         checkpoint: a directory to save the run in every `checkpoint_every`
             epochs (and after the last), atomically, keeping the previous one.
         checkpoint_every: epochs between checkpoints.
+        devices: data parallelism: a number of devices, a list of them, or a
+            one-axis `jax.sharding.Mesh`. Each batch is split by rows over
+            them (`batch_size` must divide evenly), the params are replicated,
+            and XLA sums the gradients; the steps are those of one device.
+            X and y may be global arrays built across processes (see
+            `jaxlr.parallel`). Not with `device`.
         resume: continue from the newest good checkpoint in `checkpoint`, if
             any: the run then trains only the epochs still missing from
             ``initial_epoch + epochs`` and ends with the params an
@@ -154,6 +161,16 @@ def fit(
     if callback is not None and not callable(callback):
         raise TypeError(f"`callback` (={callback!r}) must be a function (epoch, result) -> bool.")
     device = _as_device(device)
+    mesh = parallel.data_mesh(devices)
+    if mesh is not None:
+        if device is not None:
+            raise ValueError("give `device` or `devices`, not both.")
+        if batch_size % mesh.size:
+            raise ValueError(
+                f"`batch_size` (={batch_size}) must be divisible by the number of devices (={mesh.size})."
+            )
+        if engine == "loop" and jax.process_count() > 1:
+            raise ValueError("across processes use engine='fused': the loop feeds batches from one host.")
     saving = None
     if checkpoint is not None:
         checkpoint_every = validate.check_int("checkpoint_every", checkpoint_every, low=1)
@@ -189,6 +206,10 @@ def fit(
         state = state._replace(opt_state=opt_state)
     if device is not None:
         state = jax.device_put(state, device)
+    if mesh is not None:
+        state = parallel.put_replicated(state, mesh)
+        X, y = (a if isinstance(a, jax.Array) and not a.is_fully_addressable else parallel.put_replicated(a, mesh)
+                for a in (X, y))  # fmt: skip
 
     if saving is not None:
         callback = saving.callback(initial_epoch + epochs, moving_start, callback)
@@ -196,6 +217,7 @@ def fit(
         lr=lr, batch_size=batch_size, optimizer=optimizer, smoothing=smoothing,
         log_every=log_every if verbose else None, callback=callback,
         steps_per_epoch=-(-n // batch_size), moving_start=moving_start,
+        mesh=mesh,
     )  # fmt: skip
     epochs_and_words = list(zip(epoch_ids.tolist(), np.asarray(epoch_words)))
     if engine == "loop":
@@ -296,6 +318,7 @@ class _Run(NamedTuple):
     callback: Any
     steps_per_epoch: int
     moving_start: Any  # the moving average carried in from a checkpoint, or None
+    mesh: Any  # the data-parallel mesh, or None for one device
 
 
 class _Saving(NamedTuple):
@@ -330,10 +353,10 @@ class _Saving(NamedTuple):
         def save_then_continue(epoch, result):
             done = epoch + 1
             if result.moving_losses.shape[0]:
-                moving[0] = float(np.asarray(result.moving_losses)[-1])
+                moving[0] = float(parallel.host_value(result.moving_losses)[-1])
             if done % self.every == 0 or done == end_epoch:
                 saved = checkpoint_lib.Checkpoint(
-                    epoch=done, params=jax.tree.map(np.asarray, result.params),
+                    epoch=done, params=jax.tree.map(parallel.host_value, result.params),
                     opt_state=result.opt_state, moving_last=moving[0],
                     key_words=self.key_words, settings=self.settings,
                 )  # fmt: skip
@@ -462,6 +485,8 @@ def _run_loop(state, X, y, epochs_and_words, run):
         stream = batches(X, y, run.batch_size, key=jax.random.wrap_key_data(words))
         chunk_start, chunk = state, []  # the state and the steps since the last read
         for i, batch in enumerate(stream):
+            if run.mesh is not None:
+                batch = jax.device_put(batch, parallel.by_rows(run.mesh))
             state, value = step(state, *batch)
             chunk.append((batch, value))
             if (i + 1) % read_every and i + 1 < run.steps_per_epoch:
@@ -520,22 +545,25 @@ def _run_fused(state, X, y, epochs_and_words, run):
     for start in range(0, len(epochs_and_words), per_call):
         block = epochs_and_words[start : start + per_call]
         orders = _shuffled_orders([words for _, words in block], n)
+        if run.mesh is not None:
+            orders, moving_last = parallel.put_replicated((orders, moving_last), run.mesh)
         program = partial(
             _fused_epochs, X=X, y=y, orders=orders, lr=run.lr, smoothing=run.smoothing,
             moving_last=moving_last, batch_size=run.batch_size, loss=square_loss,
             optimizer=run.optimizer,
+            batch_sharding=None if run.mesh is None else parallel.by_rows(run.mesh),
         )  # fmt: skip
         (new_state, ok), losses, moving, moving_last = program(state)
-        if not bool(ok):  # one read per program, not per step
+        if not bool(parallel.host_value(ok)):  # one read per program, not per step
             # Rare, so the fast program does not freeze the params at the
             # first bad step; this replay does, to hand back the last finite ones.
             (state, _), losses, _, _ = program(state, freeze=True)
-            _check_diverged(np.asarray(losses), block[0][0], state, run)
+            _check_diverged(parallel.host_value(losses), block[0][0], state, run)
         state = new_state
         loss_parts.append(losses)
         moving_parts.append(moving)
         if run.log_every is not None:
-            shown = np.asarray(moving).reshape(len(block), run.steps_per_epoch)
+            shown = parallel.host_value(moving).reshape(len(block), run.steps_per_epoch)
             for (epoch, _), row in zip(block, shown):
                 for i in range(run.log_every - 1, run.steps_per_epoch, run.log_every):
                     _print_log_line(epoch, i, row[i])
@@ -553,15 +581,18 @@ def _shuffled_orders(epoch_words, n):
     return orders
 
 
-@partial(jax.jit, static_argnames=("batch_size", "loss", "optimizer", "freeze"))
+@partial(jax.jit, static_argnames=("batch_size", "loss", "optimizer", "freeze", "batch_sharding"))
 def _fused_epochs(
-    state, X, y, orders, lr, smoothing, moving_last, *, batch_size, loss, optimizer, freeze=False
+    state, X, y, orders, lr, smoothing, moving_last, *, batch_size, loss, optimizer, freeze=False,
+    batch_sharding=None,
 ):
     """Epochs of training as one program: a scan over epochs, each a scan over batches.
 
     Args:
         orders: int32 array of shape (epochs, n), each epoch's row order.
         moving_last: the moving average so far; NaN before the first step.
+        batch_sharding: with several devices, how each gathered batch is
+            split over them; XLA then sums the gradients across devices.
 
     Returns:
         (state, ok) as `_guarded_update` leaves them; the losses and their
@@ -573,7 +604,12 @@ def _fused_epochs(
     row_bytes = (d + y.shape[1]) * X.dtype.itemsize
     per_chunk = max(1, min(num_full, _CHUNK_BYTES // (batch_size * row_bytes)))
     num_chunks, leftover = divmod(num_full, per_chunk)
-    step = partial(_guarded_update, lr=lr, loss=loss, optimizer=optimizer, freeze=freeze)
+    guarded = partial(_guarded_update, lr=lr, loss=loss, optimizer=optimizer, freeze=freeze)
+
+    def step(carry, X_batch, y_batch):
+        if batch_sharding is not None:
+            X_batch, y_batch = jax.lax.with_sharding_constraint((X_batch, y_batch), batch_sharding)
+        return guarded(carry, X_batch, y_batch)
 
     def train_on(carry, rows):
         # rows: (m, batch_size) indices; one gather, then m steps on slices.

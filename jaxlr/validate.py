@@ -108,7 +108,10 @@ def _check_finite(X, y):
             return
         # On the device, in one pass: reading a device array into NumPy could
         # copy it (and JAX would keep that copy alive with the array).
-        if bool(_all_finite(X, y)):
+        finite = _all_finite(X, y)
+        if not finite.is_fully_addressable:  # global arrays of several processes
+            finite = finite.addressable_data(0)
+        if bool(finite):
             _remember_checked(X, y)
             return
     elif np.isfinite(np.sum(X)) and np.isfinite(np.sum(y)):

@@ -1,0 +1,118 @@
+"""Data parallelism: 8 simulated devices in one process, and 2 processes on 127.0.0.1.
+
+XLA_FLAGS must be set before jax is imported, so each scenario runs in its own
+Python process.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+import jaxlr
+
+MULTI_DEVICE = textwrap.dedent(
+    """
+    import json, jax, numpy as np, optax, jaxlr
+    from jaxlr.train import _fused_epochs
+    from jaxlr import parallel
+    assert jax.device_count() == 8
+    X, y = jaxlr.synthetic_data(jax.random.key(0), num_examples=1000)
+    out = {}
+    for name, make in [("sgd", lambda: None), ("adam", lambda: optax.adam(0.01))]:
+        for engine in ("fused", "loop"):
+            one = jaxlr.fit(X, y, key=jax.random.key(1), batch_size=16, epochs=2, engine=engine, optimizer=make())
+            many = jaxlr.fit(X, y, key=jax.random.key(1), batch_size=16, epochs=2, engine=engine, optimizer=make(),
+                             devices=8)
+            out[f"{name}-{engine}"] = float(np.abs(np.asarray(one.params.w) - np.asarray(many.params.w)).max())
+            out[f"{name}-{engine}-devices"] = len(many.params.w.sharding.device_set)
+    # The compiled program splits each batch over the devices and all-reduces.
+    mesh = parallel.data_mesh(8)
+    state = parallel.put_replicated(jaxlr.init_state(jaxlr.init_params(jax.random.key(0), 2, 1)), mesh)
+    Xr, yr = parallel.put_replicated((X, y), mesh)
+    orders = parallel.put_replicated(np.zeros((1, 1000), np.int32), mesh)
+    text = _fused_epochs.lower(state, Xr, yr, orders, 0.001, 0.01, np.float32(np.nan), batch_size=16,
+                               loss=jaxlr.square_loss, optimizer=None,
+                               batch_sharding=parallel.by_rows(mesh)).compile().as_text()
+    out["all_reduce"] = "all-reduce" in text
+    out["per_device_batch"] = "f32[2,2]" in text  # 16 rows / 8 devices, 2 features
+    try:
+        jaxlr.fit(X, y, key=jax.random.key(1), batch_size=12, devices=8)
+    except ValueError as err:
+        out["error"] = str(err)
+    print(json.dumps(out))
+    """
+)
+
+MULTI_PROCESS = textwrap.dedent(
+    """
+    import json, sys, jax, numpy as np, jaxlr
+    from jaxlr import parallel
+    parallel.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+    assert jax.process_count() == 2 and jax.device_count() == 4
+    X, y = jaxlr.synthetic_data(jax.random.key(0), num_examples=1000)
+    rows = parallel.local_rows(1000)  # each process reads only its own rows
+    mesh = parallel.data_mesh(jax.devices())
+    Xg = parallel.global_rows(np.asarray(X)[rows], mesh)
+    yg = parallel.global_rows(np.asarray(y)[rows], mesh)
+    result = jaxlr.fit(Xg, yg, key=jax.random.key(1), batch_size=16, epochs=2, devices=mesh)
+    print(json.dumps({"w": parallel.host_value(result.params.w).ravel().tolist(),
+                      "b": parallel.host_value(result.params.b).tolist(),
+                      "rows": [rows.start, rows.stop]}))
+    """
+)
+
+
+def _env(devices):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    return env
+
+
+def test_eight_devices_take_the_same_steps_as_one():
+    done = subprocess.run([sys.executable, "-c", MULTI_DEVICE], env=_env(8), capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    for name in ("sgd-fused", "sgd-loop", "adam-fused", "adam-loop"):
+        assert out[name] < 1e-5, out
+        assert out[f"{name}-devices"] == 8
+    assert out["all_reduce"] and out["per_device_batch"]
+    assert out["error"] == "`batch_size` (=12) must be divisible by the number of devices (=8)."
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_the_model_one_process_would():
+    coordinator = f"127.0.0.1:{_free_port()}"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", MULTI_PROCESS, coordinator, str(i)], env=_env(2),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        for i in range(2)
+    ]
+    try:
+        outputs = [p.communicate(timeout=110) for p in processes]
+    finally:
+        for p in processes:  # never leave a process behind
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, (out, err) in zip(processes, outputs):
+        assert p.returncode == 0, err[-3000:]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert [r["rows"] for r in results] == [[0, 500], [500, 1000]]
+    X, y = jaxlr.synthetic_data(jax.random.key(0), num_examples=1000)
+    alone = jaxlr.fit(X, y, key=jax.random.key(1), batch_size=16, epochs=2)
+    for r in results:
+        np.testing.assert_allclose(r["w"], np.asarray(alone.params.w).ravel(), atol=1e-5)
+        np.testing.assert_allclose(r["b"], np.asarray(alone.params.b), atol=1e-5)
