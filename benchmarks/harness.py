@@ -47,6 +47,24 @@ def timed_row(case, name, fn, *, repeats, metrics=None):
     return row
 
 
+def peak_rss_mb():
+    """This process's peak resident memory, in MB.
+
+    VmHWM where Linux has it: getrusage's ru_maxrss survives fork and exec, so
+    a worker started from a large process would report the parent's size.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def available(module):
     return importlib.util.find_spec(module) is not None
 

@@ -8,7 +8,6 @@ and a PyTorch index loop.
 
 import json
 import os
-import resource
 import subprocess
 import sys
 
@@ -65,7 +64,7 @@ def _worker(name, n, d, batch_size, repeats, device):
     import numpy as np
 
     import jaxlr
-    from benchmarks.harness import measure
+    from benchmarks.harness import measure, peak_rss_mb
 
     if device != "cpu":
         jax.config.update("jax_default_device", jax.devices(device)[0])
@@ -132,8 +131,7 @@ def _worker(name, n, d, batch_size, repeats, device):
         raise SystemExit(f"unknown contender {name!r}")
 
     median, first, _ = measure(epoch, repeats=repeats)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"seconds": median, "compile_seconds": max(0.0, first - median), "peak_rss_MB": peak}))
+    print(json.dumps({"seconds": median, "compile_seconds": max(0.0, first - median), "peak_rss_MB": peak_rss_mb()}))
 
 
 if __name__ == "__main__":

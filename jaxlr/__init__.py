@@ -6,7 +6,7 @@ The path of the lesson, one module each: `data` (key -> data -> batches),
 """
 
 from jaxlr import checkpoint
-from jaxlr.data import batches, permutation, synthetic_data, to_device
+from jaxlr.data import NpyStream, batches, permutation, synthetic_data, to_device
 from jaxlr.model import Params, init_params, net, square_loss
 from jaxlr.optim import TrainState, init_state, make_step, sgd
 from jaxlr.solve import mse, r2, solve
@@ -27,6 +27,7 @@ def __getattr__(name):
 
 __all__ = [
     "FitResult",
+    "NpyStream",
     "LinearRegressor",
     "Params",
     "TrainState",

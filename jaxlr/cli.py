@@ -120,6 +120,11 @@ def _parser():
     train.add_argument("--early-stopping", type=_positive_int, metavar="N", help="stop after N epochs without validation improvement; keep the best")
     train.add_argument("--plot", metavar="PNG", help="write the loss curve and predicted against actual here")
     train.add_argument("--checkpoint", metavar="DIR", help="save the run here after every epoch (atomically)")
+    train.add_argument("--stream", action="store_true", help="read a .npy table from disk in chunks (data larger than memory)")
+    train.add_argument("--chunk-mb", type=_positive_int, default=64, help="chunk size for --stream, in MB")
+    train.add_argument("--coordinator", metavar="HOST:PORT", help="train across processes: the address of process 0")
+    train.add_argument("--num-processes", type=_positive_int, metavar="P")
+    train.add_argument("--process-id", type=_count, metavar="I")
     train.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --checkpoint")
     train.set_defaults(command=_train)
 
@@ -158,6 +163,10 @@ def _configure_jax(args):
 
 class _Split:
     """Training and validation rows, standardized with the training statistics."""
+
+    def host_chunks(self):
+        """The training rows in original units, for the metrics."""
+        return iter([(self.X * self.scale + self.mean, self.y)])
 
     def __init__(self, table, args, key):
         X, y = table.X, table.y
@@ -224,9 +233,16 @@ def _train(args):
         raise UsageError("--resume needs --checkpoint DIR.")
     if args.early_stopping and not args.val_fraction:
         raise UsageError("--early-stopping needs --val-fraction to measure improvement.")
-    table, is_seed_job = _load(args)
+    mesh = _scale_out(args)
     split_key, fit_key = _keys(args)
-    split = _Split(table, args, split_key)
+    if args.stream:
+        table, is_seed_job, split = _streamed(args)
+    elif mesh is not None:
+        table, is_seed_job = _load(args)
+        split = _ProcessShare(table, mesh)
+    else:
+        table, is_seed_job = _load(args)
+        split = _Split(table, args, split_key)
     optimizer = {
         "sgd": None,
         "momentum": optax.sgd(args.lr, momentum=0.9),
@@ -254,7 +270,8 @@ def _train(args):
             split.X, split.y, key=fit_key, epochs=args.epochs, lr=args.lr,
             batch_size=args.batch_size, optimizer=optimizer, engine=args.engine,
             verbose=show_lines, callback=_all_of(callbacks),
-            checkpoint=args.checkpoint, resume=args.resume,
+            checkpoint=args.checkpoint, resume=args.resume, devices=mesh,
+            chunk_bytes=args.chunk_mb << 20,
         )  # fmt: skip
         jax.block_until_ready(result)
     finally:
@@ -278,15 +295,88 @@ def _train(args):
     report = _report(model, split, args, elapsed)
     moving = np.asarray(result.moving_losses)
     report["final_moving_loss"] = float(moving[-1]) if moving.size else None
-    report["epochs_run"] = int(result.losses.shape[0] // max(1, -(-split.X.shape[0] // args.batch_size)))
+    report["epochs_run"] = args.epochs if stopper is None else stopper.seen
     if stopper is not None:
         report["best_epoch"] = stopper.best_epoch
     if is_seed_job:
         report["true_w"], report["true_b"] = list(SEED_TRUE_W), [SEED_TRUE_B]
     plot = plot_ready(result, model, split) if args.plot else None
-    _write_outputs(args, model, plot)
-    _print_report(report, args)
+    if jax.process_index() == 0:  # every process holds the same model; one writes it
+        _write_outputs(args, model, plot)
+        _print_report(report, args)
     return 0
+
+
+def _scale_out(args):
+    """Joins a multi-process run when asked to; returns its mesh, or None."""
+    if args.coordinator is None:
+        if args.num_processes is not None or args.process_id is not None:
+            raise UsageError("--num-processes and --process-id need --coordinator HOST:PORT.")
+        return None
+    if args.num_processes is None or args.process_id is None:
+        raise UsageError("--coordinator needs --num-processes and --process-id.")
+    for option in ("val_fraction", "standardize", "early_stopping", "plot", "stream", "checkpoint"):
+        if getattr(args, option):
+            raise UsageError(f"--{option.replace('_', '-')} is not available across processes.")
+    if args.engine != "fused":
+        raise UsageError("across processes, --engine must be fused.")
+    from jaxlr import parallel
+
+    # The collectives library prints connection notes on the process's
+    # standard output; send them to stderr, and keep stdout for the results.
+    sys.stdout.flush()
+    sys.stdout = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), 1)
+    parallel.initialize(args.coordinator, args.num_processes, args.process_id)
+    return parallel.data_mesh(jax.devices())
+
+
+class _Whole:
+    """Training rows used as they come: no validation split, no scaling."""
+
+    def __init__(self, X, y, rows, num_features, chunks):
+        self.X, self.y, self.rows = X, y, rows
+        self.mean, self.scale = np.zeros(num_features), np.ones(num_features)
+        self.val_X = self.val_y = None
+        self.host_chunks = chunks
+
+
+def _ProcessShare(table, mesh):
+    """This process's equal share of the rows, as part of global arrays."""
+    from jaxlr import parallel
+
+    rows = parallel.local_rows(table.X.shape[0])
+    X, y = table.X[rows].astype(np.float32), table.y[rows].astype(np.float32)
+    return _Whole(
+        parallel.global_rows(X, mesh), parallel.global_rows(y, mesh), table.X.shape[0], X.shape[1],
+        lambda: iter([(X, y)]),
+    )
+
+
+def _streamed(args):
+    """A .npy table read from disk in chunks, never whole."""
+    from jaxlr.data import NpyStream, Table
+
+    for option in ("val_fraction", "standardize", "early_stopping", "plot"):
+        if getattr(args, option):
+            raise UsageError(f"--{option.replace('_', '-')} needs the data in memory; it cannot go with --stream.")
+    if args.data is None or not args.data.endswith(".npy"):
+        raise UsageError("--stream reads a .npy matrix: give --data FILE.npy.")
+    if args.target is None or not args.target.strip().isdigit():
+        raise UsageError("--stream needs --target as a 0-based column index.")
+    features = None
+    if args.features is not None:
+        features = [int(f) for f in args.features.split(",") if f.strip()]
+    stream = NpyStream(args.data, target=int(args.target), features=features)
+    chunk_rows = max(1, (args.chunk_mb << 20) // stream.row_bytes)
+
+    def chunks():
+        for start in range(0, stream.num_rows, chunk_rows):
+            yield stream.read(start, min(start + chunk_rows, stream.num_rows))
+
+    names = tuple(str(c) for c in stream.x_columns)
+    table = Table(X=None, y=None, feature_names=names, target_name=args.target.strip())
+    return table, False, _Whole(stream, None, stream.num_rows, stream.num_features, chunks)
 
 
 def _solve(args):
@@ -366,8 +456,10 @@ class _EarlyStopping:
     def __init__(self, patience, X_val, y_val):
         self.patience, self.X_val, self.y_val = patience, X_val, y_val
         self.best, self.best_params, self.best_epoch, self.waited = None, None, None, 0
+        self.seen = 0
 
     def __call__(self, epoch, result):
+        self.seen += 1
         w, b = (np.asarray(p, np.float64) for p in result.params)
         error = float(np.mean((self.X_val @ w + b - self.y_val) ** 2))
         if self.best is None or error < self.best:
@@ -406,6 +498,19 @@ def _metrics(predictions, y, prefix=""):
     return {f"{prefix}mse": float(np.mean((predictions - y) ** 2)), f"{prefix}r2": float(np.mean(r2))}
 
 
+def _chunked_metrics(model, chunks, prefix):
+    """MSE and R² over rows that arrive in chunks, in one pass."""
+    count, squared, total, total_sq = 0, 0.0, 0.0, 0.0
+    for X, y in chunks:
+        residual = model.predict(X) - y
+        count += y.shape[0]
+        squared = squared + (residual**2).sum(axis=0)
+        total, total_sq = total + y.sum(axis=0), total_sq + (y.astype(np.float64) ** 2).sum(axis=0)
+    spread = total_sq - total**2 / count
+    r2 = np.where(spread > 0, 1 - squared / np.where(spread > 0, spread, 1), 0.0)
+    return {f"{prefix}mse": float(np.mean(squared / count)), f"{prefix}r2": float(np.mean(r2))}
+
+
 def _report(model, split, args, elapsed):
     w, b = model.coefficients()
     report = {
@@ -418,8 +523,7 @@ def _report(model, split, args, elapsed):
         "elapsed_s": round(elapsed, 4),
         "model": args.save,
     }
-    raw_X = split.X * split.scale + split.mean
-    report.update(_metrics(model.predict(raw_X), split.y, "train_"))
+    report.update(_chunked_metrics(model, split.host_chunks(), "train_"))
     if split.val_X is not None:
         raw_val = split.val_X * split.scale + split.mean
         report.update(_metrics(model.predict(raw_val), split.val_y, "val_"))

@@ -1,6 +1,7 @@
 """Data: the synthetic problem, the shuffle, the batching generator, and tables from files."""
 
 import csv
+import mmap
 import zipfile
 from functools import partial
 from pathlib import Path
@@ -338,3 +339,87 @@ def _load_npz(path, target, features):
         X, names = X[:, chosen], [names[j] for j in chosen]
     return Table(X=np.asarray(X, np.float64), y=None if y is None else np.asarray(y, np.float64),
                  feature_names=tuple(names), target_name=None if y is None else "y")
+
+
+# ------------------------------------------------------------------ streams
+
+
+class NpyStream:
+    """The rows of a `.npy` matrix on disk, read a chunk at a time.
+
+    For data larger than memory: `fit` reads each chunk with plain file reads
+    (no memory map, so pages already trained on do not stay counted against
+    the process), checks it, and trains on it, holding about two chunks at
+    a time. Pass it to `fit` as X with y=None, or pass `fit` a `numpy.memmap`
+    directly.
+
+    Args:
+        path: the `.npy` file, a 2-D C-ordered numeric matrix.
+        target: column index of the target when the matrix holds it; the
+            other columns (or `features`) are the features.
+        features: column indices of the features.
+        y: when the matrix holds only features: the targets, an array of
+            shape (n,) or (n, k), small enough for memory.
+    """
+
+    def __init__(self, path, *, target=None, features=None, y=None, offset=None):
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as file:
+                version = np.lib.format.read_magic(file)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read(file)
+                self.offset = file.tell() if offset is None else offset
+        except (OSError, ValueError) as err:
+            raise DataError(f"{self.path.name} is not a readable .npy array: {err}") from None
+        if len(shape) != 2 or shape[0] == 0 or fortran or dtype.kind not in "biuf":
+            raise DataError(f"{self.path.name} must hold a 2-D C-ordered numeric matrix, got {dtype} {shape}.")
+        self.num_rows, self.num_columns = shape
+        self.file_dtype = dtype
+        self.dtype = validate._float_dtype(dtype)
+        columns = list(range(self.num_columns))
+        if target is not None:
+            target = validate.check_int("target", target, low=0, high=self.num_columns - 1, high_name="the last column")
+        self.y_columns = None if target is None else [target]
+        self.x_columns = list(features) if features is not None else [c for c in columns if c != target]
+        if y is not None:
+            y = validate.as_array("y", y)
+            y = y.reshape(-1, 1) if y.ndim == 1 else y
+            if y.ndim != 2 or y.shape[0] != self.num_rows:
+                raise ValueError(f"`y` has shape {y.shape}; it needs {self.num_rows} rows.")
+            y = np.asarray(y, self.dtype)
+        elif target is None:
+            raise ValueError("an NpyStream needs a `target` column or a `y` array.")
+        self._y = y
+        self.num_features = len(self.x_columns)
+        self.num_outputs = 1 if y is None else y.shape[1]
+
+    @classmethod
+    def from_memmap(cls, X, y):
+        """The stream behind a memory-mapped matrix (`np.load(..., mmap_mode="r")`)."""
+        if not (X.ndim == 2 and X.flags.c_contiguous and isinstance(X.base, mmap.mmap) and X.filename):
+            raise ValueError("`X` is a view of a memmap; stream the whole file (NpyStream with `features`).")
+        return cls(X.filename, y=y, offset=X.offset)
+
+    @property
+    def row_bytes(self):
+        return self.num_columns * self.file_dtype.itemsize
+
+    def read(self, start, stop):
+        """Rows [start, stop) as (X, y) NumPy arrays, checked for NaN and inf."""
+        count = stop - start
+        buffer = np.empty((count, self.num_columns), self.file_dtype)
+        with open(self.path, "rb") as file:
+            file.seek(self.offset + start * self.row_bytes)
+            if file.readinto(memoryview(buffer).cast("B")) != buffer.nbytes:
+                raise DataError(f"{self.path.name} ended before row {stop}: is it truncated?")
+        X = buffer[:, self.x_columns].astype(self.dtype)
+        y = self._y[start:stop] if self._y is not None else buffer[:, self.y_columns].astype(self.dtype)
+        for name, part in (("X", X), ("y", y)):
+            if not np.isfinite(part.sum()):
+                bad = ~np.isfinite(part).all(axis=1)
+                raise ValueError(
+                    f"`{name}` has NaN or inf in row {start + int(np.argmax(bad))} (counting from 0) "
+                    f"of {self.path.name}. Drop or impute it before training."
+                )
+        return X, y

@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxlr import checkpoint as checkpoint_lib
 from jaxlr import parallel, validate
-from jaxlr.data import batches, key_words, permutation_from_words, to_device
+from jaxlr.data import NpyStream, batches, key_words, permutation_from_words, to_device
 from jaxlr.model import Params, init_params, square_loss
 from jaxlr.optim import TrainState, init_state, make_step, update
 
@@ -83,6 +83,7 @@ def fit(
     checkpoint_every=1,
     resume=False,
     devices=None,
+    chunk_bytes=64 << 20,
 ):
     """Trains a linear model by mini-batch SGD (or an optax optimizer).
 
@@ -126,6 +127,11 @@ def fit(
             and XLA sums the gradients; the steps are those of one device.
             X and y may be global arrays built across processes (see
             `jaxlr.parallel`). Not with `device`.
+        chunk_bytes: for X given as a `numpy.memmap` or an `NpyStream`: the
+            size of the chunks read from disk. Each epoch visits the chunks in
+            a new random order and shuffles fully within each chunk, which is
+            not a global permutation: larger chunks mix more, smaller ones
+            need less memory (about three chunks at a time).
         resume: continue from the newest good checkpoint in `checkpoint`, if
             any: the run then trains only the epochs still missing from
             ``initial_epoch + epochs`` and ends with the params an
@@ -144,9 +150,15 @@ def fit(
         >>> result.params.w.ravel()  # close to [2, -3.4]
     """
     key = validate.check_key(key)
-    X, y = validate.training_arrays(X, y)
-    n, d = X.shape
-    k = y.shape[1]
+    if isinstance(X, np.memmap):
+        X = NpyStream.from_memmap(X, y)
+    stream = X if isinstance(X, NpyStream) else None
+    if stream is not None:
+        n, d, k, dtype = stream.num_rows, stream.num_features, stream.num_outputs, stream.dtype
+        chunk_bytes = validate.check_int("chunk_bytes", chunk_bytes, low=1)
+    else:
+        X, y = validate.training_arrays(X, y)
+        (n, d), k, dtype = X.shape, y.shape[1], X.dtype
     epochs = validate.check_int("epochs", epochs, low=0)
     initial_epoch = validate.check_int("initial_epoch", initial_epoch, low=0)
     batch_size = validate.check_int(
@@ -171,6 +183,8 @@ def fit(
             )
         if engine == "loop" and jax.process_count() > 1:
             raise ValueError("across processes use engine='fused': the loop feeds batches from one host.")
+    if stream is not None and (engine != "fused" or mesh is not None or device is not None):
+        raise ValueError("data streamed from disk trains with engine='fused' on the default device.")
     saving = None
     if checkpoint is not None:
         checkpoint_every = validate.check_int("checkpoint_every", checkpoint_every, low=1)
@@ -179,13 +193,13 @@ def fit(
             directory=checkpoint, every=checkpoint_every, key_words=key_words(key),
             settings={"examples": n, "features": d, "outputs": k, "batch_size": batch_size, "lr": lr,
                       "optimizer": None if optimizer is None else repr(jax.tree.structure(
-                          optimizer.init(Params(jnp.zeros((d, k), X.dtype), jnp.zeros(k, X.dtype)))))},
+                          optimizer.init(Params(jnp.zeros((d, k), dtype), jnp.zeros(k, dtype)))))},
         )  # fmt: skip
     elif resume:
         raise ValueError("`resume` needs `checkpoint`, the directory to resume from.")
     moving_start = None
     if resume:
-        found = checkpoint_lib.latest(checkpoint, saving.opt_state_like(optimizer, d, k, X.dtype))
+        found = checkpoint_lib.latest(checkpoint, saving.opt_state_like(optimizer, d, k, dtype))
         if found is not None:
             saving.check_matches(found, checkpoint)
             end = initial_epoch + epochs
@@ -193,12 +207,12 @@ def fit(
             initial_epoch, epochs = found.epoch, max(0, end - found.epoch)
 
     epoch_ids = np.arange(initial_epoch, initial_epoch + epochs)
-    initial_params, epoch_words = _start(key, epoch_ids, num_inputs=d, num_outputs=k, dtype=X.dtype)
+    initial_params, epoch_words = _start(key, epoch_ids, num_inputs=d, num_outputs=k, dtype=dtype)
     if params is None:
         params = initial_params
     else:
         params = validate.check_params(params, d, k)
-        params = Params(*(jnp.asarray(p, X.dtype) for p in params))
+        params = Params(*(jnp.asarray(p, dtype) for p in params))
     state = init_state(params, optimizer)
     if opt_state is not None:
         if optimizer is None:
@@ -220,6 +234,8 @@ def fit(
         mesh=mesh,
     )  # fmt: skip
     epochs_and_words = list(zip(epoch_ids.tolist(), np.asarray(epoch_words)))
+    if stream is not None:
+        return _run_streamed(state, stream, epochs_and_words, run, chunk_bytes)
     if engine == "loop":
         return _run_loop(state, X, y, epochs_and_words, run)
     X, y = to_device(X, device), to_device(y, device)
@@ -639,3 +655,59 @@ def _fused_epochs(
     start = jnp.where(jnp.isnan(moving_last), losses[0], moving_last)
     moving = _smooth(losses, smoothing, start)
     return carry, losses, moving, moving[-1]
+
+
+# ------------------------------------------------------------------ streamed from disk
+
+
+def _run_streamed(state, stream, epochs_and_words, run, chunk_bytes):
+    """The fused engine over a file, a chunk at a time.
+
+    Each epoch visits the chunks in an order drawn from its key and shuffles
+    the rows within each chunk; batches never straddle two chunks. The next
+    chunk is read from disk while the device trains on the current one.
+    """
+    n = stream.num_rows
+    rows = max(run.batch_size, (chunk_bytes // stream.row_bytes) // run.batch_size * run.batch_size)
+    starts = list(range(0, n, rows))
+    loss_parts, moving_parts = [], []
+    moving_last = np.array(np.nan if run.moving_start is None else run.moving_start, stream.dtype)
+    for epoch, words in epochs_and_words:
+        rng = np.random.Generator(np.random.SFC64(words.tolist()))
+        visit = [starts[i] for i in rng.permutation(len(starts))]
+        epoch_losses, epoch_moving, steps_before = [], [], 0
+        upcoming = stream.read(visit[0], min(visit[0] + rows, n))
+        for position, start in enumerate(visit):
+            X_host, y_host = upcoming
+            order = rng.permutation(X_host.shape[0]).astype(np.int32)[None]
+            X_chunk, y_chunk = to_device(X_host), to_device(y_host)
+            program = partial(
+                _fused_epochs, X=X_chunk, y=y_chunk, orders=order, lr=run.lr, smoothing=run.smoothing,
+                moving_last=moving_last, batch_size=min(run.batch_size, X_host.shape[0]),
+                loss=square_loss, optimizer=run.optimizer,
+            )  # fmt: skip
+            (new_state, ok), losses, moving, moving_last = program(state)
+            if position + 1 < len(visit):  # read ahead while the device works
+                following = visit[position + 1]
+                upcoming = stream.read(following, min(following + rows, n))
+            if not bool(ok):
+                (state, _), losses, _, _ = program(state, freeze=True)
+                bad = np.asarray(losses)
+                at = int(np.argmax(~np.isfinite(bad)))
+                last = float(bad[at - 1]) if at else (float(epoch_losses[-1][-1]) if epoch_losses else None)
+                raise TrainingDiverged(epoch, steps_before + at, last, state, run.lr)
+            state = new_state
+            steps_before += losses.shape[0]
+            epoch_losses.append(losses)
+            epoch_moving.append(moving)
+        losses, moving = jnp.concatenate(epoch_losses), jnp.concatenate(epoch_moving)
+        loss_parts.append(losses)
+        moving_parts.append(moving)
+        if run.log_every is not None:
+            shown = np.asarray(moving)
+            for i in range(run.log_every - 1, shown.shape[0], run.log_every):
+                _print_log_line(epoch, i, shown[i])
+        if run.callback is not None:
+            if run.callback(epoch, FitResult(state.params, state.opt_state, losses, moving)):
+                break
+    return _finish(state, loss_parts, moving_parts, stream.dtype)

@@ -222,3 +222,16 @@ def test_checkpoint_and_resume_from_the_command_line(tmp_path, cache_dir):
         assert done.returncode == 0, done.stderr
     assert json.loads(rest.stdout)["w"] == json.loads(whole.stdout)["w"]
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir())[-1] == "checkpoint-00000006.npz"
+
+
+def test_stream_a_npy_table_from_disk(tmp_path, cache_dir):
+    X, y = write_table(tmp_path / "unused.csv", n=2000)
+    np.save(tmp_path / "big.npy", np.column_stack([X, y]).astype(np.float32))
+    done = run_cli("train", "--data", "big.npy", "--target", "3", "--stream", "--chunk-mb", "1", "--epochs", "2",
+                   "--batch-size", "16", "--lr", "1e-5", "--json", cwd=tmp_path, cache_dir=cache_dir)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["features"] == ["0", "1", "2"] and report["rows"] == 2000 and report["epochs_run"] == 2
+    done = run_cli("train", "--data", "big.npy", "--target", "3", "--stream", "--standardize",
+                   cwd=tmp_path, cache_dir=cache_dir)  # fmt: skip
+    assert done.returncode == 2 and "cannot go with --stream" in done.stderr

@@ -116,3 +116,36 @@ def test_two_processes_train_the_model_one_process_would():
     for r in results:
         np.testing.assert_allclose(r["w"], np.asarray(alone.params.w).ravel(), atol=1e-5)
         np.testing.assert_allclose(r["b"], np.asarray(alone.params.b), atol=1e-5)
+
+
+def test_the_command_line_across_two_processes(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3))
+    y = X @ [1.0, -2.0, 0.5] + 3.0 + 0.1 * rng.normal(size=400)
+    rows = ["a,b,c,y"] + [f"{a},{b},{c},{t}" for (a, b, c), t in zip(X, y)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    common = ["-m", "jaxlr", "train", "--data", "t.csv", "--target", "y", "--epochs", "3", "--batch-size", "8",
+              "--lr", "0.01", "--json", "--no-cache"]  # fmt: skip
+    env = _env(1)
+    alone = subprocess.run([sys.executable, *common], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+    assert alone.returncode == 0, alone.stderr
+    coordinator = f"127.0.0.1:{_free_port()}"
+    processes = [
+        subprocess.Popen([sys.executable, *common, "--coordinator", coordinator, "--num-processes", "2",
+                          "--process-id", str(i), "--save", "m.npz"], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        for i in range(2)
+    ]
+    try:
+        outputs = [p.communicate(timeout=110) for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in processes] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert outputs[1][0] == ""  # process 1 trains but stays quiet; process 0 reports
+    report = json.loads(outputs[0][0])
+    np.testing.assert_allclose(report["w"], json.loads(alone.stdout)["w"], atol=1e-5)
+    assert (tmp_path / "m.npz").is_file()
