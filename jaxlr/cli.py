@@ -227,8 +227,6 @@ def _keys(args):
 
 
 def _train(args):
-    import optax
-
     if args.resume and not args.checkpoint:
         raise UsageError("--resume needs --checkpoint DIR.")
     if args.early_stopping and not args.val_fraction:
@@ -243,11 +241,7 @@ def _train(args):
     else:
         table, is_seed_job = _load(args)
         split = _Split(table, args, split_key)
-    optimizer = {
-        "sgd": None,
-        "momentum": optax.sgd(args.lr, momentum=0.9),
-        "adam": optax.adam(args.lr),
-    }[args.optimizer]
+    optimizer = _optimizer(args.optimizer, args.lr)
     plot_ready = _check_plotting(args.plot)
     show_lines = not (args.quiet or args.json)
     callbacks = []
@@ -305,6 +299,14 @@ def _train(args):
         _write_outputs(args, model, plot)
         _print_report(report, args)
     return 0
+
+
+def _optimizer(name, lr):
+    if name == "sgd":
+        return None  # jaxlr's own update; optax is not even imported
+    import optax
+
+    return {"momentum": lambda: optax.sgd(lr, momentum=0.9), "adam": lambda: optax.adam(lr)}[name]()
 
 
 def _scale_out(args):

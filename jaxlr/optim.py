@@ -4,7 +4,6 @@ import functools
 from typing import Any, NamedTuple
 
 import jax
-import optax
 
 from jaxlr import validate
 from jaxlr.model import Params, net, square_loss
@@ -55,6 +54,8 @@ def update(state, X, y, lr, loss=square_loss, optimizer=None):
     value, grads = jax.value_and_grad(objective)(state.params)
     if optimizer is None:
         return TrainState(sgd(state.params, grads, lr), None), value
+    import optax  # imported with the optimizer, not with jaxlr
+
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     return TrainState(optax.apply_updates(state.params, updates), opt_state), value
 

@@ -12,7 +12,6 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 
 def _describe(value):
@@ -69,7 +68,11 @@ def check_key(key, name="key"):
 
 
 def check_optimizer(optimizer):
-    if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
+    if optimizer is None:
+        return None
+    import optax  # only when one is given: importing optax costs a tenth of a second
+
+    if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(
             f"`optimizer` (={_describe(optimizer)}) must be None (plain SGD) or an "
             "optax.GradientTransformation such as optax.adam(1e-2)."
