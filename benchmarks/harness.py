@@ -23,8 +23,12 @@ class Row:
     skipped: str | None = None  # why it was not measured
 
 
-def measure(fn, *, repeats):
-    """Runs `fn` once to warm up, then `repeats` times; JAX results are waited for.
+def measure(fn, *, repeats, budget_s=1.0, max_repeats=200):
+    """Runs `fn` once to warm up, then at least `repeats` times; JAX results are waited for.
+
+    Fast contenders repeat until `budget_s` of timing has accumulated (at most
+    `max_repeats` times): on a shared machine the median of many short runs
+    is steadier than the median of five.
 
     Returns (median seconds, first-call seconds, the last result).
     """
@@ -32,11 +36,45 @@ def measure(fn, *, repeats):
     result = jax.block_until_ready(fn())
     first = time.perf_counter() - start
     times = []
-    for _ in range(repeats):
+    while len(times) < repeats or (sum(times) < budget_s and len(times) < max_repeats):
         start = time.perf_counter()
         result = jax.block_until_ready(fn())
         times.append(time.perf_counter() - start)
     return statistics.median(times), first, result
+
+
+def interleaved_rows(case, contenders, *, repeats, budget_s=2.0, max_rounds=200):
+    """Times several contenders in turns (A, B, C, A, B, C, ...).
+
+    On a shared machine the load drifts over seconds; taking turns exposes
+    every contender to the same drift, so the ratios between them hold even
+    when the absolute times do not.
+
+    Args:
+        contenders: a list of (name, fn, metrics) with metrics a function of
+            fn's result, or None.
+    """
+    firsts, times, results = {}, {name: [] for name, _, _ in contenders}, {}
+    for name, fn, _ in contenders:
+        start = time.perf_counter()
+        results[name] = jax.block_until_ready(fn())
+        firsts[name] = time.perf_counter() - start
+    rounds = 0
+    while rounds < repeats or (sum(map(sum, times.values())) < budget_s and rounds < max_rounds):
+        for name, fn, _ in contenders:
+            start = time.perf_counter()
+            results[name] = jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+        rounds += 1
+    rows = []
+    for name, _, metrics in contenders:
+        median = statistics.median(times[name])
+        row = Row(case, name, median, max(0.0, firsts[name] - median))
+        if metrics is not None:
+            row.metrics.update(metrics(results[name]))
+        row.metrics["runs"] = len(times[name])
+        rows.append(row)
+    return rows
 
 
 def timed_row(case, name, fn, *, repeats, metrics=None):

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 
 import jaxlr
-from benchmarks.harness import Row, available, timed_row
+from benchmarks.harness import Row, available, interleaved_rows
 
 TRUE_W, TRUE_B = np.array([2.0, -3.4]), 4.2
 EPOCHS, BATCH, LR = 2, 4, 0.001
@@ -24,23 +24,34 @@ def run(*, num_examples=10_000, repeats=5):
     def from_fit(result):
         return error(result.params.w, result.params.b)
 
-    rows = [
-        timed_row("seed", "jaxlr fused", lambda: jaxlr.fit(X, y, key=key), repeats=repeats, metrics=from_fit),
-        timed_row("seed", "jaxlr loop", lambda: jaxlr.fit(X, y, key=key, engine="loop"), repeats=repeats, metrics=from_fit),
-        timed_row("seed", "naive JAX loop (d2l style)", lambda: naive_jax(X_np, y_np), repeats=repeats, metrics=lambda r: error(*r)),
+    # Contenders take turns, so that each sees the same load on a shared
+    # machine; the fast ones (about a millisecond) and the step-by-step loops
+    # (a tenth of a second and more) in separate groups, so that the slow
+    # ones neither starve the fast of runs nor flush their caches.
+    fast = [
+        ("jaxlr fused", lambda: jaxlr.fit(X, y, key=key), from_fit),
+        ("numpy lstsq (closed form)", lambda: lstsq(X_np, y_np), lambda r: error(*r)),
+        ("jaxlr.solve (closed form)", lambda: jaxlr.solve(X, y), lambda p: error(p.w, p.b)),
     ]
+    slow = [
+        ("jaxlr loop", lambda: jaxlr.fit(X, y, key=key, engine="loop"), from_fit),
+        ("naive JAX loop (d2l style)", lambda: naive_jax(X_np, y_np), lambda r: error(*r)),
+    ]
+    skipped = []
     if available("sklearn"):
-        rows.append(timed_row("seed", "scikit-learn SGDRegressor", lambda: sgd_regressor(X_np, y_np), repeats=repeats,
-                              metrics=lambda m: error(m.coef_, m.intercept_)))  # fmt: skip
+        fast.insert(1, ("scikit-learn SGDRegressor", lambda: sgd_regressor(X_np, y_np),
+                        lambda m: error(m.coef_, m.intercept_)))  # fmt: skip
     else:
-        rows.append(Row("seed", "scikit-learn SGDRegressor", skipped="scikit-learn is not installed"))
-    rows.append(timed_row("seed", "numpy lstsq (closed form)", lambda: lstsq(X_np, y_np), repeats=repeats, metrics=lambda r: error(*r)))
-    rows.append(timed_row("seed", "jaxlr.solve (closed form)", lambda: jaxlr.solve(X, y), repeats=repeats, metrics=lambda p: error(p.w, p.b)))
+        skipped.append(Row("seed", "scikit-learn SGDRegressor", skipped="scikit-learn is not installed"))
     if available("torch"):
-        rows.append(timed_row("seed", "PyTorch from scratch", lambda: torch_from_scratch(X_np, y_np), repeats=repeats,
-                              metrics=lambda r: error(*r)))  # fmt: skip
+        slow.append(("PyTorch from scratch", lambda: torch_from_scratch(X_np, y_np), lambda r: error(*r)))
     else:
-        rows.append(Row("seed", "PyTorch from scratch", skipped="torch is not installed"))
+        skipped.append(Row("seed", "PyTorch from scratch", skipped="torch is not installed"))
+    rows = (
+        interleaved_rows("seed", fast, repeats=repeats, budget_s=3.0)
+        + interleaved_rows("seed", slow, repeats=repeats, budget_s=6.0)
+        + skipped
+    )
     for row in rows:
         if row.seconds and row.name in ("jaxlr loop", "naive JAX loop (d2l style)", "PyTorch from scratch"):
             row.metrics["us_per_step"] = row.seconds / steps * 1e6

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 
 import jaxlr
-from benchmarks.harness import Row, available, timed_row
+from benchmarks.harness import Row, available, interleaved_rows
 
 
 def run(*, num_examples=10_000, num_rates=64, repeats=5):
@@ -20,14 +20,12 @@ def run(*, num_examples=10_000, num_rates=64, repeats=5):
         final = np.asarray(result.moving_losses)[:, -1]
         return {"best_lr": float(lrs[np.nanargmin(final)]), "diverged": int(np.asarray(result.diverged).sum())}
 
-    rows = [
-        timed_row("sweep", f"jaxlr.sweep ({num_rates} lrs, one program)", lambda: jaxlr.sweep(X, y, key=key, lrs=lrs),
-                  repeats=repeats, metrics=best),  # fmt: skip
+    contenders = [
+        (f"jaxlr.sweep ({num_rates} lrs, one program)", lambda: jaxlr.sweep(X, y, key=key, lrs=lrs), best),
+        ("one jaxlr fused fit", lambda: jaxlr.fit(X, y, key=key), None),
+        (f"{num_rates} jaxlr fused fits", lambda: [jaxlr.fit(X, y, key=key, lr=float(lr)) for lr in lrs], None),
     ]
-    rows[0].metrics["compilations"] = jaxlr.train._sweep_program._cache_size()
-    rows.append(timed_row("sweep", "one jaxlr fused fit", lambda: jaxlr.fit(X, y, key=key), repeats=repeats))
-    rows.append(timed_row("sweep", f"{num_rates} jaxlr fused fits",
-                          lambda: [jaxlr.fit(X, y, key=key, lr=float(lr)) for lr in lrs], repeats=max(1, repeats // 2)))  # fmt: skip
+    skipped = []
     if available("sklearn"):
         from sklearn.linear_model import SGDRegressor
 
@@ -40,9 +38,11 @@ def run(*, num_examples=10_000, num_rates=64, repeats=5):
                     for lr in lrs
                 ]
 
-        rows.append(timed_row("sweep", f"{num_rates} SGDRegressor fits", sklearn_fits, repeats=max(1, repeats // 2)))
+        contenders.append((f"{num_rates} SGDRegressor fits", sklearn_fits, None))
     else:
-        rows.append(Row("sweep", f"{num_rates} SGDRegressor fits", skipped="scikit-learn is not installed"))
+        skipped.append(Row("sweep", f"{num_rates} SGDRegressor fits", skipped="scikit-learn is not installed"))
+    rows = interleaved_rows("sweep", contenders, repeats=repeats, budget_s=5.0) + skipped
+    rows[0].metrics["compilations"] = jaxlr.train._sweep_program._cache_size()
     return rows
 
 

@@ -189,11 +189,12 @@ def fit(
     if checkpoint is not None:
         checkpoint_every = validate.check_int("checkpoint_every", checkpoint_every, low=1)
         Path(checkpoint).mkdir(parents=True, exist_ok=True)
+        # The optimizer is recorded by the structure of its state.
+        optimizer_kind = repr(jax.tree.structure(_Saving.opt_state_like(optimizer, d, k, dtype)))
         saving = _Saving(
             directory=checkpoint, every=checkpoint_every, key_words=key_words(key),
             settings={"examples": n, "features": d, "outputs": k, "batch_size": batch_size, "lr": lr,
-                      "optimizer": None if optimizer is None else repr(jax.tree.structure(
-                          optimizer.init(Params(jnp.zeros((d, k), dtype), jnp.zeros(k, dtype)))))},
+                      "optimizer": None if optimizer is None else optimizer_kind},
         )  # fmt: skip
     elif resume:
         raise ValueError("`resume` needs `checkpoint`, the directory to resume from.")
