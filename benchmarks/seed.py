@@ -119,7 +119,8 @@ def torch_from_scratch(X, y):
     from torch.utils.data import DataLoader, TensorDataset
 
     torch.manual_seed(0)
-    loader = DataLoader(TensorDataset(torch.from_numpy(X), torch.from_numpy(y)), batch_size=BATCH, shuffle=True)
+    data = TensorDataset(torch.tensor(X), torch.tensor(y))  # copies: X may be a read-only view
+    loader = DataLoader(data, batch_size=BATCH, shuffle=True)
     w = torch.randn(X.shape[1], 1, requires_grad=True)
     b = torch.randn(1, requires_grad=True)
     moving = None
