@@ -3,9 +3,12 @@
 The path of the lesson, one module each: `data` (key -> data -> batches),
 `model` (Params, net, square_loss), `optim` (sgd and the jitted step),
 `train` (fit: loop and fused engines), `solve` (closed form and metrics).
+Beyond it: `checkpoint` (resumable runs), `parallel` (devices and processes),
+`persist` (model files), `cli` (the `jaxlr` command) and `estimator`
+(`LinearRegressor`, for scikit-learn).
 """
 
-from jaxlr import checkpoint
+from jaxlr import checkpoint, parallel
 from jaxlr.data import NpyStream, batches, permutation, synthetic_data, to_device
 from jaxlr.model import Params, init_params, net, square_loss
 from jaxlr.optim import TrainState, init_state, make_step, sgd
@@ -33,6 +36,7 @@ __all__ = [
     "TrainState",
     "TrainingDiverged",
     "batches",
+    "checkpoint",
     "fit",
     "init_params",
     "init_state",
@@ -40,6 +44,7 @@ __all__ = [
     "moving_average",
     "mse",
     "net",
+    "parallel",
     "permutation",
     "r2",
     "sgd",

@@ -273,13 +273,9 @@ def _train(args):
             bar.close()
     elapsed = time.perf_counter() - start
     params = result.params if stopper is None or stopper.best is None else stopper.best_params
-    model = Model(
-        params=jax.tree.map(np.asarray, params),
-        x_mean=split.mean,
-        x_scale=split.scale,
-        feature_names=table.feature_names,
-        target_names=(table.target_name,),
-        settings={
+    model = _model(
+        params, split, table,
+        {
             "command": "train", "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
             "optimizer": args.optimizer, "engine": args.engine, "seed": args.seed,
             "standardize": args.standardize, "val_fraction": args.val_fraction,
@@ -389,14 +385,10 @@ def _solve(args):
     params = solve(split.X, split.y)
     jax.block_until_ready(params)
     elapsed = time.perf_counter() - start
-    model = Model(
-        params=jax.tree.map(np.asarray, params),
-        x_mean=split.mean,
-        x_scale=split.scale,
-        feature_names=table.feature_names,
-        target_names=(table.target_name,),
-        settings={"command": "solve", "seed": args.seed, "standardize": args.standardize,
-                  "val_fraction": args.val_fraction, "x64": args.x64},
+    model = _model(
+        params, split, table,
+        {"command": "solve", "seed": args.seed, "standardize": args.standardize,
+         "val_fraction": args.val_fraction, "x64": args.x64},
     )  # fmt: skip
     report = _report(model, split, args, elapsed)
     if is_seed_job:
@@ -427,6 +419,20 @@ def _predict(args):
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _model(params, split, table, settings):
+    """The model file's contents: params on the host, the standardization, the names."""
+    from jaxlr.parallel import host_value
+
+    return Model(
+        params=jax.tree.map(host_value, params),
+        x_mean=split.mean,
+        x_scale=split.scale,
+        feature_names=table.feature_names,
+        target_names=(table.target_name,),
+        settings=settings,
+    )
 
 
 def _match_features(table, model, path):

@@ -13,7 +13,7 @@ from jaxlr import checkpoint as checkpoint_lib
 from jaxlr import parallel, validate
 from jaxlr.data import NpyStream, batches, key_words, permutation_from_words, to_device
 from jaxlr.model import Params, init_params, square_loss
-from jaxlr.optim import TrainState, init_state, make_step, update
+from jaxlr.optim import init_state, make_step, update
 
 # The fused engine gathers the shuffled rows of up to this many bytes of
 # batches at once, then scans over them: XLA pays a fixed cost per gather, so
@@ -678,7 +678,7 @@ def _run_streamed(state, stream, epochs_and_words, run, chunk_bytes):
         visit = [starts[i] for i in rng.permutation(len(starts))]
         epoch_losses, epoch_moving, steps_before = [], [], 0
         upcoming = stream.read(visit[0], min(visit[0] + rows, n))
-        for position, start in enumerate(visit):
+        for position in range(len(visit)):
             X_host, y_host = upcoming
             order = rng.permutation(X_host.shape[0]).astype(np.int32)[None]
             X_chunk, y_chunk = to_device(X_host), to_device(y_host)

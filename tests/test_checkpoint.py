@@ -1,12 +1,10 @@
 """Checkpoints survive kill -9, and a resumed run ends exactly where an uninterrupted one does."""
 
-import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import jax
 import numpy as np

@@ -13,7 +13,6 @@ import textwrap
 
 import jax
 import numpy as np
-import pytest
 
 import jaxlr
 
