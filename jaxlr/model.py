@@ -35,11 +35,9 @@ def init_params(key, num_inputs, num_outputs=1, *, dtype=jnp.float32):
         >>> params.w.shape, params.b.shape
         ((2, 1), (1,))
     """
-    w_key, b_key = jax.random.split(key)
-    return Params(
-        w=jax.random.normal(w_key, (num_inputs, num_outputs), dtype),
-        b=jax.random.normal(b_key, (num_outputs,), dtype),
-    )
+    # One draw for w and b together: one random-number kernel to compile.
+    z = jax.random.normal(key, (num_inputs * num_outputs + num_outputs,), dtype)
+    return Params(w=z[:-num_outputs].reshape(num_inputs, num_outputs), b=z[-num_outputs:])
 
 
 def net(params, X):
