@@ -53,6 +53,10 @@ def main(argv=None):
     except TrainingDiverged as err:
         print(f"jaxlr: error: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`jaxlr predict ... | head`): stop quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (UsageError, DataError, ModelFileError, ValueError, TypeError, OSError) as err:
         print(f"jaxlr: error: {_one_line(err)}", file=sys.stderr)
         return 2
