@@ -503,7 +503,9 @@ def _run_loop(state, X, y, epochs_and_words, run):
         chunk_start, chunk = state, []  # the state and the steps since the last read
         for i, batch in enumerate(stream):
             if run.mesh is not None:
-                batch = jax.device_put(batch, parallel.by_rows(run.mesh))
+                # A short last batch that does not split evenly goes whole to every device.
+                even = batch[0].shape[0] % run.mesh.size == 0
+                batch = jax.device_put(batch, (parallel.by_rows if even else parallel.replicated)(run.mesh))
             state, value = step(state, *batch)
             chunk.append((batch, value))
             if (i + 1) % read_every and i + 1 < run.steps_per_epoch:
