@@ -186,3 +186,19 @@ def test_both_engines_stop_at_the_same_step(seed_data):
         errors.append(caught.value)
     assert (errors[0].epoch, errors[0].batch) == (errors[1].epoch, errors[1].batch)
     np.testing.assert_allclose(errors[0].params.w, errors[1].params.w, rtol=1e-5)
+
+
+def test_a_sweep_equals_one_fit_per_learning_rate(seed_data):
+    X, y = seed_data
+    X, y = X[:1000], y[:1000]
+    lrs = [1e-3, 1e-2, 30.0]
+    result = jaxlr.sweep(X, y, key=jax.random.key(5), lrs=lrs, batch_size=8)
+    assert result.params.w.shape == (3, 2, 1) and result.losses.shape == (3, 250)
+    for i, lr in enumerate(lrs[:2]):
+        alone = jaxlr.fit(X, y, key=jax.random.key(5), lr=lr, batch_size=8)
+        np.testing.assert_allclose(result.params.w[i], alone.params.w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(result.moving_losses[i], alone.moving_losses, rtol=1e-4, atol=1e-7)
+    # lr=30 blows up; it is flagged and does not stop the others.
+    assert np.asarray(result.diverged).tolist() == [False, False, True]
+    with pytest.raises(ValueError, match="`lrs` must all be finite and > 0"):
+        jaxlr.sweep(X, y, key=jax.random.key(5), lrs=[0.1, -1.0])
