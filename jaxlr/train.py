@@ -465,16 +465,28 @@ def _guarded_update(carry, X, y, *, lr, loss, optimizer, freeze=True):
     return (new_state, good), value
 
 
-def _check_diverged(losses, first_epoch, state, run):
-    """Raises TrainingDiverged if the host copy of `losses` holds a non-finite value."""
-    bad = ~np.isfinite(losses)
-    if not bad.any():
-        return
-    first = int(np.argmax(bad))
-    good = losses[:first]
-    last = float(good[-1]) if first else None
-    epoch, batch = divmod(first, run.steps_per_epoch)
-    raise TrainingDiverged(first_epoch + epoch, batch, last, state, run.lr)
+def _raise_diverged(losses, state, run, *, epoch, first_batch=0, previous=None, epoch_length=None):
+    """Raises TrainingDiverged at the first non-finite value of `losses`.
+
+    Args:
+        losses: host array of a program's losses, NaN from the bad step on.
+        state: the last finite state (from the guarded replay).
+        epoch, first_batch: where losses[0] was taken.
+        previous: the loss of the step before losses[0], if any.
+        epoch_length: steps per epoch when `losses` spans several epochs.
+    """
+    at = int(np.argmax(~np.isfinite(losses)))
+    last = float(losses[at - 1]) if at else previous
+    position = first_batch + at
+    if epoch_length is not None:
+        passed, position = divmod(position, epoch_length)
+        epoch += passed
+    raise TrainingDiverged(epoch, position, last, state, run.lr)
+
+
+def _last_loss(parts):
+    """The newest loss in a list of loss arrays, or None."""
+    return float(parallel.host_value(parts[-1])[-1]) if parts else None
 
 
 def _finish(state, loss_parts, moving_parts, dtype):
@@ -512,8 +524,7 @@ def _run_loop(state, X, y, epochs_and_words, run):
                 continue
             values = np.array([np.asarray(v) for _, v in chunk], dtype=X.dtype)
             if not np.isfinite(values).all():
-                last = float(loss_parts[-1][-1]) if loss_parts else None
-                _replay_to_divergence(chunk_start, chunk, epoch, i + 1 - len(chunk), last, run)
+                _replay_to_divergence(chunk_start, chunk, epoch, i + 1 - len(chunk), _last_loss(loss_parts), run)
             moving = np.asarray(moving_average(values, run.smoothing, moving_last))
             moving_last = moving[-1]
             loss_parts.append(values)
@@ -577,7 +588,8 @@ def _run_fused(state, X, y, epochs_and_words, run):
             # Rare, so the fast program does not freeze the params at the
             # first bad step; this replay does, to hand back the last finite ones.
             (state, _), losses, _, _ = program(state, freeze=True)
-            _check_diverged(parallel.host_value(losses), block[0][0], state, run)
+            _raise_diverged(parallel.host_value(losses), state, run, epoch=block[0][0],
+                            previous=_last_loss(loss_parts), epoch_length=run.steps_per_epoch)  # fmt: skip
         state = new_state
         loss_parts.append(losses)
         moving_parts.append(moving)
@@ -695,10 +707,8 @@ def _run_streamed(state, stream, epochs_and_words, run, chunk_bytes):
                 upcoming = stream.read(following, min(following + rows, n))
             if not bool(ok):
                 (state, _), losses, _, _ = program(state, freeze=True)
-                bad = np.asarray(losses)
-                at = int(np.argmax(~np.isfinite(bad)))
-                last = float(bad[at - 1]) if at else (float(epoch_losses[-1][-1]) if epoch_losses else None)
-                raise TrainingDiverged(epoch, steps_before + at, last, state, run.lr)
+                _raise_diverged(np.asarray(losses), state, run, epoch=epoch, first_batch=steps_before,
+                                previous=_last_loss(epoch_losses or loss_parts))  # fmt: skip
             state = new_state
             steps_before += losses.shape[0]
             epoch_losses.append(losses)

@@ -186,6 +186,23 @@ def test_both_engines_stop_at_the_same_step(seed_data):
         errors.append(caught.value)
     assert (errors[0].epoch, errors[0].batch) == (errors[1].epoch, errors[1].batch)
     np.testing.assert_allclose(errors[0].params.w, errors[1].params.w, rtol=1e-5)
+    np.testing.assert_allclose(errors[0].last_finite_loss, errors[1].last_finite_loss, rtol=1e-5)
+
+
+def test_a_divergence_report_names_the_step_across_epochs_and_programs():
+    from jaxlr.train import _raise_diverged
+
+    run = jaxlr.train._Run(lr=0.5, batch_size=4, optimizer=None, smoothing=0.01, log_every=None,
+                           callback=None, steps_per_epoch=3, moving_start=None, mesh=None)  # fmt: skip
+    state = jaxlr.init_state(jaxlr.init_params(jax.random.key(0), 2))
+    # A program over epochs 4 and 5 whose fifth loss (epoch 5, batch 1) is the first bad one.
+    with pytest.raises(jaxlr.TrainingDiverged) as caught:
+        _raise_diverged(np.array([1.0, 2.0, 3.0, 4.0, np.nan, np.nan]), state, run, epoch=4, epoch_length=3)
+    assert (caught.value.epoch, caught.value.batch, caught.value.last_finite_loss) == (5, 1, 4.0)
+    # The first loss of a program is bad: the last finite one came from the program before.
+    with pytest.raises(jaxlr.TrainingDiverged) as caught:
+        _raise_diverged(np.array([np.inf, np.nan]), state, run, epoch=2, first_batch=7, previous=0.25)
+    assert (caught.value.epoch, caught.value.batch, caught.value.last_finite_loss) == (2, 7, 0.25)
 
 
 def test_a_sweep_equals_one_fit_per_learning_rate(seed_data):
