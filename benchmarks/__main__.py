@@ -1,4 +1,4 @@
-"""python -m benchmarks {seed,scale,sweep,cold,all} [--size tiny] [--device gpu] [--json FILE]"""
+"""python -m benchmarks {seed,scale,sweep,cold,all} [--size tiny] [--device gpu] [--batch-size N] [--json FILE]"""
 
 import argparse
 import datetime
@@ -31,6 +31,7 @@ def main(argv=None):
     parser.add_argument("--size", choices=("full", "tiny"), default="full")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions after a warm-up (median reported)")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="gpu: the scale case on a CUDA device, larger")
+    parser.add_argument("--batch-size", type=int, help="scale only: another batch size than the case's")
     parser.add_argument("--json", default="benchmarks/results.json", help="where to write the results")
     args = parser.parse_args(argv)
 
@@ -46,6 +47,8 @@ def main(argv=None):
             options["device"] = args.device
             if args.device == "gpu" and args.size == "full":
                 options.update(GPU_SCALE)
+            if args.batch_size:
+                options["batch_size"] = args.batch_size
         if case != "cold":
             options["repeats"] = args.repeats
         else:
