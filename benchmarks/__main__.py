@@ -55,7 +55,8 @@ def main(argv=None):
             options["repeats"] = min(args.repeats, 3)
         rows = MODULES[case].run(**options)
         checks = MODULES[case].targets(rows)
-        print(f"\n## {case}  ({', '.join(f'{k}={v}' for k, v in size.items()) or 'fresh processes'})\n")
+        shown = {k: v for k, v in options.items() if k != "repeats"}
+        print(f"\n## {case}  ({', '.join(f'{k}={v}' for k, v in shown.items()) or 'fresh processes'})\n")
         print(harness.markdown(rows, REFERENCE[case]))
         print()
         for check, value in checks.items():
