@@ -54,7 +54,10 @@ def synthetic_data(key, num_examples=10_000, true_w=(2.0, -3.4), true_b=4.2, noi
     return _synthetic_data(key, num_examples, true_w, true_b, noise)
 
 
-@partial(jax.jit, static_argnums=1)
+# Compiled with LLVM's optimizations off: the program runs once per call, and
+# at the lesson's size optimizing it takes a quarter second, far longer than
+# the few milliseconds it saves when it runs.
+@partial(jax.jit, static_argnums=1, compiler_options={"xla_backend_optimization_level": 0})
 def _synthetic_data(key, num_examples, true_w, true_b, noise):
     d, k = true_w.shape
     # One draw for features and noise together: one random-number kernel to

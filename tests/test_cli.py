@@ -51,6 +51,22 @@ def test_the_seed_job_prints_the_lessons_lines_and_the_result(tmp_path, cache_di
     assert any(line.startswith("elapsed = ") for line in lines)
 
 
+def test_a_run_keeps_its_compiled_programs_and_repeats_for_its_seed(tmp_path):
+    # The command leaves without the interpreter's teardown: what it wrote to
+    # the compilation cache must be there, and a warm rerun must agree.
+    cache = tmp_path / "cache"
+
+    def results(seed):
+        done = run_cli("train", "--quiet", "--seed", seed, cwd=tmp_path, cache_dir=cache)
+        assert done.returncode == 0, done.stderr
+        return [line for line in done.stdout.splitlines() if not line.startswith("elapsed")]
+
+    first = results(7)
+    assert len(list(cache.iterdir())) >= 3  # data, start and training programs
+    assert results(7) == first
+    assert results(8) != first
+
+
 def test_train_save_predict_round_trip_matches_the_api(tmp_path, cache_dir):
     write_table(tmp_path / "table.csv")
     done = run_cli(
