@@ -219,3 +219,15 @@ def test_a_sweep_equals_one_fit_per_learning_rate(seed_data):
     assert np.asarray(result.diverged).tolist() == [False, False, True]
     with pytest.raises(ValueError, match="`lrs` must all be finite and > 0"):
         jaxlr.sweep(X, y, key=jax.random.key(5), lrs=[0.1, -1.0])
+
+
+def test_a_sweep_of_a_multi_output_model_equals_its_fits():
+    X, y = jaxlr.synthetic_data(jax.random.key(3), num_examples=603, true_w=np.ones((4, 3)), true_b=(1.0, 0.0, -1.0))
+    lrs = [3e-3, 2e-2]
+    result = jaxlr.sweep(X, y, key=jax.random.key(4), lrs=lrs, batch_size=16, epochs=3)
+    assert result.params.w.shape == (2, 4, 3) and result.params.b.shape == (2, 3)
+    for i, lr in enumerate(lrs):
+        alone = jaxlr.fit(X, y, key=jax.random.key(4), lr=lr, batch_size=16, epochs=3)
+        np.testing.assert_allclose(result.params.w[i], alone.params.w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(result.params.b[i], alone.params.b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(result.losses[i], alone.losses, rtol=1e-4, atol=1e-7)
