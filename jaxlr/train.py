@@ -649,7 +649,7 @@ def _fused_epochs(
     # faster); the single run's loop, already a few fused kernels, slows down.
     unroll = 8 if across_lrs else 1
 
-    def step(carry, X_batch, y_batch):
+    def update_all(carry, X_batch, y_batch):
         if batch_sharding is not None:
             X_batch, y_batch = jax.lax.with_sharding_constraint((X_batch, y_batch), batch_sharding)
         if not across_lrs:
@@ -662,11 +662,19 @@ def _fused_epochs(
         state, value = jax.vmap(one_run, in_axes=(axis, 0), out_axes=(axis, 0))(state, lr)
         return (state, ok), value
 
+    def step(carry, X_batch, y_batch):
+        # The moving average rides along in the carry: a separate scan over
+        # the losses afterwards would cost as much as a seventh of the run.
+        carry, moving = carry
+        carry, value = update_all(carry, X_batch, y_batch)
+        moving = (1 - smoothing) * jnp.where(jnp.isnan(moving), value, moving) + smoothing * value
+        return (carry, moving), (value, moving)
+
     def train_on(carry, rows):
         # rows: (m, batch_size) indices; one gather, then m steps on slices.
         if rows.shape[0] == 1:  # a batch fills the chunk: gather it in the step
-            carry, value = step(carry, X[rows[0]], y[rows[0]])
-            return carry, value[None]
+            carry, values = step(carry, X[rows[0]], y[rows[0]])
+            return carry, jax.tree.map(lambda v: v[None], values)
         return jax.lax.scan(lambda c, batch: step(c, *batch), carry, (X[rows], y[rows]), unroll=unroll)
 
     def epoch(carry, order):
@@ -674,25 +682,23 @@ def _fused_epochs(
         pieces = []
         if num_chunks:
             chunks = full[: num_chunks * per_chunk].reshape(num_chunks, per_chunk, batch_size)
-            carry, chunk_losses = jax.lax.scan(train_on, carry, chunks)
-            pieces.append(chunk_losses.reshape(-1, *chunk_losses.shape[2:]))
+            carry, chunk_values = jax.lax.scan(train_on, carry, chunks)
+            pieces.append(jax.tree.map(lambda v: v.reshape(-1, *v.shape[2:]), chunk_values))
         if leftover:
-            carry, tail_losses = train_on(carry, full[num_chunks * per_chunk :])
-            pieces.append(tail_losses)
+            carry, tail_values = train_on(carry, full[num_chunks * per_chunk :])
+            pieces.append(tail_values)
         if remainder:
             rows = order[num_full * batch_size :]
-            carry, last_loss = step(carry, X[rows], y[rows])
-            pieces.append(last_loss[None])
-        return carry, jnp.concatenate(pieces)
+            carry, last_values = step(carry, X[rows], y[rows])
+            pieces.append(jax.tree.map(lambda v: v[None], last_values))
+        return carry, jax.tree.map(lambda *parts: jnp.concatenate(parts), *pieces)
 
     ok = jnp.ones(lr.shape if across_lrs else (), bool)
-    carry, losses = jax.lax.scan(epoch, (state, ok), orders)
-    losses = losses.reshape(-1, *losses.shape[2:])
+    (carry, moving_last), (losses, moving) = jax.lax.scan(epoch, ((state, ok), moving_last), orders)
+    losses, moving = (v.reshape(-1, *v.shape[2:]) for v in (losses, moving))
     if across_lrs:
         carry = (carry[0], jnp.all(jnp.isfinite(losses), axis=0))
-    start = jnp.where(jnp.isnan(moving_last), losses[0], moving_last)
-    moving = _smooth(losses, smoothing, start)
-    return carry, losses, moving, moving[-1]
+    return carry, losses, moving, moving_last
 
 
 # ------------------------------------------------------------------ streamed from disk
