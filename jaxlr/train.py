@@ -442,10 +442,16 @@ def _smooth(losses, smoothing, start):
     """The moving average of `losses`, continuing from the value `start`."""
 
     def body(moving, value):
-        moving = (1 - smoothing) * moving + smoothing * value
+        moving = _next_average(moving, value, smoothing)
         return moving, moving
 
     return jax.lax.scan(body, jnp.asarray(start, losses.dtype), losses)[1]
+
+
+def _next_average(moving, value, smoothing):
+    # The one formula of the moving average, shared by both engines so that
+    # they agree to the bit.
+    return (1 - smoothing) * moving + smoothing * value
 
 
 def _print_log_line(epoch, batch, value):
@@ -658,7 +664,7 @@ def _fused_epochs(
         # losses stay non-finite once they are), so the steps carry no flag.
         state, ok = carry
         axis = TrainState(Params(1, 0), None)
-        one_run = lambda state, lr: update(state, X_batch, y_batch, lr, loss, optimizer)  # noqa: E731
+        one_run = lambda state, lr: update(state, X_batch, y_batch, lr, loss, optimizer)
         state, value = jax.vmap(one_run, in_axes=(axis, 0), out_axes=(axis, 0))(state, lr)
         return (state, ok), value
 
@@ -667,7 +673,7 @@ def _fused_epochs(
         # the losses afterwards would cost as much as a seventh of the run.
         carry, moving = carry
         carry, value = update_all(carry, X_batch, y_batch)
-        moving = (1 - smoothing) * jnp.where(jnp.isnan(moving), value, moving) + smoothing * value
+        moving = _next_average(jnp.where(jnp.isnan(moving), value, moving), value, smoothing)
         return (carry, moving), (value, moving)
 
     def train_on(carry, rows):
