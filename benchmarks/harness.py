@@ -77,14 +77,6 @@ def interleaved_rows(case, contenders, *, repeats, budget_s=2.0, max_rounds=200)
     return rows
 
 
-def timed_row(case, name, fn, *, repeats, metrics=None):
-    median, first, result = measure(fn, repeats=repeats)
-    row = Row(case, name, median, max(0.0, first - median))
-    if metrics is not None:
-        row.metrics.update(metrics(result))
-    return row
-
-
 def peak_rss_mb():
     """This process's peak resident memory, in MB.
 

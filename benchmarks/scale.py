@@ -99,6 +99,7 @@ def _worker(name, n, d, batch_size, repeats, device):
         data_key, truth_key = jax.random.split(jax.random.key(1))
         X_dev = jax.random.normal(data_key, (n, d), jnp.float32)
         y_dev = X_dev @ jax.random.normal(truth_key, (d, 1), jnp.float32) + 0.5
+    state = jaxlr.init_state(jaxlr.init_params(key, d, 1))  # where the JAX loops start
     if name == COPY:
         add = jax.jit(lambda X, y, shift: (X + shift, y + shift))
 
@@ -113,7 +114,6 @@ def _worker(name, n, d, batch_size, repeats, device):
         # device (a sort) instead of by NumPy on the host.
         from jaxlr.train import _fused_epochs
 
-        state = jaxlr.init_state(jaxlr.init_params(key, d, 1))
         draw_order = jax.jit(lambda key: jax.random.permutation(key, n).astype(jnp.int32)[None])
         nan = jnp.float32(jnp.nan)
 
@@ -121,8 +121,6 @@ def _worker(name, n, d, batch_size, repeats, device):
             return _fused_epochs(state, X_dev, y_dev, draw_order(key), jnp.float32(1e-3), jnp.float32(0.01), nan,
                                  batch_size=batch_size, loss=jaxlr.square_loss, optimizer=None)  # fmt: skip
     elif name == "sequential pass (no shuffle)":
-        params = jaxlr.init_state(jaxlr.init_params(key, d, 1))
-
         @jax.jit
         def sequential(state, X, y):
             def body(state, i):
@@ -132,10 +130,8 @@ def _worker(name, n, d, batch_size, repeats, device):
             return jax.lax.scan(body, state, jnp.arange(num_batches))
 
         def epoch():
-            return sequential(params, X_dev, y_dev)
+            return sequential(state, X_dev, y_dev)
     elif name == "naive JAX in-scan gather":
-        params = jaxlr.init_state(jaxlr.init_params(key, d, 1))
-
         @jax.jit
         def naive(state, X, y, key):
             order = jax.random.permutation(key, X.shape[0])[: num_batches * batch_size]
@@ -145,7 +141,7 @@ def _worker(name, n, d, batch_size, repeats, device):
             )  # fmt: skip
 
         def epoch():
-            return naive(params, X_dev, y_dev, key)
+            return naive(state, X_dev, y_dev, key)
     elif name == "PyTorch index loop":
         import torch
 
