@@ -159,3 +159,35 @@ def _number(value):
 def write_json(path, payload):
     with open(path, "w") as file:
         json.dump(payload, file, indent=2, default=lambda r: dataclasses.asdict(r))
+
+
+class CompileCounter:
+    """Counts XLA compilations while active, from `jax.monitoring`'s compile events.
+
+    Example:
+        >>> with CompileCounter() as compiles:
+        ...     jaxlr.fit(X, y, key=key)
+        >>> compiles.count
+    """
+
+    _EVENT = "/jax/core/compile/backend_compile_duration"
+    _active: list = []
+    _registered = False
+
+    def __enter__(self):
+        if not CompileCounter._registered:
+            jax.monitoring.register_event_duration_secs_listener(CompileCounter._heard)
+            CompileCounter._registered = True
+        self.count = 0
+        CompileCounter._active.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        CompileCounter._active.remove(self)
+        return False
+
+    @staticmethod
+    def _heard(event, duration, **kwargs):
+        if event == CompileCounter._EVENT:
+            for counter in CompileCounter._active:
+                counter.count += 1

@@ -1,38 +1,58 @@
 """jaxlr: linear regression from scratch, as a JIT-compiled functional trainer in JAX.
 
 The path of the lesson, one module each: `data` (key -> data -> batches),
-`model` (Params, net, square_loss), `optim` (sgd and the jitted step),
-`train` (fit: loop and fused engines), `solve` (closed form and metrics).
-Beyond it: `checkpoint` (resumable runs), `parallel` (devices and processes),
-`persist` (model files), `cli` (the `jaxlr` command) and `estimator`
-(`LinearRegressor`, for scikit-learn).
+`model` (Params, net, square_loss), `optim` (sgd, the jitted step, update
+rules), `train` (fit and sweep). What grew around it: `losses`, `penalties`
+and `schedules` (what a practitioner tunes), `engines` (the one training
+program and the loop, fused and streamed ways to drive it), `callbacks`
+(early stopping, progress), `preprocessing` (standardization), `metrics`,
+`solve` (the closed form), `checkpoint` (resumable runs), `parallel`
+(devices and processes), `persist` (model files), `cli` (the `jaxlr`
+command) and `estimator` (`SGDRegressor`, for scikit-learn).
 """
 
-from jaxlr import checkpoint, parallel
+from typing import Any
+
+from jaxlr import checkpoint, losses, parallel, penalties, schedules
+from jaxlr.callbacks import EarlyStopping
 from jaxlr.data import NpyStream, batches, permutation, synthetic_data, to_device
+from jaxlr.engines.core import FitState
+from jaxlr.metrics import mse, r2
 from jaxlr.model import Params, init_params, net, square_loss
 from jaxlr.optim import TrainState, init_state, make_step, sgd
-from jaxlr.solve import mse, r2, solve
+from jaxlr.preprocessing import Standardizer
+from jaxlr.solve import solve
 from jaxlr.train import FitResult, SweepResult, TrainingDiverged, fit, moving_average, sweep
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
-def __getattr__(name):
-    # The estimator imports scikit-learn, which jaxlr itself does not need:
-    # load it only when asked for.
-    if name == "LinearRegressor":
-        from jaxlr.estimator import LinearRegressor
-
-        return LinearRegressor
+def __getattr__(name: str) -> Any:
+    # The estimators import scikit-learn, which jaxlr itself does not need:
+    # load them only when asked for.
+    if name in ("SGDRegressor", "LinearRegressor"):
+        try:
+            from jaxlr import estimator
+        except ModuleNotFoundError as err:
+            if err.name is not None and err.name.startswith("sklearn"):
+                raise ModuleNotFoundError(
+                    f"jaxlr.{name} needs scikit-learn: pip install 'jaxlr[sklearn]'.", name=err.name
+                ) from None
+            raise
+        return getattr(estimator, name)
     raise AttributeError(f"module 'jaxlr' has no attribute {name!r}")
 
 
 __all__ = [
+    "EarlyStopping",
     "FitResult",
-    "NpyStream",
+    "FitState",
     "LinearRegressor",
+    "NpyStream",
     "Params",
+    "SGDRegressor",
+    "Standardizer",
+    "SweepResult",
     "TrainState",
     "TrainingDiverged",
     "batches",
@@ -40,18 +60,20 @@ __all__ = [
     "fit",
     "init_params",
     "init_state",
+    "losses",
     "make_step",
     "moving_average",
     "mse",
     "net",
     "parallel",
+    "penalties",
     "permutation",
     "r2",
+    "schedules",
     "sgd",
     "solve",
     "square_loss",
     "sweep",
-    "SweepResult",
     "synthetic_data",
     "to_device",
 ]

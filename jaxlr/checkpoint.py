@@ -18,10 +18,9 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from jaxlr.model import Params
 from jaxlr.persist import atomic_write
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _NAME = re.compile(r"^checkpoint-(\d{8})\.npz$")
 _KEEP = 2
 
@@ -31,12 +30,18 @@ class CheckpointError(ValueError):
 
 
 class Checkpoint(NamedTuple):
-    """A run as it stood after `epoch` epochs."""
+    """A run as it stood after `epoch` epochs.
+
+    Attributes:
+        epoch: epochs done.
+        state: the run's whole position (`jaxlr.FitState`): params, optimizer
+            state, step count, moving average, averaged params, stopping rule.
+        key_words: the raw words of the run's key.
+        settings: what the run was trained with, as JSON-able values.
+    """
 
     epoch: int
-    params: Params
-    opt_state: Any
-    moving_last: float
+    state: Any
     key_words: np.ndarray
     settings: dict
 
@@ -47,14 +52,11 @@ def save(directory, checkpoint):
     arrays = {
         "format_version": np.array(FORMAT_VERSION),
         "epoch": np.array(checkpoint.epoch),
-        "w": np.asarray(checkpoint.params.w),
-        "b": np.asarray(checkpoint.params.b),
-        "moving_last": np.array(checkpoint.moving_last),
         "key_words": np.asarray(checkpoint.key_words),
         "settings": np.array(json.dumps(checkpoint.settings, sort_keys=True)),
     }
-    for i, leaf in enumerate(jax.tree.leaves(checkpoint.opt_state)):
-        arrays[f"opt_{i}"] = np.asarray(leaf)
+    for i, leaf in enumerate(jax.tree.leaves(checkpoint.state)):
+        arrays[f"state_{i}"] = np.asarray(leaf)
     path = directory / f"checkpoint-{checkpoint.epoch:08d}.npz"
     atomic_write(path, lambda file: np.savez(file, **arrays))
     for old in _listed(directory)[_KEEP:]:
@@ -62,19 +64,19 @@ def save(directory, checkpoint):
     return path
 
 
-def latest(directory, opt_state_like):
+def latest(directory, state_like):
     """The newest readable checkpoint in `directory`, or None if there is none.
 
     A damaged newest checkpoint (a torn or truncated file) is skipped with a
     warning, and the one before it is used.
 
     Args:
-        opt_state_like: an optimizer state of the right structure (from
-            `optimizer.init(params)`), to rebuild the saved one; None for SGD.
+        state_like: a `FitState` of the right structure and shapes, to
+            rebuild the saved one.
     """
     for path in _listed(Path(directory)):
         try:
-            return _load(path, opt_state_like)
+            return _load(path, state_like)
         except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as err:
             warnings.warn(f"checkpoint {path.name} is unreadable ({err}); trying the one before it.", stacklevel=3)
     return None
@@ -88,23 +90,22 @@ def _listed(directory):
     return sorted(found, key=lambda p: p.name, reverse=True)
 
 
-def _load(path, opt_state_like):
+def _load(path, state_like):
     with np.load(path, allow_pickle=False) as archive:
         fields = {name: archive[name] for name in archive.files}
     if int(fields["format_version"]) != FORMAT_VERSION:
         raise ValueError(f"format version {int(fields['format_version'])}, not {FORMAT_VERSION}")
-    treedef = jax.tree.structure(opt_state_like)
-    leaves = [fields[f"opt_{i}"] for i in range(treedef.num_leaves)]
-    if f"opt_{treedef.num_leaves}" in fields:
-        raise CheckpointError(f"{path.name} holds the state of a different optimizer.")
-    for saved, like in zip(leaves, jax.tree.leaves(opt_state_like)):
-        if saved.shape != np.shape(like):
-            raise CheckpointError(f"{path.name} holds the state of a different optimizer.")
+    treedef = jax.tree.structure(state_like)
+    likes = jax.tree.leaves(state_like)
+    leaves = [fields[f"state_{i}"] for i in range(treedef.num_leaves)]
+    if f"state_{treedef.num_leaves}" in fields or any(
+        saved.shape != np.shape(like) for saved, like in zip(leaves, likes)
+    ):
+        raise CheckpointError(f"{path.name} holds the state of a different optimizer or model shape.")
+    leaves = [saved.astype(np.asarray(like).dtype) for saved, like in zip(leaves, likes)]
     return Checkpoint(
         epoch=int(fields["epoch"]),
-        params=Params(w=fields["w"], b=fields["b"]),
-        opt_state=jax.tree.unflatten(treedef, leaves),
-        moving_last=float(fields["moving_last"]),
+        state=jax.tree.unflatten(treedef, leaves),
         key_words=fields["key_words"],
         settings=json.loads(str(fields["settings"])),
     )

@@ -67,7 +67,7 @@ def _synthetic_data(key, num_examples, true_w, true_b, noise):
     return X, X @ true_w + true_b[None, :] + noise * eps
 
 
-def to_device(array, device=None):
+def to_device(array, device=None, *, rows=None):
     """Copies a host array to a JAX device in pieces of at most 64 MB.
 
     `jax.device_put` of one large NumPy array can stage a second full copy on
@@ -78,14 +78,22 @@ def to_device(array, device=None):
     Args:
         array: a NumPy or JAX array.
         device: a `jax.Device`, or None for JAX's default.
+        rows: the number of rows of the result, at least the array's; the
+            rows past the array's are zeros (padding).
     """
+    extra = 0 if rows is None else rows - array.shape[0]
     if isinstance(array, jax.Array):
+        if extra:
+            array = _pad_rows(array, extra)
         return array if device is None else jax.device_put(array, device)
     array = np.asarray(array)
-    rows = max(1, _TRANSFER_BYTES // max(1, array[:1].nbytes))
-    if array.ndim == 0 or array.shape[0] <= rows:
+    piece_rows = max(1, _TRANSFER_BYTES // max(1, array[:1].nbytes))
+    if array.ndim == 0 or array.shape[0] <= piece_rows:
+        if extra:
+            array = np.concatenate([array, np.zeros((extra, *array.shape[1:]), array.dtype)])
         return jax.device_put(array, device)
-    buffer = jnp.zeros(array.shape, array.dtype, device=device)
+    rows = piece_rows
+    buffer = jnp.zeros((array.shape[0] + extra, *array.shape[1:]), array.dtype, device=device)
     for start in range(0, array.shape[0], rows):
         # The last piece ends flush with the array (rewriting a few rows), so
         # every piece has one shape and `_write_rows` compiles once.
@@ -95,6 +103,11 @@ def to_device(array, device=None):
 
 
 _TRANSFER_BYTES = 64 << 20
+
+
+@partial(jax.jit, static_argnums=1)
+def _pad_rows(array, extra):
+    return jnp.pad(array, [(0, extra)] + [(0, 0)] * (array.ndim - 1))
 
 
 @partial(jax.jit, donate_argnums=0)
@@ -126,7 +139,7 @@ def permutation_from_words(words, num_examples):
     return rng.permutation(num_examples).astype(np.int32)
 
 
-def batches(X, y, batch_size, *, key, shuffle=True):
+def batches(X, y, batch_size, *, key, shuffle=True, sample_weight=None):
     """One epoch of mini-batches: every example exactly once, in a shuffled order.
 
     The lesson's data iterator. Batches are NumPy arrays in host memory, which
@@ -139,9 +152,12 @@ def batches(X, y, batch_size, *, key, shuffle=True):
         batch_size: rows per batch, between 1 and n.
         key: a PRNG key that fixes the order; each epoch should get its own.
         shuffle: False keeps the rows in their stored order (`key` may be None).
+        sample_weight: optional array of shape (n,); the batches then carry
+            their rows' weights too.
 
     Returns:
-        An iterator over (X_batch, y_batch) pairs.
+        An iterator over (X_batch, y_batch) pairs, or (X_batch, y_batch,
+        weight_batch) triples with `sample_weight`.
 
     Example:
         >>> X, y = synthetic_data(jax.random.key(0))
@@ -156,20 +172,23 @@ def batches(X, y, batch_size, *, key, shuffle=True):
     order = permutation(key, n) if shuffle else None
     # Slicing a host array is about a microsecond; indexing a device array
     # per batch is a dispatch, a hundred times dearer.
-    return _iterate(np.asarray(X), np.asarray(y), batch_size, order)
+    arrays = [np.asarray(X), np.asarray(y)]
+    if sample_weight is not None:
+        arrays.append(np.asarray(sample_weight))
+    return _iterate(arrays, batch_size, order)
 
 
-def _iterate(X, y, batch_size, order):
-    n = X.shape[0]
+def _iterate(arrays, batch_size, order):
+    n = arrays[0].shape[0]
     block = batch_size * max(1, _BLOCK_ROWS // batch_size)
     for start in range(0, n, block):
         if order is None:
-            X_block, y_block = X[start : start + block], y[start : start + block]
+            blocks = [a[start : start + block] for a in arrays]
         else:
             rows = order[start : start + block]
-            X_block, y_block = X[rows], y[rows]
-        for offset in range(0, X_block.shape[0], batch_size):
-            yield X_block[offset : offset + batch_size], y_block[offset : offset + batch_size]
+            blocks = [a[rows] for a in arrays]
+        for offset in range(0, blocks[0].shape[0], batch_size):
+            yield tuple(b[offset : offset + batch_size] for b in blocks)
 
 
 # ------------------------------------------------------------------ tables
@@ -365,10 +384,15 @@ class NpyStream:
         features: column indices of the features.
         y: when the matrix holds only features: the targets, an array of
             shape (n,) or (n, k), small enough for memory.
+        chunk_bytes: the size of the chunks read from disk. Each epoch visits
+            the chunks in a new random order and shuffles fully within each
+            chunk, which is not a global permutation: larger chunks mix more,
+            smaller ones need less memory (about three chunks at a time).
     """
 
-    def __init__(self, path, *, target=None, features=None, y=None, offset=None):
+    def __init__(self, path, *, target=None, features=None, y=None, offset=None, chunk_bytes=64 << 20):
         self.path = Path(path)
+        self.chunk_bytes = validate.check_int("chunk_bytes", chunk_bytes, low=1)
         try:
             with open(self.path, "rb") as file:
                 version = np.lib.format.read_magic(file)
@@ -400,15 +424,24 @@ class NpyStream:
         self.num_outputs = 1 if y is None else y.shape[1]
 
     @classmethod
-    def from_memmap(cls, X, y):
+    def from_memmap(cls, X, y, *, chunk_bytes=64 << 20):
         """The stream behind a memory-mapped matrix (`np.load(..., mmap_mode="r")`)."""
         if not (X.ndim == 2 and X.flags.c_contiguous and isinstance(X.base, mmap.mmap) and X.filename):
             raise ValueError("`X` is a view of a memmap; stream the whole file (NpyStream with `features`).")
-        return cls(X.filename, y=y, offset=X.offset)
+        return cls(X.filename, y=y, offset=X.offset, chunk_bytes=chunk_bytes)
 
     @property
     def row_bytes(self):
         return self.num_columns * self.file_dtype.itemsize
+
+    def chunk_rows(self, batch_size):
+        """Rows per chunk: whole batches, at least one."""
+        return max(batch_size, (self.chunk_bytes // self.row_bytes) // batch_size * batch_size)
+
+    def steps_per_epoch(self, batch_size):
+        """Steps in one epoch: batches never straddle two chunks."""
+        rows = self.chunk_rows(batch_size)
+        return sum(-(-min(rows, self.num_rows - start) // batch_size) for start in range(0, self.num_rows, rows))
 
     def read(self, start, stop):
         """Rows [start, stop) as (X, y) NumPy arrays, checked for NaN and inf."""

@@ -1,50 +1,354 @@
-"""`LinearRegressor`: jaxlr's trainer as a scikit-learn estimator.
+"""`SGDRegressor`: jaxlr's trainer behind scikit-learn's estimator of the same name.
 
 Needs scikit-learn (the `sklearn` extra); jaxlr itself does not.
 """
 
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from numbers import Integral, Real
+from typing import Any, Optional
+
 import jax
 import numpy as np
-import optax
 from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils._param_validation import Hidden, Interval, StrOptions
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from jaxlr.train import fit
+from jaxlr import losses
+from jaxlr.model import Params
+from jaxlr.train import TrainingDiverged, fit
 
-_OPTIMIZERS = ("sgd", "momentum", "adam")
+# scikit-learn's losses in jaxlr's terms: the jaxlr loss, and the factor that
+# turns it into scikit-learn's (which halves the squared and Huber losses).
+_LOSSES = {
+    "squared_error": ("squared", 0.5),
+    "huber": ("huber", 0.5),
+    "epsilon_insensitive": ("epsilon_insensitive", 1.0),
+    "squared_epsilon_insensitive": ("squared_epsilon_insensitive", 1.0),
+}
 
 
-class LinearRegressor(RegressorMixin, BaseEstimator):
-    """Linear regression trained by mini-batch SGD (or momentum, or Adam) in JAX.
+class SGDRegressor(RegressorMixin, BaseEstimator):
+    """Linear regression by stochastic gradient descent: scikit-learn's `SGDRegressor`, in JAX.
+
+    The same parameters, defaults and meanings as
+    `sklearn.linear_model.SGDRegressor`, the same update (one row per step by
+    default), schedules, penalties, stopping rule and fitted attributes, so
+    that switching is a change of import. Each `fit` runs as one compiled
+    program; it compiles once per kind of model (loss, penalty, schedule,
+    optimizer, batch size, number of features and outputs) and is reused for
+    new data, new folds, new seeds and new values of every number
+    (alpha, eta0, tol, ...).
+
+    What differs from scikit-learn's:
+
+    - Computation is in float32 (float64 with `jax_enable_x64`); results
+      agree with scikit-learn's in distribution, not bit for bit, since the
+      row order comes from another random generator.
+    - The stopping rule's objective is the mean loss plus the penalty, as in
+      scikit-learn 1.8 and later; with early stopping the validation R² uses
+      the true weights (scikit-learn's uses them before its L2 scaling).
+    - Averaging is the plain running mean of the params; gradients are not
+      clipped at 1e12.
+
+    jaxlr's own parameters, on top:
 
     Args:
-        lr: learning rate.
-        epochs: passes over the data in `fit`.
-        batch_size: rows per step; cut to the number of rows when larger.
-        optimizer: "sgd" (jaxlr's hand-written update), "momentum" or "adam"
-            (from optax).
+        batch_size: rows per step (1, scikit-learn's). With larger batches a
+            step follows the batch's mean gradient, the schedule advances once
+            per batch, and `t_` counts batches.
+        optimizer: "sgd" (scikit-learn's update), "momentum", "nesterov" or
+            "adam", with `eta0` and the schedule as their learning rate. With
+            "momentum", "nesterov" or "adam", a fresh fit starts the intercept
+            at the mean of the target, since an adaptive step of about eta0
+            would need many epochs to carry it there.
+        devices: where to train (see `jaxlr.fit`): a device, a platform
+            name, or devices to split each batch over.
 
-    Features are standardized internally, with the mean and standard
-    deviation of the data of the first `fit` (or `partial_fit`), so that one
-    learning rate suits data of any scale; `coef_` and `intercept_` are in
-    the original units.
-        random_state: int, numpy RandomState, or None: fixes initialisation
-            and shuffling.
+    y may have several columns (one model each, trained together).
 
     Attributes:
         coef_: array of shape (n_features,), or (n_targets, n_features).
-        intercept_: float, or array of shape (n_targets,).
-        loss_curve_: mean training loss of each epoch.
-        n_iter_: epochs run so far.
-        n_features_in_: number of features seen in `fit`.
+        intercept_: array of shape (1,), or (n_targets,).
+        n_iter_: epochs run by the last `fit` (1 after `partial_fit`).
+        t_: updates made so far, plus one.
+        n_features_in_, feature_names_in_: as scikit-learn sets them.
 
     Example:
         >>> from sklearn.pipeline import make_pipeline
         >>> from sklearn.preprocessing import StandardScaler
-        >>> model = make_pipeline(StandardScaler(), LinearRegressor(random_state=0))
+        >>> model = make_pipeline(StandardScaler(), SGDRegressor(random_state=0))
         >>> model.fit(X, y).score(X, y)
     """
+
+    _parameter_constraints: dict = {
+        "loss": [StrOptions(set(_LOSSES))],
+        "penalty": [StrOptions({"l2", "l1", "elasticnet"}), None],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "l1_ratio": [Interval(Real, 0, 1, closed="both")],
+        "fit_intercept": ["boolean"],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, None, None, closed="neither"), None],
+        "shuffle": ["boolean"],
+        "verbose": ["verbose"],
+        "epsilon": [Interval(Real, 0, None, closed="left")],
+        "random_state": ["random_state"],
+        "learning_rate": [StrOptions({"constant", "optimal", "invscaling", "adaptive"})],
+        "eta0": [Interval(Real, 0, None, closed="neither")],
+        "power_t": [Interval(Real, None, None, closed="neither")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "warm_start": ["boolean"],
+        "average": [Interval(Integral, 1, None, closed="left"), "boolean"],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "optimizer": [StrOptions({"sgd", "momentum", "nesterov", "adam"})],
+        "devices": [Hidden(object), None],
+    }
+
+    def __init__(
+        self,
+        loss: str = "squared_error",
+        *,
+        penalty: Optional[str] = "l2",
+        alpha: float = 0.0001,
+        l1_ratio: float = 0.15,
+        fit_intercept: bool = True,
+        max_iter: int = 1000,
+        tol: Optional[float] = 1e-3,
+        shuffle: bool = True,
+        verbose: int = 0,
+        epsilon: float = 0.1,
+        random_state: Any = None,
+        learning_rate: str = "invscaling",
+        eta0: float = 0.01,
+        power_t: float = 0.25,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        n_iter_no_change: int = 5,
+        warm_start: bool = False,
+        average: Any = False,
+        batch_size: int = 1,
+        optimizer: str = "sgd",
+        devices: Any = None,
+    ):
+        self.loss = loss
+        self.penalty = penalty
+        self.alpha = alpha
+        self.l1_ratio = l1_ratio
+        self.fit_intercept = fit_intercept
+        self.max_iter = max_iter
+        self.tol = tol
+        self.shuffle = shuffle
+        self.verbose = verbose
+        self.epsilon = epsilon
+        self.random_state = random_state
+        self.learning_rate = learning_rate
+        self.eta0 = eta0
+        self.power_t = power_t
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.warm_start = warm_start
+        self.average = average
+        self.batch_size = batch_size
+        self.optimizer = optimizer
+        self.devices = devices
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    # ------------------------------------------------------------------ public
+
+    def fit(self, X, y, coef_init=None, intercept_init=None, sample_weight=None) -> "SGDRegressor":
+        """Trains from a fresh start (or from `coef_` with `warm_start`) for up to `max_iter` epochs.
+
+        Args:
+            X: array of shape (n_samples, n_features).
+            y: array of shape (n_samples,), or (n_samples, n_targets).
+            coef_init: starting coef_, shape like coef_ (ignored on a warm start).
+            intercept_init: starting intercept_.
+            sample_weight: array of shape (n_samples,): each row's weight.
+
+        Returns:
+            self.
+        """
+        self._validate_params()
+        self._check_settings()
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True,
+                             order="C", accept_sparse=False)  # fmt: skip
+        sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        warm = self.warm_start and hasattr(self, "coef_")
+        if warm:
+            if _num_outputs(y) != self._num_outputs:
+                raise ValueError(f"`y` has {_num_outputs(y)} output(s); the model was fitted to {self._num_outputs}.")
+            coef, intercept = self._standard
+        else:
+            self._num_outputs, self._one_output = _num_outputs(y), y.ndim == 1
+            coef, intercept = self._starting_point(X, y, coef_init, intercept_init, sample_weight)
+        validation = None
+        if self.early_stopping:
+            X, y, sample_weight, validation = self._validation_split(X, y, sample_weight)
+        self._state = None
+        self.t_ = 1.0
+        start = time.perf_counter()
+        self._run(X, y, sample_weight, epochs=self.max_iter, init=Params(coef, intercept), validation=validation,
+                  tol=self.tol, shuffle="device" if self.shuffle else False)  # fmt: skip
+        if self.verbose:
+            print(f"Convergence after {self.n_iter_} epochs took {time.perf_counter() - start:.2f} seconds")
+        if self.tol is not None and self.tol > -np.inf and self.n_iter_ == self.max_iter:
+            warnings.warn(
+                "Maximum number of iteration reached before convergence. Consider increasing max_iter to "
+                "improve the fit.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return self
+
+    def partial_fit(self, X, y, sample_weight=None) -> "SGDRegressor":
+        """One more epoch over (X, y), continuing from where training stands (a fresh start if unfitted)."""
+        first = not hasattr(self, "coef_")
+        if first:
+            self._validate_params()
+            self._check_settings()
+        X, y = validate_data(self, X, y, reset=first, dtype=[np.float64, np.float32], multi_output=True,
+                             y_numeric=True, order="C", accept_sparse=False)  # fmt: skip
+        sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        if first:
+            self._num_outputs, self._one_output = _num_outputs(y), y.ndim == 1
+            coef, intercept = self._starting_point(X, y, None, None, sample_weight)
+            self._state, self.t_ = None, 1.0
+            init = Params(coef, intercept)
+        else:
+            if _num_outputs(y) != self._num_outputs:
+                raise ValueError(f"`y` has {_num_outputs(y)} output(s); the model was fitted to {self._num_outputs}.")
+            init = None
+        # Like scikit-learn, one call is one epoch with its stopping rule
+        # (and its adaptive learning rate) starting afresh.
+        self._run(X, y, sample_weight, epochs=1, init=init, validation=None, tol=None,
+                  shuffle="device" if self.shuffle else False)  # fmt: skip
+        return self
+
+    def predict(self, X):
+        """Predictions of shape (n_samples,), or (n_samples, n_targets)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32], accept_sparse=False)
+        return np.asarray(X, np.float64) @ self.coef_.T + self.intercept_
+
+    # ------------------------------------------------------------------ private
+
+    def _check_settings(self):
+        if self.learning_rate == "optimal" and self.alpha == 0:
+            raise ValueError("alpha must be > 0 since learning_rate is 'optimal'. alpha is used to compute the "
+                             "optimal learning rate.")  # fmt: skip
+        if self.early_stopping and self.validation_fraction * 1.0 <= 0:
+            raise ValueError("validation_fraction must be in (0, 1).")
+
+    def _starting_point(self, X, y, coef_init, intercept_init, sample_weight):
+        d, k = X.shape[1], self._num_outputs
+        coef = np.zeros((d, k))
+        if coef_init is not None:
+            given = np.asarray(coef_init, np.float64)
+            if given.size != d * k:
+                raise ValueError("Provided coef_init does not match dataset.")
+            coef = given.reshape(k, d).T if given.ndim == 2 else given.reshape(d, k)
+        intercept = np.zeros(k)
+        if intercept_init is not None:
+            given = np.asarray(intercept_init, np.float64).reshape(-1)
+            if given.size != k:
+                raise ValueError("Provided intercept_init does not match dataset.")
+            intercept = given
+        elif self.optimizer != "sgd" and self.fit_intercept:
+            # An adaptive step moves b by about eta0 per update: start it at the
+            # target's mean instead of making it travel there.
+            targets = y.reshape(len(y), -1)
+            intercept = np.average(targets, axis=0, weights=sample_weight if sample_weight.sum() > 0 else None)
+        return coef, intercept
+
+    def _validation_split(self, X, y, sample_weight):
+        n = X.shape[0]
+        rng = check_random_state(self.random_state)
+        order = rng.permutation(n)
+        num_val = math.ceil(self.validation_fraction * n)
+        if not 0 < num_val < n:
+            raise ValueError(
+                f"Splitting {n} samples into a train set and a validation set with validation_fraction="
+                f"{self.validation_fraction!r} led to an empty set ({n - num_val} and {num_val} samples). Please "
+                "either change validation_fraction, increase number of samples, or disable early_stopping."
+            )
+        val, train = order[:num_val], np.sort(order[num_val:])
+        return X[train], y[train], sample_weight[train], (X[val], y[val])
+
+    def _run(self, X, y, sample_weight, *, epochs, init, validation, tol, shuffle):
+        name, factor = _LOSSES[self.loss]
+        dtype = np.float64 if jax.config.read("jax_enable_x64") else np.float32
+        seed = check_random_state(self.random_state).randint(0, 2**31 - 1)
+        state = self._state
+        if state is not None:
+            # A call of its own: the stopping rule, the adaptive rate and the
+            # L1 bookkeeping start afresh, as scikit-learn's do.
+            fresh_stop = jax.tree.map(lambda a: np.zeros_like(a), state.stop)._replace(best=np.float32(-np.inf))
+            state = state._replace(stop=fresh_stop, l1=jax.tree.map(np.zeros_like, state.l1))
+        n = X.shape[0]
+        weights = None if np.all(sample_weight == 1) else sample_weight
+        try:
+            result = fit(
+                np.asarray(X, dtype), np.asarray(y, dtype).reshape(n, -1), key=jax.random.key(seed), epochs=epochs,
+                lr=self.eta0, batch_size=min(self.batch_size, n), optimizer=self.optimizer,
+                loss=losses.scaled(name, factor), epsilon=self.epsilon, penalty=self.penalty, alpha=self.alpha,
+                l1_ratio=self.l1_ratio, schedule=self.learning_rate, power_t=self.power_t,
+                average=int(self.average), sample_weight=weights, tol=tol,
+                n_iter_no_change=self.n_iter_no_change, validation=validation, shuffle=shuffle,
+                fit_intercept=self.fit_intercept, record_steps=bool(self.verbose), devices=self.devices,
+                init=None if init is None else Params(np.asarray(init.w, dtype), np.asarray(init.b, dtype)),
+                state=state,
+            )  # fmt: skip
+        except TrainingDiverged as err:
+            raise ValueError(
+                f"Floating-point under-/overflow occurred at epoch #{err.epoch + 1}. Scaling input data with "
+                "StandardScaler or MinMaxScaler might help."
+            ) from None
+        final = result.state
+        epochs_before = 0 if state is None else int(state.epoch)
+        self._state = final
+        self.n_iter_ = int(final.epoch) - epochs_before
+        self.t_ = float(int(final.step) + 1)
+        if self.verbose and result.epoch_losses is not None:
+            for i, value in enumerate(np.asarray(result.epoch_losses), start=1):
+                print(f"-- Epoch {i}\nAvg. loss: {float(value):.6f}")
+        self._standard = (np.asarray(final.params.w, np.float64), np.asarray(final.params.b, np.float64))
+        w, b = (np.asarray(p, np.float64) for p in result.params)
+        self.coef_ = w[:, 0] if self._one_output else w.T
+        self.intercept_ = b.reshape(-1)
+
+
+def _num_outputs(y) -> int:
+    return 1 if y.ndim == 1 else y.shape[1]
+
+
+class LinearRegressor(SGDRegressor):
+    """Deprecated: use `SGDRegressor`, scikit-learn's parameters with jaxlr's extras.
+
+    `LinearRegressor(lr, epochs, batch_size, optimizer, random_state)` is
+    `SGDRegressor(learning_rate="constant", eta0=lr, max_iter=epochs,
+    tol=None, penalty=None, batch_size=batch_size, optimizer=optimizer)` on
+    standardized features (which it still standardizes itself).
+    """
+
+    _parameter_constraints: dict = {
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "optimizer": [StrOptions({"sgd", "momentum", "nesterov", "adam"})],
+        "random_state": ["random_state"],
+    }
 
     def __init__(self, lr=0.01, epochs=100, batch_size=32, optimizer="sgd", random_state=None):
         self.lr = lr
@@ -53,80 +357,43 @@ class LinearRegressor(RegressorMixin, BaseEstimator):
         self.optimizer = optimizer
         self.random_state = random_state
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.multi_output = True
-        return tags
+    def _as_sgd(self) -> SGDRegressor:
+        warnings.warn("LinearRegressor is deprecated; use jaxlr.SGDRegressor.", DeprecationWarning, stacklevel=3)
+        return SGDRegressor(
+            learning_rate="constant", eta0=self.lr, max_iter=self.epochs, tol=None, penalty=None,
+            batch_size=self.batch_size, optimizer=self.optimizer, random_state=self.random_state,
+        )  # fmt: skip
 
-    def fit(self, X, y):
-        """Trains from a fresh start for `epochs` epochs. Returns self."""
-        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32])
-        self._start(y)
-        return self._train(X, y, self.epochs)
+    def fit(self, X, y, coef_init=None, intercept_init=None, sample_weight=None):
+        self._validate_params()
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True)
+        self._x_mean = X.mean(axis=0)
+        spread = X.std(axis=0)
+        self._x_scale = np.where(spread > 0, spread, 1.0)
+        self._model = self._as_sgd()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self._model.fit((X - self._x_mean) / self._x_scale, y, sample_weight=sample_weight)
+        return self._copy_fitted()
 
-    def partial_fit(self, X, y):
-        """Trains one more epoch from the current parameters (a fresh start if unfitted)."""
-        first = not hasattr(self, "_state")
-        X, y = validate_data(
-            self, X, y, reset=first, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32]
-        )
+    def partial_fit(self, X, y, sample_weight=None):
+        first = not hasattr(self, "_model")
+        X, y = validate_data(self, X, y, reset=first, dtype=[np.float64, np.float32], multi_output=True,
+                             y_numeric=True)  # fmt: skip
         if first:
-            self._start(y)
-        elif _num_outputs(y) != self._num_outputs:
-            raise ValueError(
-                f"`y` has {_num_outputs(y)} output(s); the data fitted before had {self._num_outputs}."
-            )
-        return self._train(X, y, 1)
-
-    def predict(self, X):
-        """Predictions of shape (n_samples,), or (n_samples, n_targets)."""
-        check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
-        return np.asarray(X, np.float64) @ self.coef_.T + self.intercept_
-
-    def _start(self, y):
-        """Forgets any earlier training."""
-        self._seed = check_random_state(self.random_state).randint(2**31 - 1)
-        self._one_output = y.ndim == 1
-        self._num_outputs = _num_outputs(y)
-        self.n_iter_, self.loss_curve_, self._state = 0, [], None
-
-    def _train(self, X, y, epochs):
-        if self.optimizer not in _OPTIMIZERS:
-            raise ValueError(f"`optimizer` (={self.optimizer!r}) must be one of {', '.join(_OPTIMIZERS)}.")
-        optimizer = {
-            "sgd": None,
-            "momentum": optax.sgd(self.lr, momentum=0.9),
-            "adam": optax.adam(self.lr),
-        }[self.optimizer]
-        batch_size = self.batch_size
-        if isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool):
-            batch_size = min(int(batch_size), X.shape[0])
-        if self._state is None:
-            # SGD's stable step size depends on the features' scale; training
-            # on standardized features makes `lr` mean the same for any data.
+            self._validate_params()
             self._x_mean = X.mean(axis=0)
             spread = X.std(axis=0)
             self._x_scale = np.where(spread > 0, spread, 1.0)
-            params = opt_state = None
-        else:
-            params, opt_state = self._state
-        result = fit(
-            (X - self._x_mean) / self._x_scale, y, key=jax.random.key(self._seed), epochs=epochs,
-            lr=self.lr, batch_size=batch_size,
-            optimizer=optimizer, params=params, opt_state=opt_state, initial_epoch=self.n_iter_,
-        )  # fmt: skip
-        self._state = (result.params, result.opt_state)
-        losses = np.asarray(result.losses).reshape(epochs, -1) if epochs else np.zeros((0, 1))
-        self.loss_curve_ = self.loss_curve_ + losses.mean(axis=1).tolist()
-        self.n_iter_ += epochs
-        # Back to the original units: w / scale, and b absorbs the centring.
-        w = np.asarray(result.params.w, np.float64) / self._x_scale[:, None]
-        b = np.asarray(result.params.b, np.float64) - self._x_mean @ w
-        self.coef_ = w[:, 0] if self._one_output else w.T
-        self.intercept_ = float(b[0]) if self._one_output else b
+            self._model = self._as_sgd()
+        self._model.partial_fit((X - self._x_mean) / self._x_scale, y, sample_weight=sample_weight)
+        return self._copy_fitted()
+
+    def _copy_fitted(self):
+        coef = np.asarray(self._model.coef_, np.float64)
+        self.coef_ = coef / (self._x_scale if coef.ndim == 1 else self._x_scale[None, :])
+        self.intercept_ = self._model.intercept_ - self.coef_ @ self._x_mean
+        if self._model._one_output:
+            self.intercept_ = float(self.intercept_[0])
+        self.n_iter_ = self._model.n_iter_
         return self
-
-
-def _num_outputs(y):
-    return 1 if y.ndim == 1 else y.shape[1]

@@ -1,15 +1,27 @@
-"""The SGD update of the lesson, and the jitted training step built on it."""
+"""The SGD update of the lesson, the jitted training step built on it, and other update rules.
+
+`sgd` and `make_step` are the lesson's. Beyond it, an update rule turns a
+gradient into new params: plain SGD (the hand-written `sgd`), momentum,
+Nesterov momentum, Adam, or any optax transformation. A named rule is built
+inside the compiled program from traced numbers (its momentum, Adam's betas),
+so new values never compile anything; an optax object is used as it is.
+"""
+
+from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple, Union
 
 import jax
+import jax.numpy as jnp
 
 from jaxlr import validate
 from jaxlr.model import Params, net, square_loss
 
+RULES = ("sgd", "momentum", "nesterov", "adam")
 
-def sgd(params, grads, lr):
+
+def sgd(params: Any, grads: Any, lr: Any) -> Any:
     """One step of plain gradient descent: every leaf moves by -lr * its gradient.
 
     Args:
@@ -35,14 +47,14 @@ class TrainState(NamedTuple):
     opt_state: Any = None
 
 
-def init_state(params, optimizer=None):
+def init_state(params: Params, optimizer: Any = None) -> TrainState:
     """The state a step starts from: `params`, plus `optimizer.init(params)` for optax."""
     validate.check_optimizer(optimizer)
     return TrainState(params, None if optimizer is None else optimizer.init(params))
 
 
 def update(state, X, y, lr, loss=square_loss, optimizer=None):
-    """One training step, pure and unjitted: the body shared by both engines.
+    """One training step, pure and unjitted: the body of the lesson's step.
 
     Returns:
         The new TrainState and the batch's loss before the update.
@@ -60,7 +72,7 @@ def update(state, X, y, lr, loss=square_loss, optimizer=None):
     return TrainState(optax.apply_updates(state.params, updates), opt_state), value
 
 
-def make_step(lr=0.001, *, loss=square_loss, optimizer=None):
+def make_step(lr: float = 0.001, *, loss: Callable = square_loss, optimizer: Any = None) -> Callable:
     """Returns the jitted step ``(state, X, y) -> (state, loss)``.
 
     The step compiles once per batch shape and is then reused: feeding it new
@@ -90,3 +102,65 @@ def _jitted_step(lr, loss, optimizer):
     # Cached so that repeated fits with the same settings reuse one compiled
     # step instead of tracing a fresh closure each time.
     return jax.jit(functools.partial(update, lr=lr, loss=loss, optimizer=optimizer))
+
+
+# ------------------------------------------------------------------ update rules
+
+
+class RuleNumbers(NamedTuple):
+    """The named rules' numbers, traced: momentum for "momentum"/"nesterov", betas for "adam"."""
+
+    momentum: float = 0.9
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+
+
+Rule = Union[str, Any]  # a name from RULES, or an optax.GradientTransformation
+
+
+def check_rule(rule: Rule) -> Rule:
+    """`rule` if it is a known name or an optax transformation; None means "sgd"."""
+    if rule is None:
+        return "sgd"
+    if isinstance(rule, str):
+        return validate.check_choice("optimizer", rule, RULES)
+    return validate.check_optimizer(rule)
+
+
+def _transformation(rule: Rule, numbers: RuleNumbers):
+    """The optax transformation giving a named rule's direction (None for plain SGD)."""
+    if rule == "sgd":
+        return None
+    import optax
+
+    if rule in ("momentum", "nesterov"):
+        return optax.trace(decay=numbers.momentum, nesterov=rule == "nesterov")
+    if rule == "adam":
+        return optax.scale_by_adam(b1=numbers.b1, b2=numbers.b2, eps=numbers.eps)
+    return rule  # an optax object, which carries its own learning rate
+
+
+def rule_init(rule: Rule, params: Params) -> Any:
+    """The update rule's starting state for `params` (None for plain SGD)."""
+    transformation = _transformation(rule, RuleNumbers())
+    return None if transformation is None else transformation.init(params)
+
+
+def rule_apply(rule: Rule, params: Params, grads: Params, opt_state: Any, lr: jax.Array, numbers: RuleNumbers):
+    """New params and rule state after one update with learning rate `lr`."""
+    if rule == "sgd":
+        return sgd(params, grads, lr), None
+    import optax
+
+    transformation = _transformation(rule, numbers)
+    direction, opt_state = transformation.update(grads, opt_state, params)
+    if isinstance(rule, str):
+        return sgd(params, direction, lr), opt_state
+    return optax.apply_updates(params, direction), opt_state
+
+
+def zeros_like_state(rule: Rule, w_shape: tuple[int, ...], dtype: Any) -> Any:
+    """A rule state of the right structure, to check or read checkpoints against."""
+    params = Params(jnp.zeros(w_shape, dtype), jnp.zeros(w_shape[1:], dtype))
+    return rule_init(rule, params)

@@ -1,57 +1,75 @@
-"""`fit`: the training loop of the lesson, as a Python loop or as one compiled scan."""
+"""`fit` and `sweep`: check the settings, pick an engine, drive it, and assemble the result.
+
+The path reads in one direction: key -> data -> batches -> step -> params ->
+result. `fit` turns its keywords into a static `Spec` (what the program does)
+and traced `Numbers` (every value it uses), prepares the rows, and runs the
+engine block by block. The driver below is the one place that reports
+divergence, prints the lesson's progress lines, calls callbacks and saves
+checkpoints, whatever the engine.
+"""
+
+from __future__ import annotations
 
 import functools
-from functools import partial
+import math
+import warnings
+import weakref
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
+from jaxlr import callbacks as callbacks_lib
 from jaxlr import checkpoint as checkpoint_lib
-from jaxlr import parallel, validate
-from jaxlr.data import NpyStream, batches, key_words, permutation_from_words, to_device
-from jaxlr.model import Params, init_params, square_loss
-from jaxlr.optim import TrainState, init_state, make_step, update
+from jaxlr import engines, losses, parallel, penalties, schedules, validate
+from jaxlr.data import NpyStream, key_words, permutation_from_words, to_device
+from jaxlr.engines import core
+from jaxlr.engines.core import FitState, init_fit_state
+from jaxlr.model import Params, init_params
+from jaxlr.optim import Rule, RuleNumbers, check_rule
 
-# The fused engine gathers the shuffled rows of up to this many bytes of
-# batches at once, then scans over them: XLA pays a fixed cost per gather, so
-# small batches are gathered many at a time, while a chunk that stays in cache
-# keeps large batches streaming and memory bounded whatever n is.
-_CHUNK_BYTES = 1 << 18
+__all__ = ["FitResult", "FitState", "SweepResult", "TrainingDiverged", "fit", "moving_average", "sweep"]
 
 
 class FitResult(NamedTuple):
-    """What `fit` returns (and what a `callback` sees after each epoch).
+    """What `fit` returns (and what a callback sees after each epoch).
 
     Attributes:
-        params: the learned Params.
-        opt_state: the optax optimizer state at the end (None for plain SGD).
+        params: the learned Params (the averaged ones with `average`).
+        opt_state: the update rule's state at the end (None for plain SGD).
         losses: array of shape (steps,), each batch's loss before its update.
         moving_losses: array of shape (steps,), their exponential moving average.
+        state: the run's whole position, to continue it with ``fit(..., state=)``.
+        epoch_losses: array of shape (epochs run,), each epoch's mean loss.
     """
 
     params: Params
     opt_state: Any
     losses: jax.Array
     moving_losses: jax.Array
+    state: Optional[FitState] = None
+    epoch_losses: Any = None
 
 
 class TrainingDiverged(FloatingPointError):
-    """Training stopped because a loss or an update was no longer finite.
+    """Training stopped because a loss or the params were no longer finite.
 
     Attributes:
         epoch, batch: where it happened (batch counts from 0 within the epoch).
         last_finite_loss: the loss of the last good step (None if there was none).
         params: the last finite parameters, from just before that step.
         opt_state: the optimizer state that goes with them.
+        state: the whole FitState of the last good step.
     """
 
     def __init__(self, epoch, batch, last_finite_loss, state, lr):
         self.epoch, self.batch = epoch, batch
         self.last_finite_loss = last_finite_loss
         self.params, self.opt_state = state.params, state.opt_state
+        self.state = state
         last = "none" if last_finite_loss is None else f"{last_finite_loss:.3g}"
         rate = f"`lr` (={lr})" if lr is not None else "the optimizer's learning rate"
         super().__init__(
@@ -61,87 +79,138 @@ class TrainingDiverged(FloatingPointError):
         )
 
 
-def fit(
-    X,
-    y,
-    *,
-    key,
-    epochs=2,
-    lr=0.001,
-    batch_size=4,
-    params=None,
-    optimizer=None,
-    engine="fused",
-    log_every=500,
-    smoothing=0.01,
-    verbose=False,
-    device=None,
-    opt_state=None,
-    initial_epoch=0,
-    callback=None,
-    checkpoint=None,
-    checkpoint_every=1,
-    resume=False,
-    devices=None,
-    chunk_bytes=64 << 20,
-):
-    """Trains a linear model by mini-batch SGD (or an optax optimizer).
+_DEPRECATED = {
+    "params": "init= for starting params, or state= to continue a run",
+    "opt_state": "state=",
+    "initial_epoch": "state=",
+    "device": "devices=",
+    "chunk_bytes": "NpyStream(..., chunk_bytes=)",
+}
 
+
+def fit(
+    X: Any,
+    y: Optional[ArrayLike] = None,
+    *,
+    key: Any,
+    epochs: int = 2,
+    lr: float = 0.001,
+    batch_size: int = 4,
+    optimizer: Rule = None,
+    loss: Union[str, Callable] = "squared",
+    epsilon: float = 0.1,
+    penalty: Optional[str] = None,
+    alpha: float = 0.0001,
+    l1_ratio: float = 0.15,
+    schedule: schedules.Schedule = "constant",
+    power_t: float = 0.25,
+    average: Union[bool, int] = False,
+    sample_weight: Optional[ArrayLike] = None,
+    tol: Optional[float] = None,
+    n_iter_no_change: int = 5,
+    validation: Optional[tuple] = None,
+    shuffle: Union[bool, str] = True,
+    fit_intercept: bool = True,
+    record_steps: bool = True,
+    init: Optional[Params] = None,
+    state: Optional[FitState] = None,
+    engine: str = "fused",
+    devices: Any = None,
+    log_every: int = 500,
+    smoothing: float = 0.01,
+    verbose: bool = False,
+    callback: Union[None, Callable, Sequence[Callable]] = None,
+    checkpoint: Union[None, str, Path] = None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
+    **deprecated: Any,
+) -> FitResult:
+    """Trains a linear model by mini-batch SGD (or momentum, Nesterov, Adam, or optax).
+
+    Each step takes a batch's mean loss (weighted by `sample_weight`), adds
+    the penalty, and moves the params by the learning rate of the schedule.
     Both engines run the same step on the same batches in the same order:
     ``"loop"`` feeds the jitted step from the `batches` generator in a Python
     loop, as the lesson does; ``"fused"`` runs the whole training as one
-    compiled `lax.scan`. Neither reads a loss back to the host every step.
+    compiled program. The program depends on the settings' kinds (loss,
+    optimizer, batch size, features, outputs), not on their values nor on the
+    number of rows: a new learning rate, alpha, tolerance or fold reuses it.
 
     Args:
-        X: array of shape (n, d); bool and int are cast to float.
+        X: array of shape (n, d); bool and int are cast to float. Or an
+            `NpyStream` / `numpy.memmap` for data read from disk in chunks.
         y: array of shape (n, k), or (n,) for one output.
         key: PRNG key. It is split into an initialisation key and a shuffle
             key; epoch e shuffles with ``fold_in(shuffle_key, e)``, so the order
             of any epoch does not depend on the epochs before it.
-        epochs: passes over the data.
-        lr: SGD learning rate (optax optimizers carry their own).
+        epochs: passes over the data (the most, with `tol`).
+        lr: learning rate (eta0 of a named schedule; optax optimizers carry
+            their own).
         batch_size: rows per step, between 1 and n; the last batch of an
             epoch is short when it does not divide n.
-        params: starting Params; None draws them with `init_params`.
-        optimizer: None for the hand-written `sgd`, or an optax transformation.
+        optimizer: None or "sgd" for the lesson's hand-written `sgd`,
+            "momentum" (0.9), "nesterov", "adam", or an optax transformation.
+        loss: "squared" (the lesson's), "huber", "epsilon_insensitive",
+            "squared_epsilon_insensitive" (see `jaxlr.losses`), or a function
+            ``(yhat, y) -> per-entry losses``.
+        epsilon: the margin of the Huber and epsilon-insensitive losses.
+        penalty: None, "l2", "l1" or "elasticnet", on the weights only.
+        alpha: the penalty's strength (and the "optimal" schedule's).
+        l1_ratio: the L1 share of "elasticnet".
+        schedule: "constant", "optimal", "invscaling", "adaptive" (see
+            `jaxlr.schedules`), or an optax schedule of the step count.
+        power_t: the exponent of "invscaling".
+        average: True (or an int t0) returns the average of the params over
+            all updates (from update t0 on): averaged SGD.
+        sample_weight: array of shape (n,): each row's weight in the loss.
+        tol: stop once `n_iter_no_change` epochs in a row failed to lower the
+            epoch's mean loss by `tol` (or raise the validation R² by it).
+            With `tol`, each epoch's order is drawn on the device.
+        n_iter_no_change: the patience of that rule.
+        validation: (X_val, y_val) for the rule to score instead of the
+            training loss.
+        shuffle: True shuffles every epoch; False keeps the rows in their
+            stored order. Each epoch's order is a function of the key and the
+            epoch alone, drawn on the host ("host", NumPy's O(n) shuffle:
+            the default, and what the loop engine and `batches` use) or on the
+            device ("device": the default with `tol`, which may end the run at
+            any epoch; another permutation for the same key).
+        fit_intercept: False keeps b at its starting value (zero for fresh params).
+        record_steps: False returns no per-step losses (only each epoch's
+            mean), which saves their memory on long runs.
+        init: starting Params; None draws them with `init_params`.
+        state: a `FitState` to continue a run from (``result.state``): its
+            params, optimizer state, epoch, step count, moving average and
+            averaged params all carry on; with the same key and settings the
+            result is that of one uninterrupted run.
         engine: "fused" or "loop".
+        devices: where to train. None for JAX's default device; a
+            `jax.Device` or a platform name such as "cpu" or "gpu"; or for data
+            parallelism a number of devices, a list of them, or a one-axis
+            `jax.sharding.Mesh`: each batch is split by rows over them
+            (`batch_size` must divide evenly), the params are replicated, and
+            XLA sums the gradients. X and y may be global arrays built across
+            processes (see `jaxlr.parallel`).
         log_every: with `verbose`, print a line every this many batches.
         smoothing: weight of the newest loss in the moving average, in (0, 1].
         verbose: print the lesson's progress lines (the fused engine prints
             them when its program returns).
-        device: a `jax.Device`, or a platform name such as "cpu" or "gpu",
-            to hold the data and the parameters; None for JAX's default.
-        opt_state: the optimizer state to continue from, with `params`.
-        initial_epoch: index of the first epoch, to continue a run: with the
-            same key, the params and opt_state after epoch e-1, and
-            ``initial_epoch=e``, the result is that of one uninterrupted run.
-        callback: called as ``callback(epoch, result)`` after each epoch, with
-            a FitResult for that epoch; returning True stops training. The
-            fused engine then compiles one epoch at a time.
+        callback: a function ``callback(epoch, result) -> bool`` or a list of
+            them, called after each epoch with that epoch's FitResult;
+            returning True stops training. The fused engine then runs one
+            epoch per program.
         checkpoint: a directory to save the run in every `checkpoint_every`
             epochs (and after the last), atomically, keeping the previous one.
         checkpoint_every: epochs between checkpoints.
-        devices: data parallelism: a number of devices, a list of them, or a
-            one-axis `jax.sharding.Mesh`. Each batch is split by rows over
-            them (`batch_size` must divide evenly), the params are replicated,
-            and XLA sums the gradients; the steps are those of one device.
-            X and y may be global arrays built across processes (see
-            `jaxlr.parallel`). Not with `device`.
-        chunk_bytes: for X given as a `numpy.memmap` or an `NpyStream`: the
-            size of the chunks read from disk. Each epoch visits the chunks in
-            a new random order and shuffles fully within each chunk, which is
-            not a global permutation: larger chunks mix more, smaller ones
-            need less memory (about three chunks at a time).
         resume: continue from the newest good checkpoint in `checkpoint`, if
-            any: the run then trains only the epochs still missing from
-            ``initial_epoch + epochs`` and ends with the params an
-            uninterrupted run would have. The key and settings must match.
+            any: the run then trains only the epochs still missing and ends
+            with the params an uninterrupted run would have.
 
     Returns:
         FitResult.
 
     Raises:
-        TrainingDiverged: a loss or an update stopped being finite; the error
+        TrainingDiverged: a loss or the params stopped being finite; the error
             carries the last finite params.
 
     Example:
@@ -149,98 +218,436 @@ def fit(
         >>> result = fit(X, y, key=jax.random.key(1))
         >>> result.params.w.ravel()  # close to [2, -3.4]
     """
+    deprecated = _take_deprecated(deprecated)
     key = validate.check_key(key)
+    devices = devices if deprecated.get("device") is None else deprecated["device"]
     if isinstance(X, np.memmap):
         X = NpyStream.from_memmap(X, y)
     stream = X if isinstance(X, NpyStream) else None
     if stream is not None:
+        if "chunk_bytes" in deprecated:
+            stream.chunk_bytes = validate.check_int("chunk_bytes", deprecated["chunk_bytes"], low=1)
         n, d, k, dtype = stream.num_rows, stream.num_features, stream.num_outputs, stream.dtype
-        chunk_bytes = validate.check_int("chunk_bytes", chunk_bytes, low=1)
     else:
         X, y = validate.training_arrays(X, y)
         (n, d), k, dtype = X.shape, y.shape[1], X.dtype
     epochs = validate.check_int("epochs", epochs, low=0)
-    initial_epoch = validate.check_int("initial_epoch", initial_epoch, low=0)
-    batch_size = validate.check_int(
-        "batch_size", batch_size, low=1, high=n, high_name="the number of examples"
-    )
-    optimizer = validate.check_optimizer(optimizer)
+    batch_size = validate.check_int("batch_size", batch_size, low=1, high=n, high_name="the number of examples")
+    rule = check_rule(optimizer)
     # An optax transformation carries its own learning rate.
-    lr = validate.check_real("lr", lr, low=0.0) if optimizer is None else None
+    lr = validate.check_real("lr", lr, low=0.0) if isinstance(rule, str) else None
+    schedule = schedules.check(schedule)
+    power_t = validate.check_real("power_t", power_t, low=-math.inf, low_open=True)
+    the_loss = losses.resolve(loss)
+    epsilon = validate.check_real("epsilon", epsilon, low=0.0, low_open=False)
+    the_penalty = penalties.make(penalty, alpha, l1_ratio)
+    alpha = float(alpha)
+    if schedule == "optimal" and alpha <= 0:
+        raise ValueError(f"`alpha` (={alpha}) must be > 0 with schedule='optimal', which divides by it.")
+    average_start = _average_start(average)
+    tol = -math.inf if tol is None else validate.check_real("tol", tol, low=-math.inf, low_open=True)
+    n_iter_no_change = validate.check_int("n_iter_no_change", n_iter_no_change, low=1)
     smoothing = validate.check_real("smoothing", smoothing, low=0.0, high=1.0)
     log_every = validate.check_int("log_every", log_every, low=1)
-    engine = validate.check_choice("engine", engine, ("fused", "loop"))
-    if callback is not None and not callable(callback):
-        raise TypeError(f"`callback` (={callback!r}) must be a function (epoch, result) -> bool.")
-    device = _as_device(device)
-    mesh = parallel.data_mesh(devices)
+    engine = validate.check_choice("engine", engine, engines.ENGINES)
+    shuffle = validate.check_choice("shuffle", shuffle, (True, False, "host", "device"))
+    if shuffle == "device" and engine == "loop":
+        raise ValueError("`shuffle` (='device') is for the fused engine; the loop shuffles on the host.")
+    weight = None if sample_weight is None else _sample_weights(sample_weight, n, dtype)
+    callback = callbacks_lib.combine(callback)
+    device, mesh = _placement(devices)
     if mesh is not None:
-        if device is not None:
-            raise ValueError("give `device` or `devices`, not both.")
         if batch_size % mesh.size:
             raise ValueError(
                 f"`batch_size` (={batch_size}) must be divisible by the number of devices (={mesh.size})."
             )
         if engine == "loop" and jax.process_count() > 1:
             raise ValueError("across processes use engine='fused': the loop feeds batches from one host.")
-    if stream is not None and (engine != "fused" or mesh is not None or device is not None):
-        raise ValueError("data streamed from disk trains with engine='fused' on the default device.")
+    if stream is not None:
+        if engine != "fused" or mesh is not None or device is not None:
+            raise ValueError("data streamed from disk trains with engine='fused' on the default device.")
+        if weight is not None:
+            raise ValueError("`sample_weight` is not available for data streamed from disk.")
+        engine = "streamed"
+    if resume and checkpoint is None:
+        raise ValueError("`resume` needs `checkpoint`, the directory to resume from.")
+    if state is not None and any(name in deprecated for name in ("params", "opt_state", "initial_epoch")):
+        raise ValueError("give `state` or the old `params`/`opt_state`/`initial_epoch`, not both.")
+
+    spec = core.Spec(
+        loss=the_loss, rule=rule, schedule=schedule,
+        l1=the_penalty.l1 > 0, l2=the_penalty.l2 > 0, average=average_start is not None, batch_size=batch_size,
+        sharding=None if mesh is None else parallel.by_rows(mesh), stops=tol > -math.inf or validation is not None,
+        fit_intercept=bool(fit_intercept),
+    )  # fmt: skip
+    rate = schedules.Rate(
+        eta0=lr if lr is not None else 0.0,
+        power_t=power_t, t0=schedules.optimal_t0(alpha) if alpha > 0 else 1.0, alpha=alpha,
+    )  # fmt: skip
+    numbers = core.Numbers(
+        rate=rate, rule=RuleNumbers(), penalty=the_penalty, epsilon=epsilon, smoothing=smoothing,
+        average_start=average_start or 1, stop=core.StopNumbers(tol=tol, patience=n_iter_no_change),
+    )  # fmt: skip
+    packed = core.pack(numbers, dtype)
+
+    # The starting state: given, from a checkpoint, from the old keywords, or fresh.
+    params, given_state = deprecated.get("params", init), state
+    first_epoch = validate.check_int("initial_epoch", deprecated.get("initial_epoch", 0), low=0)
+    if state is not None:
+        state = _check_state(state, rule, d, k, dtype)
+        shuffle_key = _split(key)[1]
+    elif params is None:
+        state, shuffle_key = _begin(rule, d, k, dtype)(key, np.int32(first_epoch))
+    else:
+        name = "params" if "params" in deprecated else "init"
+        params = Params(*(jnp.asarray(p, dtype) for p in validate.check_params(params, d, k, name=name)))
+        state = init_fit_state(params, rule, epoch=first_epoch)
+        shuffle_key = _split(key)[1]
+    if deprecated.get("opt_state") is not None:
+        if rule == "sgd":
+            raise ValueError("`opt_state` was given without the `optimizer` it belongs to.")
+        state = state._replace(opt_state=deprecated["opt_state"])
+    end_epoch = (first_epoch if given_state is None else int(state.epoch)) + epochs
+
     saving = None
     if checkpoint is not None:
         checkpoint_every = validate.check_int("checkpoint_every", checkpoint_every, low=1)
         Path(checkpoint).mkdir(parents=True, exist_ok=True)
-        # The optimizer is recorded by the structure of its state.
-        optimizer_kind = repr(jax.tree.structure(_Saving.opt_state_like(optimizer, d, k, dtype)))
         saving = _Saving(
             directory=checkpoint, every=checkpoint_every, key_words=key_words(key),
             settings={"examples": n, "features": d, "outputs": k, "batch_size": batch_size, "lr": lr,
-                      "optimizer": None if optimizer is None else optimizer_kind},
+                      "optimizer": _rule_name(rule), "loss": the_loss.name, "penalty": list(the_penalty),
+                      "schedule": schedule if isinstance(schedule, str) else "custom"},
         )  # fmt: skip
-    elif resume:
-        raise ValueError("`resume` needs `checkpoint`, the directory to resume from.")
-    moving_start = None
     if resume:
-        found = checkpoint_lib.latest(checkpoint, saving.opt_state_like(optimizer, d, k, dtype))
+        found = checkpoint_lib.latest(checkpoint, jax.tree.map(np.asarray, state))
         if found is not None:
             saving.check_matches(found, checkpoint)
-            end = initial_epoch + epochs
-            params, opt_state, moving_start = found.params, found.opt_state, found.moving_last
-            initial_epoch, epochs = found.epoch, max(0, end - found.epoch)
-
-    epoch_ids = np.arange(initial_epoch, initial_epoch + epochs)
-    initial_params, epoch_words = _start(key, epoch_ids, num_inputs=d, num_outputs=k, dtype=dtype)
-    if params is None:
-        params = initial_params
+            state = jax.tree.map(jnp.asarray, found.state)
+    if given_state is None and not resume:
+        initial_epoch, initial_step = first_epoch, 0
     else:
-        params = validate.check_params(params, d, k)
-        params = Params(*(jnp.asarray(p, dtype) for p in params))
-    state = init_state(params, optimizer)
-    if opt_state is not None:
-        if optimizer is None:
-            raise ValueError("`opt_state` was given without the `optimizer` it belongs to.")
-        state = state._replace(opt_state=opt_state)
+        initial_epoch, initial_step, done = (int(v) for v in jax.device_get((state.epoch, state.step, state.stop.done)))
+        if done:
+            end_epoch = initial_epoch  # a run its stopping rule ended is finished
+    epochs = max(0, end_epoch - initial_epoch)
+
+    callback = callbacks_lib.combine([callback, saving and saving.callback(end_epoch)])
+    if shuffle is True:
+        shuffle = "device" if spec.stops and engine == "fused" else "host"
+    draw = shuffle or "none"
+    run = _Run(
+        spec=spec, numbers=packed, epochs=epochs, initial_epoch=initial_epoch, initial_step=initial_step,
+        steps_per_epoch=-(-n // batch_size), draw=draw, shuffle_key=shuffle_key, mesh=mesh,
+        keep_steps=bool(record_steps), one_epoch_per_call=callback is not None, lr=lr,
+    )  # fmt: skip
+    validation_data = None if validation is None else _validation_data(validation, d, k, dtype, device)
+    run = run._replace(validation_data=core.Data(None, None, None, None, validation_data))
+    if engine == "streamed":
+        run = run._replace(stream=stream, steps_per_epoch=stream.steps_per_epoch(batch_size))
+    elif engine == "loop":
+        run = run._replace(host_rows=(np.asarray(X), np.asarray(y), weight))
+    else:
+        run = run._replace(data=_device_data(X, y, weight, batch_size, device, mesh, validation_data))
     if device is not None:
         state = jax.device_put(state, device)
     if mesh is not None:
         state = parallel.put_replicated(state, mesh)
-        X, y = (a if isinstance(a, jax.Array) and not a.is_fully_addressable else parallel.put_replicated(a, mesh)
-                for a in (X, y))  # fmt: skip
+    return _drive(engines.get(engine), run, state, log_every if verbose else None, callback, dtype, average_start)
 
-    if saving is not None:
-        callback = saving.callback(initial_epoch + epochs, moving_start, callback)
-    run = _Run(
-        lr=lr, batch_size=batch_size, optimizer=optimizer, smoothing=smoothing,
-        log_every=log_every if verbose else None, callback=callback,
-        steps_per_epoch=-(-n // batch_size), moving_start=moving_start,
-        mesh=mesh,
-    )  # fmt: skip
-    epochs_and_words = list(zip(epoch_ids.tolist(), np.asarray(epoch_words)))
-    if stream is not None:
-        return _run_streamed(state, stream, epochs_and_words, run, chunk_bytes)
-    if engine == "loop":
-        return _run_loop(state, X, y, epochs_and_words, run)
-    X, y = to_device(X, device), to_device(y, device)
-    return _run_fused(state, X, y, epochs_and_words, run)
+
+class _Run(NamedTuple):
+    """What an engine needs to run, gathered once by `fit`."""
+
+    spec: core.Spec
+    numbers: tuple  # core.pack(Numbers)
+    epochs: int
+    initial_epoch: int
+    initial_step: int
+    steps_per_epoch: int
+    draw: str  # "host", "device" or "none"
+    shuffle_key: Any
+    mesh: Any
+    keep_steps: bool
+    one_epoch_per_call: bool
+    lr: Any
+    data: Any = None  # core.Data on the device (fused)
+    host_rows: Any = None  # (X, y, weight) in host memory (loop)
+    stream: Any = None  # an NpyStream (streamed)
+    validation_data: Any = None
+
+    def epoch_words(self, epoch: int) -> np.ndarray:
+        return _epoch_words(self.shuffle_key, np.array([epoch]))[0]
+
+    def orders(self, first_epoch: int, count: int, N: int) -> np.ndarray:
+        """Epochs' row orders, shape (count, N): the n real rows shuffled, padding last."""
+        n = self.steps_per_epoch and int(self.data.n)
+        words = _epoch_words(self.shuffle_key, np.arange(first_epoch, first_epoch + count))
+        orders = np.empty((count, N), np.int32)
+        orders[:, n:] = np.arange(n, N, dtype=np.int32)
+        for i in range(count):
+            orders[i, :n] = permutation_from_words(words[i], n)
+        return orders
+
+
+def _drive(engine, run: _Run, state: FitState, log_every, callback, dtype, average_start) -> FitResult:
+    """Runs `engine` block by block: the one place for divergence, logs and callbacks."""
+    loss_parts, moving_parts, epoch_parts = [], [], []
+    for block in engine(run, state):
+        state = block.state
+        if not bool(parallel.host_value(state.ok)):
+            # Rare, so the fast program only notices; a replay of the block
+            # with the guard on finds the last finite state.
+            guarded = run._replace(
+                spec=run.spec._replace(guard=True), epochs=run.epochs - (block.first_epoch - run.initial_epoch),
+                initial_epoch=block.first_epoch, initial_step=block.first_step,
+            )  # fmt: skip
+            state = next(iter(engine(guarded, block.start))).state
+            done = int(parallel.host_value(state.step)) - block.first_step
+            epoch, batch = divmod(done, run.steps_per_epoch)
+            last = float(parallel.host_value(state.last_loss))
+            raise TrainingDiverged(block.first_epoch + epoch, batch, None if math.isnan(last) else last, state, run.lr)
+        loss_parts.append(block.losses)
+        moving_parts.append(block.moving)
+        epoch_parts.append(block.epoch_losses)
+        if log_every is not None:
+            shown = parallel.host_value(block.moving).reshape(-1, run.steps_per_epoch)
+            for epoch, row in enumerate(shown, start=block.first_epoch):
+                for i in range(log_every - 1, run.steps_per_epoch, log_every):
+                    _print_log_line(epoch, i, row[i])
+        if callback is not None:
+            epoch_result = _result(state, [block.losses], [block.moving], [block.epoch_losses], dtype, average_start)
+            if callback(block.first_epoch, epoch_result):
+                break
+    return _result(state, loss_parts, moving_parts, epoch_parts, dtype, average_start)
+
+
+def _result(state, loss_parts, moving_parts, epoch_parts, dtype, average_start) -> FitResult:
+    def join(parts):
+        parts = [parallel.host_value(p) for p in parts if p is not None and np.shape(p)[0]]
+        if not parts:
+            return np.zeros(0, dtype)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    # With averaging, the answer is the averaged params once averaging has
+    # started (scikit-learn's rule).
+    averaging = average_start is not None and int(parallel.host_value(state.step)) >= average_start
+    params = state.average if averaging else state.params
+    return FitResult(params, state.opt_state, join(loss_parts), join(moving_parts), state, join(epoch_parts))
+
+
+# ------------------------------------------------------------------ preparing a run
+
+
+def _take_deprecated(given: dict) -> dict:
+    unknown = sorted(set(given) - set(_DEPRECATED))
+    if unknown:
+        raise TypeError(f"fit() got an unexpected keyword argument {unknown[0]!r}")
+    for name in given:
+        warnings.warn(
+            f"fit's `{name}` is deprecated and will be removed in the next release; use {_DEPRECATED[name]}.",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+    return given
+
+
+def _average_start(average) -> Optional[int]:
+    if isinstance(average, (bool, np.bool_)):
+        return 1 if average else None
+    average = validate.check_int("average", average, low=0)
+    return average or None
+
+
+def _sample_weights(sample_weight, n, dtype) -> np.ndarray:
+    weight = np.asarray(validate.as_array("sample_weight", sample_weight), dtype)
+    if weight.shape != (n,):
+        raise ValueError(f"`sample_weight` has shape {weight.shape}; it needs one weight per row, ({n},).")
+    if not np.all(np.isfinite(weight)) or np.any(weight < 0):
+        raise ValueError("`sample_weight` must be finite and >= 0.")
+    return weight
+
+
+def _placement(devices):
+    """(device, mesh): one device to hold everything, or a mesh to split batches over."""
+    if devices is None:
+        return None, None
+    if isinstance(devices, jax.Device):
+        return devices, None
+    if isinstance(devices, str):
+        try:
+            return jax.devices(devices)[0], None
+        except RuntimeError:
+            raise ValueError(f"`devices` (={devices!r}) names no available JAX platform.") from None
+    if isinstance(devices, (bool, float)):
+        raise TypeError(f"`devices` (={devices!r}) must be a device, a platform name, a count, a list or a Mesh.")
+    if isinstance(devices, int) and devices > jax.device_count():
+        raise ValueError(
+            f"`devices` (={devices}) is more than the {jax.device_count()} device(s) JAX sees. On a CPU, "
+            f"set XLA_FLAGS=--xla_force_host_platform_device_count={devices} before importing jax."
+        )
+    return None, parallel.data_mesh(devices)
+
+
+def _device_data(X, y, weight, batch_size, device, mesh, validation) -> core.Data:
+    """The rows on the device, padded with zero-weight rows to a bucketed count."""
+    n = X.shape[0]
+    global_rows = isinstance(X, jax.Array) and not X.is_fully_addressable
+    N = core.padded_rows(n, batch_size)
+    if global_rows:  # rows spread over processes are used as they are, padded under jit
+        X, y = _pad_global(X, N), _pad_global(y, N)
+    else:
+        X, y = _padded(X, device, N), _padded(y, device, N)
+    w = None if weight is None else core.pad_rows(weight, N)
+    data = core.Data(X, y, w, np.int32(n), validation)
+    if mesh is not None:
+        data = data._replace(X=X if global_rows else parallel.put_replicated(X, mesh),
+                             y=y if global_rows else parallel.put_replicated(y, mesh))  # fmt: skip
+        data = data._replace(weight=parallel.put_replicated(data.weight, mesh), n=parallel.put_replicated(data.n, mesh))
+    elif device is not None:
+        data = data._replace(weight=jax.device_put(data.weight, device), n=jax.device_put(data.n, device))
+    else:
+        data = data._replace(n=jnp.asarray(data.n) if global_rows else data.n)
+    return data
+
+
+def _padded(array, device, rows):
+    """`array` on the device with zero rows up to `rows`. The padded copy of a
+    small jax.Array is kept while the array lives: refitting the same data
+    (a sweep by hand, the notebook) then costs no copy."""
+    if not isinstance(array, jax.Array) or device is not None or array.nbytes > _KEEP_PADDED_BYTES:
+        return to_device(array, device, rows=rows)
+    found = _padded_copies.get(id(array))
+    if found is not None and found[0]() is array and found[1].shape[0] == rows:
+        return found[1]
+    padded = to_device(array, None, rows=rows)
+    key = id(array)
+    copies = _padded_copies  # the callback may run at exit, after the module's globals are gone
+    _padded_copies[key] = (weakref.ref(array, lambda _: copies.pop(key, None)), padded)
+    return padded
+
+
+_KEEP_PADDED_BYTES = 16 << 20
+_padded_copies: dict = {}
+
+
+def _pad_global(array, rows):
+    if array.shape[0] == rows:
+        return array
+    return jax.jit(lambda a: jnp.pad(a, [(0, rows - a.shape[0]), (0, 0)]))(array)
+
+
+def _validation_data(validation, d, k, dtype, device) -> core.Data:
+    try:
+        X_val, y_val = validation
+    except (TypeError, ValueError):
+        raise TypeError("`validation` must be a pair (X_val, y_val).") from None
+    X_val, y_val = validate.training_arrays(X_val, y_val)
+    if X_val.shape[1] != d or y_val.shape[1] != k:
+        raise ValueError(
+            f"`validation` has {X_val.shape[1]} features and {y_val.shape[1]} outputs; the data has {d} and {k}."
+        )
+    m = X_val.shape[0]
+    M = core.bucket(m)
+    return core.Data(to_device(X_val.astype(dtype), device, rows=M), to_device(y_val.astype(dtype), device, rows=M),
+                     None, np.int32(m))  # fmt: skip
+
+
+def _check_state(state, rule, d, k, dtype) -> FitState:
+    if not isinstance(state, FitState):
+        raise TypeError(f"`state` (={validate._describe(state)}) must be a jaxlr.FitState, e.g. a FitResult's .state.")
+    validate.check_params(state.params, d, k)
+    like = init_fit_state(Params(jnp.zeros((d, k), dtype), jnp.zeros(k, dtype)), rule)
+    if jax.tree.structure(like.opt_state) != jax.tree.structure(state.opt_state):
+        raise ValueError("`state` holds the state of another optimizer than `optimizer`.")
+    return jax.tree.map(lambda a, b: jnp.asarray(a, jnp.asarray(b).dtype), state, like)
+
+
+def _rule_name(rule) -> str:
+    return rule if isinstance(rule, str) else repr(jax.tree.structure(rule.init(Params(jnp.zeros((1, 1)), jnp.zeros(1)))))
+
+
+@jax.jit
+def _split(key):
+    return tuple(jax.random.split(key))
+
+
+@functools.lru_cache(maxsize=32)
+def _begin(rule, num_inputs, num_outputs, dtype):
+    """``(key, epoch) -> (fresh FitState, shuffle key)`` as one compiled call:
+    at the lesson's size, separate small dispatches cost as much as training."""
+
+    def begin(key, epoch):
+        init_key, shuffle_key = jax.random.split(key)
+        params = init_params(init_key, num_inputs, num_outputs, dtype=dtype)
+        return core._init_fit_state(rule).__wrapped__(params, epoch, jnp.int32(0)), shuffle_key
+
+    return jax.jit(begin)
+
+
+def _epoch_words(shuffle_key, epochs: np.ndarray) -> np.ndarray:
+    """The raw key words of each epoch's shuffle key, ``fold_in(shuffle_key, e)``, on the host."""
+    # fold_in, not split: an epoch's key must not depend on how many epochs
+    # ran before it, so that a run can resume at any epoch. The epochs are
+    # padded to a bucketed count so that few programs compile.
+    count = len(epochs)
+    padded = np.zeros(core.bucket(max(count, 1)), np.int32)
+    padded[:count] = epochs
+    return np.asarray(_fold_words(shuffle_key, padded))[:count]
+
+
+@jax.jit
+def _fold_words(shuffle_key, epochs):
+    return jax.random.key_data(jax.vmap(jax.random.fold_in, (None, 0))(shuffle_key, epochs))
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+class _Saving(NamedTuple):
+    """What `fit` needs to write and to check checkpoints."""
+
+    directory: Any
+    every: int
+    key_words: np.ndarray
+    settings: dict
+
+    def check_matches(self, found, directory):
+        if not np.array_equal(found.key_words, self.key_words):
+            raise checkpoint_lib.CheckpointError(
+                f"the checkpoint in {str(directory)!r} was written by a run with another `key`."
+            )
+        settings = json_round_trip(self.settings)
+        differ = sorted(name for name in settings if found.settings.get(name) != settings[name])
+        if differ:
+            was = ", ".join(f"{name}={found.settings.get(name)!r}" for name in differ)
+            raise checkpoint_lib.CheckpointError(
+                f"the checkpoint in {str(directory)!r} was written with other settings ({was})."
+            )
+
+    def callback(self, end_epoch):
+        """A fit callback that saves every `every` epochs and after the last."""
+
+        def save(epoch, result):
+            done = epoch + 1
+            if done % self.every == 0 or done == end_epoch or bool(result.state.stop.done):
+                saved = checkpoint_lib.Checkpoint(
+                    epoch=done, state=jax.tree.map(parallel.host_value, result.state),
+                    key_words=self.key_words, settings=self.settings,
+                )  # fmt: skip
+                checkpoint_lib.save(self.directory, saved)
+            return False
+
+        return save
+
+
+def json_round_trip(settings: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(settings, sort_keys=True))
+
+
+# ------------------------------------------------------------------ sweep
 
 
 class SweepResult(NamedTuple):
@@ -251,8 +658,9 @@ class SweepResult(NamedTuple):
         params: Params with w of shape (m, d, k) and b of shape (m, k).
         losses: array of shape (m, steps).
         moving_losses: array of shape (m, steps).
-        diverged: bool array of shape (m,): True where a loss stopped being finite
-            (that run's params and later losses are then not finite either).
+        diverged: bool array of shape (m,): True where a loss or the params
+            stopped being finite (that run's params are then its last finite
+            ones, and its later losses NaN).
     """
 
     lrs: jax.Array
@@ -262,14 +670,16 @@ class SweepResult(NamedTuple):
     diverged: jax.Array
 
 
-def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01, device=None):
+def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01, device=None, **settings) -> SweepResult:
     """Trains one model per learning rate, all at once, as one compiled program.
 
     The runs share the key, so they see the same initial params and the same
-    batches in the same order; `jax.vmap` turns the m parameter updates of a
-    step into one batched computation over the gathered batch. Run i equals
-    ``fit(X, y, key=key, lr=lrs[i], ...)`` with the fused engine. Plain SGD
-    only: an optax optimizer fixes its learning rate when it is built.
+    batches in the same order; `jax.vmap` turns the m runs into one batched
+    program. Run i equals ``fit(X, y, key=key, lr=lrs[i], ...)`` with the
+    fused engine, and `settings` are any other of `fit`'s settings that do
+    not end runs at different times (loss, epsilon, penalty, alpha,
+    l1_ratio, schedule, power_t, average, sample_weight). Plain SGD only: an
+    optax optimizer fixes its learning rate when it is built.
 
     Args:
         X, y, key, epochs, batch_size, params, smoothing, device: as for `fit`.
@@ -283,135 +693,52 @@ def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01
         >>> result = sweep(X, y, key=jax.random.key(0), lrs=lrs)
         >>> best = jnp.argmin(result.moving_losses[:, -1])
     """
-    key = validate.check_key(key)
-    X, y = validate.training_arrays(X, y)
-    n, d = X.shape
-    k = y.shape[1]
-    epochs = validate.check_int("epochs", epochs, low=1)
-    batch_size = validate.check_int(
-        "batch_size", batch_size, low=1, high=n, high_name="the number of examples"
-    )
-    smoothing = validate.check_real("smoothing", smoothing, low=0.0, high=1.0)
     rates = np.asarray(lrs, dtype=np.float64)
     if rates.ndim != 1 or rates.size == 0:
         raise ValueError(f"`lrs` must be a non-empty 1-D sequence, got shape {rates.shape}.")
     if not (np.all(np.isfinite(rates)) and np.all(rates > 0)):
         raise ValueError(f"`lrs` must all be finite and > 0; got {rates[~(np.isfinite(rates) & (rates > 0))][:3]}.")
-    device = _as_device(device)
-    initial_params, epoch_words = _start(key, np.arange(epochs), num_inputs=d, num_outputs=k, dtype=X.dtype)
-    if params is None:
-        params = initial_params
-    else:
-        params = Params(*(jnp.asarray(p, X.dtype) for p in validate.check_params(params, d, k)))
-    orders = _shuffled_orders(np.asarray(epoch_words), n)
-    X, y = to_device(X, device), to_device(y, device)
-    state, rates = init_state(params), rates.astype(X.dtype)
-    if device is not None:
-        state, rates = jax.device_put((state, rates), device)
-    params, ok, losses, moving = _sweep_program(state, X, y, orders, rates, smoothing, batch_size=batch_size)
-    return SweepResult(rates, params, losses, moving, ~ok)
+    allowed = {"loss", "epsilon", "penalty", "alpha", "l1_ratio", "schedule", "power_t", "average", "sample_weight"}
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        raise TypeError(f"sweep() got an unexpected keyword argument {unknown[0]!r}")
+    epochs = validate.check_int("epochs", epochs, low=1)
+    captured = {}
+
+    def capture(run, state):
+        captured["run"], captured["state"] = run, state
+        return iter(())
+
+    # `fit` checks and prepares everything; the sweep then vmaps its program.
+    real_get = engines.get
+    try:
+        engines.get = lambda name: capture  # type: ignore[assignment]
+        fit(X, y, key=key, epochs=epochs, lr=float(rates[0]), batch_size=batch_size, init=params,
+            smoothing=smoothing, devices=device, **settings)  # fmt: skip
+    finally:
+        engines.get = real_get
+    run, state = captured["run"], captured["state"]
+    dtype = run.data.X.dtype
+    m = rates.size
+    floats, ints = run.numbers
+    floats = np.repeat(floats[None], m, axis=0)
+    floats[:, 0] = rates  # eta0, the rate of each run
+    states = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (m, *jnp.shape(leaf))), state)
+    orders = run.orders(0, epochs, run.data.X.shape[0])
+    final, (losses, moving, _) = _sweep_program(run.spec)(states, run.data, (floats, ints), orders, np.int32(epochs))
+    steps = run.steps_per_epoch
+    losses = losses[:, :, :steps].reshape(m, -1)
+    moving = moving[:, :, :steps].reshape(m, -1)
+    return SweepResult(jnp.asarray(rates.astype(dtype)), final.params, losses, moving, ~final.ok)
 
 
-@partial(jax.jit, static_argnames=("batch_size",))
-def _sweep_program(state, X, y, orders, lrs, smoothing, *, batch_size):
-    # The m runs sit side by side in one state, w as (d, m, k) and b as (m, k):
-    # the products of a step are then (batch, d) @ (d, m) ones, and the
-    # program ran about a third faster here than with the runs on a leading
-    # axis, where XLA copies w and the errors into that shape every step.
-    m = lrs.shape[0]
-    w, b = state.params
-    side_by_side = init_state(Params(jnp.repeat(w[:, None], m, axis=1), jnp.repeat(b[None], m, axis=0)))
-    (final, ok), losses, moving, _ = _fused_epochs(
-        side_by_side, X, y, orders, lrs, smoothing, jnp.full((m,), jnp.nan, X.dtype),
-        batch_size=batch_size, loss=square_loss, optimizer=None, across_lrs=True,
-    )  # fmt: skip
-    params = Params(jnp.moveaxis(final.params.w, 1, 0), final.params.b)
-    return params, ok, losses.T, moving.T
+@functools.lru_cache(maxsize=8)
+def _sweep_program(spec):
+    def one(state, data, packed, orders, num_epochs):
+        return core.run_epochs(spec, core.unpack(packed), state, data, orders, num_epochs, keep_steps=True)
 
-
-class _Run(NamedTuple):
-    """The settings both engines need, gathered once."""
-
-    lr: Any
-    batch_size: int
-    optimizer: Any
-    smoothing: float
-    log_every: Any
-    callback: Any
-    steps_per_epoch: int
-    moving_start: Any  # the moving average carried in from a checkpoint, or None
-    mesh: Any  # the data-parallel mesh, or None for one device
-
-
-class _Saving(NamedTuple):
-    """What `fit` needs to write and to check checkpoints."""
-
-    directory: Any
-    every: int
-    key_words: np.ndarray
-    settings: dict
-
-    @staticmethod
-    def opt_state_like(optimizer, d, k, dtype):
-        params = Params(jnp.zeros((d, k), dtype), jnp.zeros(k, dtype))
-        return init_state(params, optimizer).opt_state
-
-    def check_matches(self, found, directory):
-        if not np.array_equal(found.key_words, self.key_words):
-            raise checkpoint_lib.CheckpointError(
-                f"the checkpoint in {str(directory)!r} was written by a run with another `key`."
-            )
-        differ = sorted(name for name in self.settings if found.settings.get(name) != self.settings[name])
-        if differ:
-            was = ", ".join(f"{name}={found.settings.get(name)!r}" for name in differ)
-            raise checkpoint_lib.CheckpointError(
-                f"the checkpoint in {str(directory)!r} was written with other settings ({was})."
-            )
-
-    def callback(self, end_epoch, moving_start, then):
-        """A fit callback that saves every `every` epochs and after the last."""
-        moving = [moving_start]
-
-        def save_then_continue(epoch, result):
-            done = epoch + 1
-            if result.moving_losses.shape[0]:
-                moving[0] = float(parallel.host_value(result.moving_losses)[-1])
-            if done % self.every == 0 or done == end_epoch:
-                saved = checkpoint_lib.Checkpoint(
-                    epoch=done, params=jax.tree.map(parallel.host_value, result.params),
-                    opt_state=result.opt_state, moving_last=moving[0],
-                    key_words=self.key_words, settings=self.settings,
-                )  # fmt: skip
-                checkpoint_lib.save(self.directory, saved)
-            return bool(then(epoch, result)) if then is not None else False
-
-        return save_then_continue
-
-
-@partial(jax.jit, static_argnames=("num_inputs", "num_outputs", "dtype"))
-def _start(key, epochs, *, num_inputs, num_outputs, dtype):
-    """Splits `key` into initial params and the raw key words of each epoch.
-
-    One compiled call instead of a handful of small ones: at the seed's size
-    these dispatches would cost as much as the training itself.
-    """
-    init_key, shuffle_key = jax.random.split(key)
-    params = init_params(init_key, num_inputs, num_outputs, dtype=dtype)
-    # fold_in, not split: an epoch's key must not depend on how many epochs
-    # ran before it, so that a run can resume at any epoch.
-    epoch_keys = jax.vmap(jax.random.fold_in, (None, 0))(shuffle_key, epochs)
-    return params, jax.random.key_data(epoch_keys)
-
-
-def _as_device(device):
-    if device is None or isinstance(device, jax.Device):
-        return device
-    if isinstance(device, str):
-        try:
-            return jax.devices(device)[0]
-        except RuntimeError:
-            raise ValueError(f"`device` (={device!r}) names no available JAX platform.") from None
-    raise TypeError(f"`device` (={device!r}) must be None, a jax.Device, or a name like 'cpu'.")
+    # Each run has its own state and rate; data and orders are shared.
+    return jax.jit(jax.vmap(one, in_axes=(0, None, (0, None), None, None)))
 
 
 # ------------------------------------------------------------------ moving average
@@ -435,327 +762,15 @@ def moving_average(losses, smoothing=0.01, initial=None):
     """
     if losses.shape[0] == 0:
         return losses
-    return _smooth(losses, smoothing, losses[0] if initial is None else initial)
-
-
-def _smooth(losses, smoothing, start):
-    """The moving average of `losses`, continuing from the value `start`."""
+    start = losses[0] if initial is None else jnp.asarray(initial, losses.dtype)
 
     def body(moving, value):
-        moving = _next_average(moving, value, smoothing)
+        moving = core.next_average(moving, value, smoothing)
         return moving, moving
 
-    return jax.lax.scan(body, jnp.asarray(start, losses.dtype), losses)[1]
-
-
-def _next_average(moving, value, smoothing):
-    # The one formula of the moving average, shared by both engines so that
-    # they agree to the bit.
-    return (1 - smoothing) * moving + smoothing * value
+    return jax.lax.scan(body, start, losses)[1]
 
 
 def _print_log_line(epoch, batch, value):
     # str() of a NumPy scalar prints the digits its precision holds, no more.
     print(f"Epoch {epoch}, batch {batch}. Moving avg of loss: {value!s}")
-
-
-def _guarded_update(carry, X, y, *, lr, loss, optimizer, freeze=True):
-    """`update`, carrying a flag that turns False at the first non-finite loss.
-
-    carry is (state, ok). With `freeze`, the state then stays at the params
-    that step started from, and losses read NaN from there on. The host
-    learns of it at its next read, not every step. Checking the loss
-    suffices: it is quadratic in the params, so it overflows before they do.
-    """
-    state, ok = carry
-    new_state, value = update(state, X, y, lr, loss, optimizer)
-    good = ok & jnp.isfinite(value)
-    if freeze:
-        new_state = jax.tree.map(lambda new, old: jnp.where(good, new, old), new_state, state)
-        value = jnp.where(good, value, jnp.nan)
-    return (new_state, good), value
-
-
-def _raise_diverged(losses, state, run, *, epoch, first_batch=0, previous=None, epoch_length=None):
-    """Raises TrainingDiverged at the first non-finite value of `losses`.
-
-    Args:
-        losses: host array of a program's losses, NaN from the bad step on.
-        state: the last finite state (from the guarded replay).
-        epoch, first_batch: where losses[0] was taken.
-        previous: the loss of the step before losses[0], if any.
-        epoch_length: steps per epoch when `losses` spans several epochs.
-    """
-    at = int(np.argmax(~np.isfinite(losses)))
-    last = float(losses[at - 1]) if at else previous
-    position = first_batch + at
-    if epoch_length is not None:
-        passed, position = divmod(position, epoch_length)
-        epoch += passed
-    raise TrainingDiverged(epoch, position, last, state, run.lr)
-
-
-def _last_loss(parts):
-    """The newest loss in a list of loss arrays, or None."""
-    return float(parallel.host_value(parts[-1])[-1]) if parts else None
-
-
-def _finish(state, loss_parts, moving_parts, dtype):
-    def join(parts):
-        if not parts:
-            return jnp.zeros(0, dtype)
-        return parts[0] if len(parts) == 1 else jnp.concatenate([jnp.asarray(p) for p in parts])
-
-    return FitResult(state.params, state.opt_state, join(loss_parts), join(moving_parts))
-
-
-# ------------------------------------------------------------------ loop engine
-
-
-def _run_loop(state, X, y, epochs_and_words, run):
-    step = make_step(run.lr, optimizer=run.optimizer)  # the lesson's jitted step
-    X, y = np.asarray(X), np.asarray(y)  # the generator slices host memory
-    # Losses are read back only every `read_every` steps (and at an epoch's
-    # end): to print a line, to notice divergence, and to smooth them.
-    read_every = run.log_every or 500
-    loss_parts, moving_parts = [], []
-    moving_last = None if run.moving_start is None else np.asarray(run.moving_start, X.dtype)
-    for epoch, words in epochs_and_words:
-        parts_before = len(loss_parts)
-        stream = batches(X, y, run.batch_size, key=jax.random.wrap_key_data(words))
-        chunk_start, chunk = state, []  # the state and the steps since the last read
-        for i, batch in enumerate(stream):
-            if run.mesh is not None:
-                # A short last batch that does not split evenly goes whole to every device.
-                even = batch[0].shape[0] % run.mesh.size == 0
-                batch = jax.device_put(batch, (parallel.by_rows if even else parallel.replicated)(run.mesh))
-            state, value = step(state, *batch)
-            chunk.append((batch, value))
-            if (i + 1) % read_every and i + 1 < run.steps_per_epoch:
-                continue
-            values = np.array([np.asarray(v) for _, v in chunk], dtype=X.dtype)
-            if not np.isfinite(values).all():
-                _replay_to_divergence(chunk_start, chunk, epoch, i + 1 - len(chunk), _last_loss(loss_parts), run)
-            moving = np.asarray(moving_average(values, run.smoothing, moving_last))
-            moving_last = moving[-1]
-            loss_parts.append(values)
-            moving_parts.append(moving)
-            if run.log_every is not None and (i + 1) % run.log_every == 0:
-                _print_log_line(epoch, i, moving_last)
-            chunk_start, chunk = state, []
-        if run.callback is not None:
-            epoch_result = _finish(state, loss_parts[parts_before:], moving_parts[parts_before:], X.dtype)
-            if run.callback(epoch, epoch_result):
-                break
-    return _finish(state, loss_parts, moving_parts, X.dtype)
-
-
-def _replay_to_divergence(state, chunk, epoch, first_batch, last_finite_loss, run):
-    """Reruns a chunk of steps with the guarded step to find where training
-    diverged and the last finite params, then raises TrainingDiverged.
-
-    Rare, so the loop's fast path runs the plain step and only this replay pays
-    for the guard.
-    """
-    guarded = _jitted_guarded_update(run.lr, square_loss, run.optimizer)
-    carry = (state, np.bool_(True))
-    for offset, (batch, _) in enumerate(chunk):
-        carry, value = guarded(carry, *batch)
-        if not bool(carry[1]):
-            raise TrainingDiverged(epoch, first_batch + offset, last_finite_loss, carry[0], run.lr)
-        last_finite_loss = float(value)
-    raise AssertionError("a non-finite loss did not recur on replay")  # steps are deterministic
-
-
-@functools.lru_cache(maxsize=32)
-def _jitted_guarded_update(lr, loss, optimizer):
-    # Cached: repeated fits with the same settings reuse one compiled step.
-    return jax.jit(partial(_guarded_update, lr=lr, loss=loss, optimizer=optimizer))
-
-
-# ------------------------------------------------------------------ fused engine
-
-
-def _run_fused(state, X, y, epochs_and_words, run):
-    n = X.shape[0]
-    # Without a callback the whole run is one program; with one, one per epoch.
-    per_call = 1 if run.callback is not None else max(1, len(epochs_and_words))
-    loss_parts, moving_parts = [], []
-    # NaN stands for "no average yet": training starts it from its first loss.
-    moving_last = np.array(np.nan if run.moving_start is None else run.moving_start, X.dtype)
-    for start in range(0, len(epochs_and_words), per_call):
-        block = epochs_and_words[start : start + per_call]
-        orders = _shuffled_orders([words for _, words in block], n)
-        if run.mesh is not None:
-            orders, moving_last = parallel.put_replicated((orders, moving_last), run.mesh)
-        program = partial(
-            _fused_epochs, X=X, y=y, orders=orders, lr=run.lr, smoothing=run.smoothing,
-            moving_last=moving_last, batch_size=run.batch_size, loss=square_loss,
-            optimizer=run.optimizer,
-            batch_sharding=None if run.mesh is None else parallel.by_rows(run.mesh),
-        )  # fmt: skip
-        (new_state, ok), losses, moving, moving_last = program(state)
-        if not bool(parallel.host_value(ok)):  # one read per program, not per step
-            # Rare, so the fast program does not freeze the params at the
-            # first bad step; this replay does, to hand back the last finite ones.
-            (state, _), losses, _, _ = program(state, freeze=True)
-            _raise_diverged(parallel.host_value(losses), state, run, epoch=block[0][0],
-                            previous=_last_loss(loss_parts), epoch_length=run.steps_per_epoch)  # fmt: skip
-        state = new_state
-        loss_parts.append(losses)
-        moving_parts.append(moving)
-        if run.log_every is not None:
-            shown = parallel.host_value(moving).reshape(len(block), run.steps_per_epoch)
-            for (epoch, _), row in zip(block, shown):
-                for i in range(run.log_every - 1, run.steps_per_epoch, run.log_every):
-                    _print_log_line(epoch, i, row[i])
-        if run.callback is not None:
-            if run.callback(block[0][0], FitResult(state.params, state.opt_state, losses, moving)):
-                break
-    return _finish(state, loss_parts, moving_parts, X.dtype)
-
-
-def _shuffled_orders(epoch_words, n):
-    """Each epoch's row order, stacked into an int32 array of shape (epochs, n)."""
-    orders = np.empty((len(epoch_words), n), np.int32)
-    for epoch, words in enumerate(epoch_words):
-        orders[epoch] = permutation_from_words(words, n)
-    return orders
-
-
-@partial(jax.jit, static_argnames=("batch_size", "loss", "optimizer", "freeze", "batch_sharding", "across_lrs"))
-def _fused_epochs(
-    state, X, y, orders, lr, smoothing, moving_last, *, batch_size, loss, optimizer, freeze=False,
-    batch_sharding=None, across_lrs=False,
-):
-    """Epochs of training as one program: a scan over epochs, each a scan over batches.
-
-    Args:
-        orders: int32 array of shape (epochs, n), each epoch's row order.
-        moving_last: the moving average so far; NaN before the first step.
-        batch_sharding: with several devices, how each gathered batch is
-            split over them; XLA then sums the gradients across devices.
-        across_lrs: `lr` is a vector of m learning rates and the state holds
-            m runs side by side (w of shape (d, m, k), b of shape (m, k), as
-            `sweep` builds it); each step updates all m with `jax.vmap`, and
-            losses gain a trailing axis of size m.
-
-    Returns:
-        (state, ok) as `_guarded_update` leaves them; the losses and their
-        moving average, each of shape (epochs * steps_per_epoch,); and the
-        last moving average, to carry into the next call.
-    """
-    n, d = X.shape
-    num_full, remainder = divmod(n, batch_size)
-    row_bytes = (d + y.shape[1]) * X.dtype.itemsize
-    per_chunk = max(1, min(num_full, _CHUNK_BYTES // (batch_size * row_bytes)))
-    num_chunks, leftover = divmod(num_full, per_chunk)
-    guarded = partial(_guarded_update, loss=loss, optimizer=optimizer, freeze=freeze)
-    # Unrolling the sweep's loop lets XLA fuse across its steps (a fifth
-    # faster); the single run's loop, already a few fused kernels, slows down.
-    unroll = 8 if across_lrs else 1
-
-    def update_all(carry, X_batch, y_batch):
-        if batch_sharding is not None:
-            X_batch, y_batch = jax.lax.with_sharding_constraint((X_batch, y_batch), batch_sharding)
-        if not across_lrs:
-            return guarded(carry, X_batch, y_batch, lr=lr)
-        # Runs that diverge are told from their losses at the end (a run's
-        # losses stay non-finite once they are), so the steps carry no flag.
-        state, ok = carry
-        axis = TrainState(Params(1, 0), None)
-        one_run = lambda state, lr: update(state, X_batch, y_batch, lr, loss, optimizer)
-        state, value = jax.vmap(one_run, in_axes=(axis, 0), out_axes=(axis, 0))(state, lr)
-        return (state, ok), value
-
-    def step(carry, X_batch, y_batch):
-        # The moving average rides along in the carry: a separate scan over
-        # the losses afterwards would cost as much as a seventh of the run.
-        carry, moving = carry
-        carry, value = update_all(carry, X_batch, y_batch)
-        moving = _next_average(jnp.where(jnp.isnan(moving), value, moving), value, smoothing)
-        return (carry, moving), (value, moving)
-
-    def train_on(carry, rows):
-        # rows: (m, batch_size) indices; one gather, then m steps on slices.
-        if rows.shape[0] == 1:  # a batch fills the chunk: gather it in the step
-            carry, values = step(carry, X[rows[0]], y[rows[0]])
-            return carry, jax.tree.map(lambda v: v[None], values)
-        return jax.lax.scan(lambda c, batch: step(c, *batch), carry, (X[rows], y[rows]), unroll=unroll)
-
-    def epoch(carry, order):
-        full = order[: num_full * batch_size].reshape(num_full, batch_size)
-        pieces = []
-        if num_chunks:
-            chunks = full[: num_chunks * per_chunk].reshape(num_chunks, per_chunk, batch_size)
-            carry, chunk_values = jax.lax.scan(train_on, carry, chunks)
-            pieces.append(jax.tree.map(lambda v: v.reshape(-1, *v.shape[2:]), chunk_values))
-        if leftover:
-            carry, tail_values = train_on(carry, full[num_chunks * per_chunk :])
-            pieces.append(tail_values)
-        if remainder:
-            rows = order[num_full * batch_size :]
-            carry, last_values = step(carry, X[rows], y[rows])
-            pieces.append(jax.tree.map(lambda v: v[None], last_values))
-        return carry, jax.tree.map(lambda *parts: jnp.concatenate(parts), *pieces)
-
-    ok = jnp.ones(lr.shape if across_lrs else (), bool)
-    (carry, moving_last), (losses, moving) = jax.lax.scan(epoch, ((state, ok), moving_last), orders)
-    losses, moving = (v.reshape(-1, *v.shape[2:]) for v in (losses, moving))
-    if across_lrs:
-        carry = (carry[0], jnp.all(jnp.isfinite(losses), axis=0))
-    return carry, losses, moving, moving_last
-
-
-# ------------------------------------------------------------------ streamed from disk
-
-
-def _run_streamed(state, stream, epochs_and_words, run, chunk_bytes):
-    """The fused engine over a file, a chunk at a time.
-
-    Each epoch visits the chunks in an order drawn from its key and shuffles
-    the rows within each chunk; batches never straddle two chunks. The next
-    chunk is read from disk while the device trains on the current one.
-    """
-    n = stream.num_rows
-    rows = max(run.batch_size, (chunk_bytes // stream.row_bytes) // run.batch_size * run.batch_size)
-    starts = list(range(0, n, rows))
-    loss_parts, moving_parts = [], []
-    moving_last = np.array(np.nan if run.moving_start is None else run.moving_start, stream.dtype)
-    for epoch, words in epochs_and_words:
-        rng = np.random.Generator(np.random.SFC64(words.tolist()))
-        visit = [starts[i] for i in rng.permutation(len(starts))]
-        epoch_losses, epoch_moving, steps_before = [], [], 0
-        upcoming = stream.read(visit[0], min(visit[0] + rows, n))
-        for position in range(len(visit)):
-            X_host, y_host = upcoming
-            order = rng.permutation(X_host.shape[0]).astype(np.int32)[None]
-            X_chunk, y_chunk = to_device(X_host), to_device(y_host)
-            program = partial(
-                _fused_epochs, X=X_chunk, y=y_chunk, orders=order, lr=run.lr, smoothing=run.smoothing,
-                moving_last=moving_last, batch_size=min(run.batch_size, X_host.shape[0]),
-                loss=square_loss, optimizer=run.optimizer,
-            )  # fmt: skip
-            (new_state, ok), losses, moving, moving_last = program(state)
-            if position + 1 < len(visit):  # read ahead while the device works
-                following = visit[position + 1]
-                upcoming = stream.read(following, min(following + rows, n))
-            if not bool(ok):
-                (state, _), losses, _, _ = program(state, freeze=True)
-                _raise_diverged(np.asarray(losses), state, run, epoch=epoch, first_batch=steps_before,
-                                previous=_last_loss(epoch_losses or loss_parts))  # fmt: skip
-            state = new_state
-            steps_before += losses.shape[0]
-            epoch_losses.append(losses)
-            epoch_moving.append(moving)
-        losses, moving = jnp.concatenate(epoch_losses), jnp.concatenate(epoch_moving)
-        loss_parts.append(losses)
-        moving_parts.append(moving)
-        if run.log_every is not None:
-            shown = np.asarray(moving)
-            for i in range(run.log_every - 1, shown.shape[0], run.log_every):
-                _print_log_line(epoch, i, shown[i])
-        if run.callback is not None:
-            if run.callback(epoch, FitResult(state.params, state.opt_state, losses, moving)):
-                break
-    return _finish(state, loss_parts, moving_parts, stream.dtype)

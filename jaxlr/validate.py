@@ -193,16 +193,16 @@ def training_arrays(X, y):
     return X, y
 
 
-def check_params(params, num_inputs, num_outputs):
+def check_params(params, num_inputs, num_outputs, *, name="params"):
     """Checks that `params` fits data with d inputs and k outputs."""
     from jaxlr.model import Params
 
     if not isinstance(params, Params):
-        raise TypeError(f"`params` (={_describe(params)}) must be jaxlr.Params(w, b).")
+        raise TypeError(f"`{name}` (={_describe(params)}) must be jaxlr.Params(w, b).")
     want_w, want_b = (num_inputs, num_outputs), (num_outputs,)
     if jnp.shape(params.w) != want_w or jnp.shape(params.b) != want_b:
         raise ValueError(
-            f"`params` has w {jnp.shape(params.w)} and b {jnp.shape(params.b)}, but the data "
+            f"`{name}` has w {jnp.shape(params.w)} and b {jnp.shape(params.b)}, but the data "
             f"needs w {want_w} and b {want_b}."
         )
     return params

@@ -19,8 +19,8 @@ import jaxlr
 MULTI_DEVICE = textwrap.dedent(
     """
     import json, jax, numpy as np, optax, jaxlr
-    from jaxlr.train import _fused_epochs
-    from jaxlr import parallel
+    from jaxlr.engines import core
+    from jaxlr import parallel, schedules
     assert jax.device_count() == 8
     # 1003 rows: the last batch of each epoch (11 rows) does not split over 8 devices.
     X, y = jaxlr.synthetic_data(jax.random.key(0), num_examples=1003)
@@ -34,12 +34,13 @@ MULTI_DEVICE = textwrap.dedent(
             out[f"{name}-{engine}-devices"] = len(many.params.w.sharding.device_set)
     # The compiled program splits each batch over the devices and all-reduces.
     mesh = parallel.data_mesh(8)
-    state = parallel.put_replicated(jaxlr.init_state(jaxlr.init_params(jax.random.key(0), 2, 1)), mesh)
-    Xr, yr = parallel.put_replicated((X, y), mesh)
-    orders = parallel.put_replicated(np.zeros((1, 1003), np.int32), mesh)
-    text = _fused_epochs.lower(state, Xr, yr, orders, 0.001, 0.01, np.float32(np.nan), batch_size=16,
-                               loss=jaxlr.square_loss, optimizer=None,
-                               batch_sharding=parallel.by_rows(mesh)).compile().as_text()
+    spec = core.Spec(loss=jaxlr.losses.resolve("squared"), batch_size=16, sharding=parallel.by_rows(mesh))
+    state = parallel.put_replicated(core.init_fit_state(jaxlr.init_params(jax.random.key(0), 2, 1), "sgd"), mesh)
+    Xr, yr = parallel.put_replicated((core.pad_rows(np.asarray(X), 1008), core.pad_rows(np.asarray(y), 1008)), mesh)
+    data = core.Data(Xr, yr, None, np.int32(1003))
+    orders = parallel.put_replicated(np.arange(1008, dtype=np.int32)[None], mesh)
+    packed = core.pack(core.Numbers(rate=schedules.Rate(0.001)), np.float32)
+    text = core.program(spec, True, "host").lower(state, data, packed, orders, np.int32(1), None).compile().as_text()
     out["all_reduce"] = "all-reduce" in text
     out["per_device_batch"] = "f32[2,2]" in text  # 16 rows / 8 devices, 2 features
     try:

@@ -15,9 +15,8 @@ ROWS, FEATURES = 3_700_000, 100  # 3.7e6 x 101 float32 = 1.49 GB
 STREAM = textwrap.dedent(
     """
     import json, resource, sys, jax, jaxlr
-    stream = jaxlr.NpyStream(sys.argv[1], target=100)
-    result = jaxlr.fit(stream, None, key=jax.random.key(1), epochs=1, batch_size=1024, lr=0.01,
-                       chunk_bytes=64 << 20)
+    stream = jaxlr.NpyStream(sys.argv[1], target=100, chunk_bytes=64 << 20)
+    result = jaxlr.fit(stream, None, key=jax.random.key(1), epochs=1, batch_size=1024, lr=0.01)
     # VmHWM, the peak RSS of this program: getrusage's ru_maxrss would also
     # count the pages of the (large) pytest process this one was forked from.
     status = open("/proc/self/status").read()
@@ -73,7 +72,8 @@ def test_a_memmap_streams_too_and_chunks_change_order_each_epoch(tmp_path):
     y = X @ np.array([1.0, -2.0, 0.5], np.float32) + 1.0
     np.save(tmp_path / "X.npy", X)
     mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
-    result = jaxlr.fit(mapped, y, key=jax.random.key(0), epochs=4, batch_size=10, lr=0.05, chunk_bytes=12_000)
+    stream = jaxlr.NpyStream.from_memmap(mapped, y, chunk_bytes=12_000)
+    result = jaxlr.fit(stream, None, key=jax.random.key(0), epochs=4, batch_size=10, lr=0.05)
     np.testing.assert_allclose(np.asarray(result.params.w).ravel(), [1.0, -2.0, 0.5], atol=1e-3)
     assert result.losses.shape == (4 * 500,)
     with pytest.raises(ValueError, match="view of a memmap"):
@@ -87,4 +87,4 @@ def test_nan_in_a_streamed_chunk_names_its_row(tmp_path):
     matrix[777, 1] = np.nan
     np.save(tmp_path / "m.npy", matrix)
     with pytest.raises(ValueError, match=r"`X` has NaN or inf in row 777"):
-        jaxlr.fit(jaxlr.NpyStream(tmp_path / "m.npy", target=2), None, key=jax.random.key(0), chunk_bytes=1200)
+        jaxlr.fit(jaxlr.NpyStream(tmp_path / "m.npy", target=2, chunk_bytes=1200), None, key=jax.random.key(0))

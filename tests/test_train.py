@@ -106,10 +106,10 @@ def test_moving_average_follows_the_lessons_recurrence():
 def test_given_params_are_the_starting_point(seed_data):
     X, y = seed_data
     truth = jaxlr.Params(w=jnp.array([[2.0], [-3.4]]), b=jnp.array([4.2]))
-    result = jaxlr.fit(X[:400], y[:400], key=jax.random.key(0), params=truth, epochs=1)
+    result = jaxlr.fit(X[:400], y[:400], key=jax.random.key(0), init=truth, epochs=1)
     # Starting at the truth, every batch loss is pure noise.
     assert float(result.losses.max()) < 1e-3
-    untrained = jaxlr.fit(X[:400], y[:400], key=jax.random.key(0), params=truth, epochs=0)
+    untrained = jaxlr.fit(X[:400], y[:400], key=jax.random.key(0), init=truth, epochs=0)
     np.testing.assert_array_equal(untrained.params.w, truth.w)
     assert untrained.losses.shape == (0,)
 
@@ -124,12 +124,26 @@ def test_epochs_resume_where_they_left_off(seed_data):
     np.testing.assert_array_equal(whole.losses[:2500], first.losses)
 
 
-def test_device_places_data_and_params(seed_data):
+def test_devices_places_data_and_params(seed_data):
     X, y = seed_data
     cpu = jax.devices("cpu")[0]
     for device in (cpu, "cpu"):
-        result = jaxlr.fit(X[:100], y[:100], key=jax.random.key(0), device=device)
+        result = jaxlr.fit(X[:100], y[:100], key=jax.random.key(0), devices=device)
         assert result.params.w.devices() == {cpu}
+
+
+def test_the_old_keywords_still_work_for_one_release(seed_data):
+    X, y = seed_data
+    X, y = X[:1001], y[:1001]
+    adam = optax.adam(0.01)
+    whole = jaxlr.fit(X, y, key=jax.random.key(3), epochs=3, optimizer=adam)
+    first = jaxlr.fit(X, y, key=jax.random.key(3), epochs=1, optimizer=adam)
+    with pytest.warns(DeprecationWarning, match="`params` is deprecated"):
+        rest = jaxlr.fit(X, y, key=jax.random.key(3), epochs=2, optimizer=adam,
+                         params=first.params, opt_state=first.opt_state, initial_epoch=1)  # fmt: skip
+    np.testing.assert_array_equal(rest.params.w, whole.params.w)
+    with pytest.warns(DeprecationWarning, match="`device` is deprecated"):
+        jaxlr.fit(X, y, key=jax.random.key(3), device="cpu")
 
 
 @pytest.mark.parametrize("engine", ["fused", "loop"])
@@ -139,13 +153,12 @@ def test_a_run_continues_exactly_from_any_epoch(seed_data, engine):
     adam = optax.adam(0.01)
     whole = jaxlr.fit(X, y, key=jax.random.key(3), epochs=3, optimizer=adam, engine=engine)
     first = jaxlr.fit(X, y, key=jax.random.key(3), epochs=1, optimizer=adam, engine=engine)
-    rest = jaxlr.fit(
-        X, y, key=jax.random.key(3), epochs=2, optimizer=adam, engine=engine,
-        params=first.params, opt_state=first.opt_state, initial_epoch=1,
-    )  # fmt: skip
+    rest = jaxlr.fit(X, y, key=jax.random.key(3), epochs=2, optimizer=adam, engine=engine, state=first.state)
     np.testing.assert_array_equal(rest.params.w, whole.params.w)
     np.testing.assert_array_equal(rest.params.b, whole.params.b)
     np.testing.assert_array_equal(np.concatenate([first.losses, rest.losses]), whole.losses)
+    # The moving average carries on too: it is part of the state.
+    np.testing.assert_array_equal(np.concatenate([first.moving_losses, rest.moving_losses]), whole.moving_losses)
 
 
 @pytest.mark.parametrize("engine", ["fused", "loop"])
@@ -189,20 +202,22 @@ def test_both_engines_stop_at_the_same_step(seed_data):
     np.testing.assert_allclose(errors[0].last_finite_loss, errors[1].last_finite_loss, rtol=1e-5)
 
 
-def test_a_divergence_report_names_the_step_across_epochs_and_programs():
-    from jaxlr.train import _raise_diverged
-
-    run = jaxlr.train._Run(lr=0.5, batch_size=4, optimizer=None, smoothing=0.01, log_every=None,
-                           callback=None, steps_per_epoch=3, moving_start=None, mesh=None)  # fmt: skip
-    state = jaxlr.init_state(jaxlr.init_params(jax.random.key(0), 2))
-    # A program over epochs 4 and 5 whose fifth loss (epoch 5, batch 1) is the first bad one.
+@pytest.mark.parametrize("per_epoch", [False, True])
+def test_a_divergence_in_a_later_epoch_is_reported_where_it_happened(per_epoch):
+    # lr just past the stable limit: the error grows slowly and the loss
+    # overflows only in a later epoch, inside a program spanning several.
+    X, y = jaxlr.synthetic_data(jax.random.key(0), num_examples=400)
+    settings = dict(key=jax.random.key(1), lr=1.05, batch_size=400, epochs=400)
+    callback = (lambda epoch, result: False) if per_epoch else None
     with pytest.raises(jaxlr.TrainingDiverged) as caught:
-        _raise_diverged(np.array([1.0, 2.0, 3.0, 4.0, np.nan, np.nan]), state, run, epoch=4, epoch_length=3)
-    assert (caught.value.epoch, caught.value.batch, caught.value.last_finite_loss) == (5, 1, 4.0)
-    # The first loss of a program is bad: the last finite one came from the program before.
-    with pytest.raises(jaxlr.TrainingDiverged) as caught:
-        _raise_diverged(np.array([np.inf, np.nan]), state, run, epoch=2, first_batch=7, previous=0.25)
-    assert (caught.value.epoch, caught.value.batch, caught.value.last_finite_loss) == (2, 7, 0.25)
+        jaxlr.fit(X, y, callback=callback, **settings)
+    error = caught.value
+    assert error.epoch > 0 and error.batch == 0
+    # The run up to the epoch before is finite and its last loss is the one reported.
+    before = jaxlr.fit(X, y, **{**settings, "epochs": error.epoch})
+    assert np.isfinite(np.asarray(before.params.w)).all()
+    np.testing.assert_allclose(error.last_finite_loss, float(before.losses[-1]), rtol=1e-6)
+    np.testing.assert_array_equal(error.params.w, before.params.w)
 
 
 def test_a_sweep_equals_one_fit_per_learning_rate(seed_data):

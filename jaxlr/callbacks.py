@@ -1,0 +1,103 @@
+"""Things to do after each epoch of `fit`: stop early, save a checkpoint, show progress.
+
+A callback is any function ``callback(epoch, result) -> bool`` (True stops
+training), given the epoch just finished and a `FitResult` for it; `fit`
+takes one or a list. The classes here are the library's own.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from jaxlr import parallel
+
+Callback = Callable[[int, Any], bool]
+
+
+class EarlyStopping:
+    """Stops after `patience` epochs without a lower validation MSE, keeping the best params.
+
+    Args:
+        patience: epochs to wait for an improvement.
+        X_val: array of shape (m, d), in the units the model trains on.
+        y_val: array of shape (m, k).
+
+    Attributes:
+        best_params: the params of the best epoch so far (None before the first).
+        best_epoch, best: that epoch and its validation MSE.
+        epochs_seen: epochs judged so far.
+        stopped: whether it stopped training.
+    """
+
+    def __init__(self, patience: int, X_val, y_val):
+        self.patience = patience
+        self.X_val, self.y_val = np.asarray(X_val, np.float64), np.asarray(y_val, np.float64)
+        self.best: Optional[float] = None
+        self.best_params: Any = None
+        self.best_epoch: Optional[int] = None
+        self.waited = 0
+        self.epochs_seen = 0
+        self.stopped = False
+
+    def __call__(self, epoch: int, result: Any) -> bool:
+        self.epochs_seen += 1
+        w, b = (parallel.host_value(p).astype(np.float64) for p in result.params)
+        error = float(np.mean((self.X_val @ w + b - self.y_val) ** 2))
+        if self.best is None or error < self.best:
+            self.best, self.best_params, self.best_epoch, self.waited = error, result.params, epoch, 0
+            return False
+        self.waited += 1
+        self.stopped = self.waited >= self.patience
+        return self.stopped
+
+
+class Progress:
+    """A tqdm bar of epochs on stderr, shown only on a terminal and after a second.
+
+    Without tqdm (the `progress` extra) or a terminal, it does nothing.
+    """
+
+    def __init__(self, total: int, *, enabled: bool = True):
+        self.bar = None
+        if not enabled or not sys.stderr.isatty():
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        self.bar = tqdm(total=total, unit="epoch", file=sys.stderr, delay=1.0, leave=False)
+
+    def __call__(self, epoch: int, result: Any) -> bool:
+        if self.bar is not None:
+            self.bar.update(1)
+        return False
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def combine(callbacks: Union[None, Callback, Sequence[Optional[Callback]]]) -> Optional[Callback]:
+    """One callback that runs each of `callbacks` in turn; any one may stop training."""
+    if callbacks is None:
+        return None
+    if callable(callbacks):
+        return callbacks
+    if not isinstance(callbacks, (list, tuple)):
+        raise TypeError(f"`callback` (={callbacks!r}) must be a function (epoch, result) -> bool, or a list of them.")
+    chosen = [cb for cb in callbacks if cb is not None]
+    for cb in chosen:
+        if not callable(cb):
+            raise TypeError(f"`callback` entries must be functions (epoch, result) -> bool, got {cb!r}.")
+    if not chosen:
+        return None
+    if len(chosen) == 1:
+        return chosen[0]
+
+    def every(epoch: int, result: Any) -> bool:
+        return any([bool(cb(epoch, result)) for cb in chosen])  # a list: every one runs
+
+    return every

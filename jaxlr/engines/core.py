@@ -1,0 +1,589 @@
+"""The training program every engine shares: one step, one epoch, many epochs.
+
+A step is the lesson's update grown up: the weighted loss of a batch plus the
+L2 term is differentiated, the update rule moves the params with the
+schedule's learning rate, the L1 part is applied as a clipped step, and then a
+few small pure functions each add one thing to the result: the running
+average of the params, skipping padding, the divergence guard, and the moving
+average of the loss. An epoch scans the step over batches gathered in the
+epoch's order; a run loops epochs until the budget is spent, the stopping
+rule fires, or the params stop being finite.
+
+What the program does is the static `Spec` (one compiled program per spec and
+shapes); every number is a traced value in `Numbers`, so new learning rates,
+penalties, tolerances or a new number of rows (rows are padded to a bucketed
+count and masked) reuse the compiled program.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlr import penalties, schedules
+from jaxlr.losses import Loss
+from jaxlr.metrics import r2_from
+from jaxlr.model import Params, net
+from jaxlr.optim import Rule, RuleNumbers, rule_apply, rule_init
+
+# An epoch gathers the shuffled rows of up to this many bytes of batches at
+# once, then scans over them: XLA pays a fixed cost per gather, so small
+# batches are gathered many at a time, while a chunk that stays in cache keeps
+# large batches streaming and memory bounded whatever n is.
+CHUNK_BYTES = 1 << 18
+
+
+class Spec(NamedTuple):
+    """What the program does: hashable, one compiled program per value.
+
+    Attributes:
+        loss: the per-entry loss.
+        rule: "sgd", "momentum", "nesterov", "adam", or an optax transformation.
+        schedule: a name from `jaxlr.schedules.SCHEDULES`, or an optax
+            schedule (a function of the step count).
+        l1: whether the program applies an L1 step at all.
+        l2: whether it adds an L2 term at all.
+        average: whether it keeps the running average of the params.
+        batch_size: rows per step.
+        sharding: with several devices, how each batch is split over them.
+        stops: whether a stopping rule watches the epochs (`tol` was given):
+            only then does each step also work out the objective it watches.
+        fit_intercept: False leaves b where it started.
+        guard: check the params after every step and keep the last finite
+            ones. The fast program checks only each loss, and the params once
+            an epoch; when that finds trouble, the driver replays the block
+            with the guard on to find the last finite state.
+    """
+
+    loss: Loss
+    rule: Rule = "sgd"
+    schedule: schedules.Schedule = "constant"
+    l1: bool = False
+    l2: bool = False
+    average: bool = False
+    batch_size: int = 1
+    sharding: Any = None
+    stops: bool = False
+    fit_intercept: bool = True
+    guard: bool = False
+
+
+class StopNumbers(NamedTuple):
+    """The stopping rule: stop after `patience` epochs in a row whose score
+    did not beat the best by `tol` (-inf: never stop before the budget)."""
+
+    tol: float = -math.inf
+    patience: int = 5
+
+
+class Numbers(NamedTuple):
+    """Every number of a run, traced: changing one compiles nothing."""
+
+    rate: schedules.Rate
+    rule: RuleNumbers = RuleNumbers()
+    penalty: penalties.Penalty = penalties.Penalty()
+    epsilon: float = 0.1
+    smoothing: float = 0.01
+    average_start: int = 1  # the update count t from which the average runs
+    stop: StopNumbers = StopNumbers()
+
+
+class StopState(NamedTuple):
+    best: jax.Array  # best score so far (higher is better), -inf at first
+    stalled: jax.Array  # epochs in a row without improvement
+    drops: jax.Array  # times the adaptive schedule cut the learning rate
+    done: jax.Array  # the rule said stop
+
+
+class FitState(NamedTuple):
+    """The run's whole position: continuing from it continues the run exactly.
+
+    Attributes:
+        params: the model's Params.
+        opt_state: the update rule's state (None for plain SGD).
+        step: updates done so far (the schedules' t is step + 1).
+        epoch: epochs done so far; epoch e shuffles with a key folded with e.
+        moving: the moving average of the loss (NaN before the first step).
+        last_loss: the loss of the latest finite step (NaN before any).
+        average: the running average of the params (when averaging).
+        l1: the cumulative L1 penalty's bookkeeping.
+        ok: False once a loss or the params stopped being finite; the state
+            then holds the last finite params.
+        stop: the stopping rule's memory.
+    """
+
+    params: Params
+    opt_state: Any
+    step: jax.Array
+    epoch: jax.Array
+    moving: jax.Array
+    last_loss: jax.Array
+    average: Params
+    l1: penalties.L1State
+    ok: jax.Array
+    stop: StopState
+
+
+def init_fit_state(params: Params, rule: Rule, *, epoch: int = 0, step: int = 0) -> FitState:
+    """The state a run starts from: `params`, the rule's fresh state, nothing averaged yet."""
+    return _init_fit_state(rule)(params, np.int32(epoch), np.int32(step))
+
+
+@functools.lru_cache(maxsize=16)
+def _init_fit_state(rule: Rule) -> Callable:
+    # One compiled call: built eagerly, the state's dozen arrays would cost a
+    # dispatch each.
+    def build(params, epoch, step):
+        dtype = params.w.dtype
+        nan = jnp.full((), jnp.nan, dtype)
+        return FitState(
+            params=params, opt_state=rule_init(rule, params), step=step, epoch=epoch,
+            moving=nan, last_loss=nan, average=params, l1=penalties.l1_init(params.w), ok=jnp.asarray(True),
+            stop=StopState(jnp.full((), -jnp.inf, dtype), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
+                           jnp.asarray(False)),
+        )  # fmt: skip
+
+    return jax.jit(build)
+
+
+class Data(NamedTuple):
+    """Rows on the device, padded to a bucketed count; rows n and beyond are padding.
+
+    Attributes:
+        X: array of shape (N, d); y: (N, k).
+        weight: the rows' sample weights, shape (N,); None when all are 1.
+        n: the number of real rows (traced).
+        val: optional validation Data, scored each epoch by the stopping rule.
+    """
+
+    X: jax.Array
+    y: jax.Array
+    weight: jax.Array
+    n: jax.Array
+    val: Any = None
+
+
+# ------------------------------------------------------------------ one step
+
+
+def descend(spec: Spec, numbers: Numbers, state: FitState, X, y, weight, count, real):
+    """The update itself: loss gradient (+ L2), the rule's move, then the L1 step.
+
+    Returns the new params, rule state and L1 state; the batch's mean loss
+    (weighted, over its real rows and outputs, without penalty); and the
+    objective the stopping rule watches (unweighted mean loss plus penalty),
+    both before the update.
+    """
+    lr = schedules.rate(spec.schedule, numbers.rate, state.step + 1, state.stop.drops)
+    count = jnp.maximum(count, 1).astype(X.dtype)
+
+    def objective(params):
+        entries = spec.loss.function(net(params, X), y, numbers.epsilon)
+        data_loss = jnp.sum(weight[:, None] * entries) / (count * entries.shape[1])
+        plain_loss = None
+        if spec.stops:
+            plain_loss = jnp.sum(jnp.where(real[:, None], entries, 0)) / (count * entries.shape[1])
+        penalty = penalties.l2_term(params.w, numbers.penalty.l2) if spec.l2 else 0.0
+        return data_loss + penalty, (data_loss, plain_loss)
+
+    (_, (value, plain)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    if not spec.fit_intercept:
+        grads = grads._replace(b=jnp.zeros_like(grads.b))
+    watched = None
+    if spec.stops:
+        watched = plain
+        if spec.l2:
+            watched = watched + penalties.l2_term(state.params.w, numbers.penalty.l2)
+        if spec.l1:
+            watched = watched + numbers.penalty.l1 * jnp.sum(jnp.abs(state.params.w))
+    params, opt_state = rule_apply(spec.rule, state.params, grads, state.opt_state, lr, numbers.rule)
+    l1 = state.l1
+    if spec.l1:
+        w, l1 = penalties.l1_step(params.w, l1, lr * numbers.penalty.l1)
+        params = params._replace(w=w)
+    return params, opt_state, l1, value, watched
+
+
+def averaged(numbers: Numbers, average: Params, params: Params, t) -> Params:
+    """The running mean of the params over updates t >= average_start (scikit-learn's ASGD)."""
+    count = t - numbers.average_start + 1
+    on = count >= 1
+    scale = 1.0 / jnp.maximum(count, 1).astype(params.w.dtype)
+    return jax.tree.map(lambda a, p: jnp.where(on, a + (p - a) * scale, a), average, params)
+
+
+def next_average(moving, value, smoothing):
+    """The lesson's smoothed loss: ``m_t = (1 - s) m_{t-1} + s * loss_t``."""
+    return (1 - smoothing) * moving + smoothing * value
+
+
+def all_finite(tree) -> jax.Array:
+    return functools.reduce(jnp.logical_and, [jnp.isfinite(jnp.sum(leaf)) for leaf in jax.tree.leaves(tree)])
+
+
+def train_step(spec: Spec, numbers: Numbers, state: FitState, X, y, weight, count, real):
+    """One step on a batch of rows (X, y) with row weights (0 on padding).
+
+    `count` of the rows are real, marked by the boolean array `real`.
+
+    A batch with no real rows (padding) leaves the state as it is. A step whose
+    loss or params are not finite leaves it too, with ``ok`` False: the state
+    then keeps the last finite params, and every later step is skipped.
+
+    Returns:
+        The new FitState, and the batch's loss (NaN for padding), the moving
+        average after it, and the stopping rule's objective.
+    """
+    if spec.sharding is not None:
+        X, y, weight = jax.lax.with_sharding_constraint((X, y, weight), spec.sharding)
+    params, opt_state, l1, value, watched = descend(spec, numbers, state, X, y, weight, count, real)
+    step = state.step + 1
+    average = averaged(numbers, state.average, params, step) if spec.average else state.average
+    has_rows = count > 0
+    finite = jnp.isfinite(value)
+    if spec.guard:
+        # The params, not only the loss: a last step can overflow them with a finite loss.
+        finite = finite & all_finite(params)
+    moving = jnp.where(jnp.isnan(state.moving), value, state.moving)
+    moved = state._replace(
+        params=params, opt_state=opt_state, step=step, l1=l1, average=average,
+        moving=next_average(moving, value, numbers.smoothing), last_loss=value,
+    )  # fmt: skip
+    if spec.guard:
+        new = jax.tree.map(lambda a, b: jnp.where(has_rows & finite & state.ok, a, b), moved, state)
+    elif _padding_moves_nothing(spec):
+        # A batch of padding has zero weights, so a zero gradient: plain SGD
+        # without penalty leaves the params exactly as they were. Only the
+        # moving average must be told to wait.
+        new = moved._replace(moving=jnp.where(has_rows, moved.moving, state.moving))
+    else:
+        new = jax.tree.map(lambda a, b: jnp.where(has_rows, a, b), moved, state)
+    new = new._replace(ok=state.ok & (finite | ~has_rows))
+    shown = has_rows & state.ok
+    watched = None if watched is None else jnp.where(shown, watched, jnp.nan)
+    return new, (jnp.where(shown, value, jnp.nan), new.moving, watched)
+
+
+def _padding_moves_nothing(spec: Spec) -> bool:
+    return spec.rule == "sgd" and not (spec.l1 or spec.l2 or spec.average)
+
+
+# ------------------------------------------------------------------ one epoch
+
+
+def run_epoch(spec: Spec, numbers: Numbers, state: FitState, data: Data, order: jax.Array):
+    """Every batch of one epoch, in `order` (N row indices, padding last).
+
+    Returns:
+        The new state, and the losses, moving averages and stopping-rule
+        objectives of the epoch's N / batch_size steps.
+    """
+    X, y, weight = data.X, data.y, data.weight
+    N, d = X.shape
+    B = spec.batch_size
+    steps = N // B
+    row_bytes = (d + y.shape[1] + 1) * X.dtype.itemsize
+    per_chunk = max(1, min(steps, CHUNK_BYTES // (B * row_bytes)))
+    num_chunks, leftover = divmod(steps, per_chunk)
+    rows = order[: steps * B].reshape(steps, B)
+
+    # The scan carries only the fields a step changes: every carried field
+    # costs the loop a little on each of its thousands of iterations.
+    changing = _changing_fields(spec)
+    fixed = state
+
+    def one(carried, batch):
+        X_b, y_b, w_b, count, real, index = batch
+        state = fixed._replace(**dict(zip(changing, carried)))
+        if not spec.guard:  # padding comes last, so step i of the epoch is update number step + i + 1
+            state = state._replace(step=fixed.step + index)
+        state, outputs = train_step(spec, numbers, state, X_b, y_b, w_b, count, real)
+        return tuple(getattr(state, name) for name in changing), outputs
+
+    def train_on(state, chunk):
+        # chunk: (m, B) row indices and the m steps' numbers; one gather, then
+        # m steps on its slices. Masks and counts are worked out for all m at
+        # once, outside the steps' loop.
+        chunk_rows, index = chunk
+        real = chunk_rows < data.n
+        weights = real.astype(X.dtype) if weight is None else jnp.where(real, weight[chunk_rows], 0)
+        gathered = (X[chunk_rows], y[chunk_rows], weights,
+                    jnp.sum(real, axis=-1, dtype=jnp.int32), real, index)  # fmt: skip
+        if chunk_rows.shape[0] == 1:
+            state, values = one(state, jax.tree.map(lambda a: a[0], gathered))
+            return state, jax.tree.map(lambda v: v[None], values)
+        return jax.lax.scan(one, state, gathered)
+
+    pieces = []
+    carried = tuple(getattr(state, name) for name in changing)
+    index = jnp.arange(steps, dtype=jnp.int32)
+    if num_chunks:
+        chunks = rows[: num_chunks * per_chunk].reshape(num_chunks, per_chunk, B)
+        chunk_index = index[: num_chunks * per_chunk].reshape(num_chunks, per_chunk)
+        carried, values = jax.lax.scan(train_on, carried, (chunks, chunk_index))
+        pieces.append(jax.tree.map(lambda v: v.reshape(-1), values))
+    if leftover:
+        carried, values = train_on(carried, (rows[num_chunks * per_chunk :], index[num_chunks * per_chunk :]))
+        pieces.append(values)
+    outputs = pieces[0] if len(pieces) == 1 else jax.tree.map(lambda *parts: jnp.concatenate(parts), *pieces)
+    state = fixed._replace(**dict(zip(changing, carried)))
+    if not spec.guard:
+        # What the guarded step tracks as it goes, worked out once from the losses.
+        losses = outputs[0]
+        real_steps = (data.n + B - 1) // B
+        is_real = index < real_steps
+        state = state._replace(
+            step=fixed.step + real_steps.astype(fixed.step.dtype),
+            ok=fixed.ok & jnp.all(jnp.isfinite(losses) | ~is_real),
+            last_loss=losses[jnp.maximum(real_steps - 1, 0)],
+        )  # fmt: skip
+    return state, outputs
+
+
+def _changing_fields(spec: Spec) -> tuple[str, ...]:
+    fields = ["params", "opt_state", "moving"]
+    if spec.guard:
+        fields += ["step", "last_loss", "ok"]
+    if spec.average:
+        fields.append("average")
+    if spec.l1:
+        fields.append("l1")
+    return tuple(fields)
+
+
+def device_order(key: jax.Array, n: jax.Array, N: int) -> jax.Array:
+    """A random order of the n real rows, then the N - n padding rows, drawn on the device."""
+    bits = jax.random.bits(key, (N,), jnp.uint32) >> 1
+    bits = jnp.where(jnp.arange(N) < n, bits, jnp.uint32(0xFFFFFFFF))
+    return jnp.argsort(bits, stable=True).astype(jnp.int32)
+
+
+# ------------------------------------------------------------------ many epochs
+
+
+def epoch_score(spec: Spec, numbers: Numbers, state: FitState, data: Data, objectives: jax.Array, real_steps):
+    """What the stopping rule maximises: validation R² when there are
+    validation rows, else minus the epoch's mean objective (unweighted loss
+    plus penalty, each step's taken before its update), as scikit-learn does."""
+    if data.val is not None:
+        val = data.val
+        real = jnp.arange(val.X.shape[0]) < val.n
+        weight = (real.astype(val.X.dtype) if val.weight is None else jnp.where(real, val.weight, 0))[:, None]
+        return r2_from(net(state.params, val.X), val.y, weight)
+    return -mean_loss(objectives, real_steps)
+
+
+def stop_update(numbers: Numbers, stop: StopState, score, lr_now, adaptive: bool) -> StopState:
+    """scikit-learn's rule: an epoch that does not beat the best score by `tol`
+    counts as stalled; after `patience` of them in a row, the adaptive schedule
+    cuts its rate by 5 (while it is above 1e-6), any other stops."""
+    stalled = jnp.where(score < stop.best + numbers.stop.tol, stop.stalled + 1, 0)
+    best = jnp.maximum(stop.best, score)
+    out_of_patience = stalled >= numbers.stop.patience
+    cut = out_of_patience & (lr_now > 1e-6) if adaptive else jnp.asarray(False)
+    return StopState(
+        best=best, stalled=jnp.where(cut, 0, stalled), drops=stop.drops + cut.astype(stop.drops.dtype),
+        done=stop.done | (out_of_patience & ~cut),
+    )  # fmt: skip
+
+
+def run_epochs(spec: Spec, numbers: Numbers, state: FitState, data: Data, orders, num_epochs, *,
+               keep_steps: bool, shuffle_key=None, budget: Optional[int] = None):  # fmt: skip
+    """Epochs until `num_epochs` ran, the stopping rule fired, or training diverged.
+
+    Args:
+        orders: int32 array (E, N) of each epoch's order, drawn on the host;
+            or None to draw each on the device from ``fold_in(shuffle_key,
+            epoch)`` (or to keep the stored order when shuffle_key is None too).
+        num_epochs: the budget (traced); with `orders`, at most E.
+        budget: without `orders`, E: the most epochs whose steps are kept.
+        keep_steps: return every step's loss and moving average, as arrays of
+            shape (E, N / batch_size), and each epoch's mean loss; else nothing
+            but the state (E need not be known then).
+
+    Returns:
+        The state, and (losses, moving) of shape (E, steps) or None, and each
+        epoch's mean loss, shape (E,) with E the budget when it is static.
+    """
+    N = data.X.shape[0]
+    steps = N // spec.batch_size
+    real_steps = jnp.maximum(1, (data.n + spec.batch_size - 1) // spec.batch_size)
+    E = orders.shape[0] if orders is not None else budget
+    dtype = data.X.dtype
+    start_epoch = state.epoch
+
+    def order_for(i, epoch):
+        if orders is not None:
+            return orders[i]
+        if shuffle_key is None:
+            return jnp.arange(N, dtype=jnp.int32)
+        return device_order(jax.random.fold_in(shuffle_key, epoch), data.n, N)
+
+    def body(carry):
+        state, record = carry
+        i = state.epoch - start_epoch
+        state, (losses, moving, objectives) = run_epoch(spec, numbers, state, data, order_for(i, state.epoch))
+        state = end_epoch(spec, numbers, state, data, objectives, real_steps)
+        if record is not None:
+            step_losses, step_moving, epoch_losses = record
+            record = (step_losses.at[i].set(losses), step_moving.at[i].set(moving),
+                      epoch_losses.at[i].set(mean_loss(losses, real_steps)))
+        return state, record
+
+    def going(carry):
+        state, _ = carry
+        return (state.epoch - start_epoch < num_epochs) & state.ok & ~state.stop.done
+
+    if orders is not None and keep_steps and not spec.stops:
+        # A fixed number of epochs: a plain scan, whose stacked outputs cost
+        # less than writing into buffers. Epochs after a divergence run on
+        # non-finite params and change nothing the driver keeps.
+        def scan_body(state, order):
+            state, (losses, moving, _) = run_epoch(spec, numbers, state, data, order)
+            state = end_epoch(spec, numbers, state, data, losses, real_steps)
+            return state, (losses, moving, mean_loss(losses, real_steps))
+
+        return jax.lax.scan(scan_body, state, orders)
+    record = None
+    if keep_steps:
+        record = (jnp.full((E, steps), jnp.nan, dtype), jnp.full((E, steps), jnp.nan, dtype), jnp.full(E, jnp.nan, dtype))
+    state, record = jax.lax.while_loop(going, body, (state, record))
+    return state, record
+
+
+def mean_loss(losses, count):
+    """The mean of an epoch's losses over its `count` real steps (padding is NaN)."""
+    return jnp.sum(jnp.where(jnp.isnan(losses), 0, losses)) / count
+
+
+def end_epoch(spec: Spec, numbers: Numbers, state: FitState, data: Data, objectives, real_steps) -> FitState:
+    """After an epoch that did not diverge: count it, and let the stopping rule judge it."""
+    stop = state.stop
+    if spec.stops:
+        score = epoch_score(spec, numbers, state, data, objectives, real_steps)
+        lr_now = schedules.rate(spec.schedule, numbers.rate, state.step + 1, state.stop.drops)
+        stop = stop_update(numbers, state.stop, score, lr_now, spec.schedule == "adaptive")
+    judged = state._replace(epoch=state.epoch + 1, stop=stop)
+    # Once an epoch, the params themselves: a last step can overflow them with a finite loss.
+    ok = state.ok & all_finite(state.params)
+    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), judged, state)._replace(ok=ok)
+
+
+def pack(numbers: Numbers, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """`numbers` as one float and one int array: two transfers per call, not fifteen."""
+    floats = [*numbers.rate, *numbers.rule, *numbers.penalty, numbers.epsilon, numbers.smoothing, numbers.stop.tol]
+    ints = [numbers.average_start, numbers.stop.patience]
+    return np.array(floats, dtype), np.array(ints, np.int32)
+
+
+def unpack(packed) -> Numbers:
+    """The inverse of `pack` (inside a compiled program)."""
+    f, i = packed
+    return Numbers(
+        rate=schedules.Rate(*f[0:4]), rule=RuleNumbers(*f[4:8]), penalty=penalties.Penalty(*f[8:10]),
+        epsilon=f[10], smoothing=f[11], average_start=i[0], stop=StopNumbers(tol=f[12], patience=i[1]),
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=16)
+def program(spec: Spec, keep_steps: bool, draw: str, budget: Optional[int] = None) -> Callable:
+    """The compiled training program for a spec: ``(state, data, numbers,
+    orders, num_epochs, shuffle_key) -> (state, record)``.
+
+    `draw` is "host" (orders given), "device" (drawn from shuffle_key) or
+    "none" (rows in their stored order); `budget`, the most epochs whose
+    steps are kept when they are not drawn on the host. A bounded cache:
+    evicted programs, and whatever their static arguments hold, are freed.
+    """
+
+    def train(state, data, packed, orders, num_epochs, shuffle_key):
+        return run_epochs(spec, unpack(packed), state, data, orders if draw == "host" else None, num_epochs,
+                          keep_steps=keep_steps, shuffle_key=shuffle_key if draw == "device" else None,
+                          budget=budget)  # fmt: skip
+
+    return jax.jit(train)
+
+
+@functools.lru_cache(maxsize=16)
+def epoch_program(spec: Spec) -> Callable:
+    """One pass over `data` in `order`, with no epoch bookkeeping: for a
+    stream, whose epoch is many such passes. ``(state, data, numbers, order)
+    -> (state, (losses, moving, objectives))``."""
+    return jax.jit(lambda state, data, packed, order: run_epoch(spec, unpack(packed), state, data, order))
+
+
+@functools.lru_cache(maxsize=16)
+def step_program(spec: Spec) -> Callable:
+    """`train_step` compiled on its own, for the loop engine: ``(carried,
+    drops, packed, X, y, weight) -> (carried, [loss, moving, objective])``.
+
+    Only the fields a step changes travel in and out (`step_fields`), and
+    of the rest only what a step reads (the adaptive schedule's cuts): every
+    array passed costs a call a little, and the loop pays it on every batch.
+    """
+    fields = step_fields(spec)
+
+    def step(carried, drops, packed, X, y, weight):
+        changing = dict(zip(fields, carried))
+        fresh = _init_fit_state(spec.rule).__wrapped__(changing["params"], jnp.int32(0), jnp.int32(0))
+        state = fresh._replace(**changing)
+        if drops is not None:
+            state = state._replace(stop=state.stop._replace(drops=drops))
+        real = jnp.ones(X.shape[0], bool)
+        weight = real.astype(X.dtype) if weight is None else weight
+        state, (loss, moving, objective) = train_step(spec, unpack(packed), state, X, y, weight, X.shape[0], real)
+        # One array out, not three: the host reads each step's back separately.
+        reported = jnp.stack([loss, moving, loss if objective is None else objective])
+        return tuple(getattr(state, name) for name in fields), reported
+
+    return jax.jit(step)
+
+
+def step_fields(spec: Spec) -> tuple[str, ...]:
+    """The FitState fields the loop engine's step carries (the host counts
+    the steps when the schedule does not need them)."""
+    fields = _changing_fields(spec)
+    if not spec.guard and spec.schedule != "constant":
+        fields = (*fields, "step")
+    return fields
+
+
+@functools.lru_cache(maxsize=16)
+def epoch_end_program(spec: Spec) -> Callable:
+    """`end_epoch` compiled on its own, for engines that loop epochs on the host."""
+    return jax.jit(lambda state, data, packed, objectives, real_steps: end_epoch(
+        spec, unpack(packed), state, data, objectives, real_steps))
+
+
+# ------------------------------------------------------------------ padding
+
+
+def bucket(count: int) -> int:
+    """`count` rounded up to one of 32 sizes per power of two (at most ~3 % more).
+
+    Folds of a table differ by a row or two: all land in one bucket and share
+    one compiled program.
+    """
+    if count <= 32:
+        return count
+    granule = 1 << (count.bit_length() - 6)
+    return -(-count // granule) * granule
+
+
+def padded_rows(n: int, batch_size: int) -> int:
+    """Rows the program sees for n real rows: whole batches, a bucketed count of them."""
+    return bucket(-(-n // batch_size)) * batch_size
+
+
+def pad_rows(array, rows: int):
+    """`array` with zero rows appended up to `rows` (NumPy stays NumPy)."""
+    extra = rows - array.shape[0]
+    if extra == 0:
+        return array
+    widths = [(0, extra)] + [(0, 0)] * (array.ndim - 1)
+    return np.pad(array, widths) if isinstance(array, np.ndarray) else jnp.pad(array, widths)

@@ -1,0 +1,52 @@
+"""The fused engine: a block of epochs as one compiled program over rows on the device."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import jax
+import numpy as np
+
+from jaxlr import parallel
+from jaxlr.engines import Block, core
+
+# Host-drawn orders are built a block of epochs at a time: at most this many
+# row indices at once, so memory does not grow with the number of epochs.
+_ORDER_ENTRIES = 1 << 24
+
+
+def run(run, state) -> Iterator[Block]:
+    data = run.data
+    N = data.X.shape[0]
+    per_call = max(1, min(run.epochs, _ORDER_ENTRIES // N)) if run.draw == "host" else run.epochs
+    if run.one_epoch_per_call:
+        per_call = 1
+    budget = None if run.draw == "host" or not run.keep_steps else per_call
+    train = core.program(run.spec, run.keep_steps, run.draw, budget)
+    done = 0
+    while done < run.epochs:
+        count = min(per_call, run.epochs - done)
+        first_epoch, first_step = run.initial_epoch + done, run.initial_step + done * run.steps_per_epoch
+        orders = None
+        if run.draw == "host":
+            orders = run.orders(first_epoch, count, N)
+            if run.mesh is not None:
+                orders = parallel.put_replicated(orders, run.mesh)
+        start = state
+        state, record = train(state, data, run.numbers, orders, np.int32(count), run.shuffle_key)
+        # One read of everything the host needs; trimming happens there, where
+        # slicing costs no dispatch.
+        epoch_now, ok, record = jax.tree.map(parallel.host_value, (state.epoch, state.ok, record))
+        ran = int(epoch_now) - first_epoch
+        ran_or_diverging = ran + (0 if ok else 1)
+        if record is None:
+            losses = moving = epoch_losses = np.zeros(0, data.X.dtype)
+        else:
+            step_losses, step_moving, epoch_losses = (r[:ran_or_diverging] for r in record)
+            losses = step_losses[:, : run.steps_per_epoch].reshape(-1)
+            moving = step_moving[:, : run.steps_per_epoch].reshape(-1)
+            epoch_losses = epoch_losses[:ran]
+        yield Block(state, start, first_epoch, first_step, losses, moving, epoch_losses)
+        if ran < count:  # stopped by the rule, or diverged
+            return
+        done += count

@@ -1,0 +1,65 @@
+"""The loop engine: the lesson's Python loop, one jitted step per batch from host memory."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import jax
+import numpy as np
+
+from jaxlr import parallel
+from jaxlr.data import batches
+from jaxlr.engines import Block, core
+
+
+def run(run, state) -> Iterator[Block]:
+    step = core.step_program(run.spec)
+    fields = core.step_fields(run.spec)
+    end_epoch = core.epoch_end_program(run.spec)
+    X, y, weight = run.host_rows
+    dtype = X.dtype
+    # On the device once: NumPy arrays would be copied over at every call.
+    numbers = jax.device_put(run.numbers)
+    # Losses are read back only every `read_every` steps (and at an epoch's
+    # end): to notice divergence early without a sync on every step.
+    read_every = 500
+    for e in range(run.epochs):
+        epoch = run.initial_epoch + e
+        first_step = run.initial_step + e * run.steps_per_epoch
+        key = None if run.draw == "none" else jax.random.wrap_key_data(run.epoch_words(epoch))
+        stream = batches(X, y, run.spec.batch_size, key=key, shuffle=run.draw != "none", sample_weight=weight)
+        if weight is None:
+            stream = ((X_b, y_b, None) for X_b, y_b in stream)
+        start, carried = state, tuple(getattr(state, name) for name in fields)
+        drops = state.stop.drops if run.spec.schedule == "adaptive" else None
+        values, read = [], []
+        for i, (X_b, y_b, w_b) in enumerate(stream):
+            if run.mesh is not None:
+                # A short last batch that does not split evenly goes whole to every device.
+                even = X_b.shape[0] % run.mesh.size == 0
+                placed = (parallel.by_rows if even else parallel.replicated)(run.mesh)
+                X_b, y_b, w_b = jax.device_put((X_b, y_b, w_b), placed)
+            carried, value = step(carried, drops, numbers, X_b, y_b, w_b)
+            values.append(value)
+            if (i + 1) % read_every == 0 or i + 1 == run.steps_per_epoch:
+                taken = np.array([np.asarray(v) for v in values], dtype)
+                read.append(taken)
+                values = []
+                if not np.isfinite(taken[:, 0]).all():
+                    break
+        state = state._replace(**dict(zip(fields, carried)))
+        taken = np.concatenate(read) if read else np.zeros((0, 3), dtype)
+        if "step" not in fields:
+            state = state._replace(step=np.int32(first_step + len(taken)))
+        losses, moving, objectives = taken[:, 0], taken[:, 1], taken[:, 2]
+        finite = bool(np.isfinite(losses).all())
+        if not run.spec.guard:
+            # What the guarded step tracks as it goes, worked out from the losses.
+            state = state._replace(ok=np.bool_(finite and bool(state.ok)), last_loss=losses[-1] if len(losses) else state.last_loss)
+        if not finite or not bool(state.ok):
+            yield Block(state, start, epoch, first_step, losses, moving, np.zeros(0, dtype))
+            return
+        state = end_epoch(state, run.validation_data, numbers, objectives, np.float32(len(losses)))
+        yield Block(state, start, epoch, first_step, losses, moving, np.array([losses.mean()], dtype))
+        if bool(state.stop.done):
+            return

@@ -1,0 +1,58 @@
+"""The streamed engine: the fused epoch over a file, a chunk at a time.
+
+Each epoch visits the chunks in an order drawn from its key and shuffles the
+rows within each chunk; batches never straddle two chunks. The next chunk is
+read from disk while the device trains on the current one.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlr.data import to_device
+from jaxlr.engines import Block, core
+
+
+def run(run, state) -> Iterator[Block]:
+    stream = run.stream
+    n, B = stream.num_rows, run.spec.batch_size
+    rows = stream.chunk_rows(B)
+    starts = list(range(0, n, rows))
+    one_pass = core.epoch_program(run.spec)
+    end_epoch = core.epoch_end_program(run.spec)
+    for e in range(run.epochs):
+        epoch = run.initial_epoch + e
+        first_step = run.initial_step + e * run.steps_per_epoch
+        rng = np.random.Generator(np.random.SFC64(run.epoch_words(epoch).tolist()))
+        visit = [starts[i] for i in rng.permutation(len(starts))]
+        losses, moving, objectives, start = [], [], [], state
+        upcoming = stream.read(visit[0], min(visit[0] + rows, n))
+        for position in range(len(visit)):
+            X_host, y_host = upcoming
+            count = X_host.shape[0]
+            N = core.padded_rows(count, B)
+            order = np.concatenate([rng.permutation(count), np.arange(count, N)]).astype(np.int32)
+            weight = np.zeros(N, X_host.dtype)
+            weight[:count] = 1
+            data = core.Data(to_device(core.pad_rows(X_host, N)), to_device(core.pad_rows(y_host, N)),
+                             weight, np.int32(count))  # fmt: skip
+            state, (chunk_losses, chunk_moving, chunk_objectives) = one_pass(state, data, run.numbers, order)
+            if position + 1 < len(visit):  # read ahead while the device works
+                following = visit[position + 1]
+                upcoming = stream.read(following, min(following + rows, n))
+            real = -(-count // B)
+            losses.append(chunk_losses[:real])
+            moving.append(chunk_moving[:real])
+            objectives.append((chunk_losses if chunk_objectives is None else chunk_objectives)[:real])
+            if not bool(state.ok):
+                yield Block(state, start, epoch, first_step, jnp.concatenate(losses), jnp.concatenate(moving),
+                            np.zeros(0, stream.dtype))  # fmt: skip
+                return
+        losses, moving = jnp.concatenate(losses), jnp.concatenate(moving)
+        state = end_epoch(state, run.validation_data, run.numbers, jnp.concatenate(objectives), np.float32(losses.shape[0]))
+        yield Block(state, start, epoch, first_step, losses, moving, np.array([float(jnp.mean(losses))], stream.dtype))
+        if bool(state.stop.done):
+            return

@@ -1,0 +1,72 @@
+"""How good a fit is: mean squared error and R², on the device or the host."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from jaxlr.model import square_loss
+
+
+def mse(yhat: ArrayLike, y: ArrayLike) -> jax.Array:
+    """Mean squared error over every example and output (the lesson's `square_loss`)."""
+    return square_loss(jnp.asarray(yhat), jnp.asarray(y))
+
+
+def r2(yhat: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> jax.Array:
+    """Coefficient of determination, averaged over outputs as scikit-learn does.
+
+    1 is a perfect fit; 0 is no better than predicting each output's mean. A
+    constant target has no variance to explain: it scores 1 if matched, else 0.
+
+    Args:
+        yhat: predictions of shape (n, k), or (n,).
+        y: targets of the same shape.
+        sample_weight: optional weights of shape (n,).
+    """
+    yhat, y = jnp.asarray(yhat), jnp.asarray(y)
+    if yhat.shape != y.shape:
+        raise ValueError(f"`yhat` shape {yhat.shape} and `y` shape {y.shape} differ.")
+    y2 = y.reshape(y.shape[0], -1)
+    yhat2 = yhat.reshape(y2.shape)
+    weight = jnp.ones(y2.shape[0], y2.dtype) if sample_weight is None else jnp.asarray(sample_weight, y2.dtype)
+    return r2_from(yhat2, y2, weight[:, None])
+
+
+def r2_from(yhat: jax.Array, y: jax.Array, weight: jax.Array) -> jax.Array:
+    """R² of (n, k) predictions with (n, 1) row weights; zero weights drop rows (traceable)."""
+    total_weight = jnp.sum(weight)
+    mean = jnp.sum(weight * y, axis=0) / jnp.where(total_weight > 0, total_weight, 1.0)
+    residual = jnp.sum(weight * (y - yhat) ** 2, axis=0)
+    total = jnp.sum(weight * (y - mean[None, :]) ** 2, axis=0)
+    safe_total = jnp.where(total > 0, total, 1.0)
+    score = jnp.where(total > 0, 1.0 - residual / safe_total, jnp.where(residual == 0, 1.0, 0.0))
+    return jnp.mean(score)
+
+
+def host_metrics(predictions: np.ndarray, y: np.ndarray, prefix: str = "") -> dict[str, float]:
+    """MSE and R² of host arrays of shape (n, k), in float64, as a report's entries."""
+    return RunningMetrics().add(predictions, y).result(prefix)
+
+
+class RunningMetrics:
+    """MSE and R² over rows that arrive in chunks, in one pass (float64)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.squared = self.total = self.total_sq = 0.0
+
+    def add(self, predictions: np.ndarray, y: np.ndarray) -> "RunningMetrics":
+        predictions, y = np.asarray(predictions, np.float64), np.asarray(y, np.float64)
+        self.count += y.shape[0]
+        self.squared = self.squared + ((predictions - y) ** 2).sum(axis=0)
+        self.total = self.total + y.sum(axis=0)
+        self.total_sq = self.total_sq + (y**2).sum(axis=0)
+        return self
+
+    def result(self, prefix: str = "") -> dict[str, float]:
+        spread = self.total_sq - self.total**2 / self.count
+        r2 = np.where(spread > 0, 1 - self.squared / np.where(spread > 0, spread, 1), 0.0)
+        return {f"{prefix}mse": float(np.mean(self.squared / self.count)), f"{prefix}r2": float(np.mean(r2))}

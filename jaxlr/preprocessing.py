@@ -1,0 +1,81 @@
+"""Standardization: features (and optionally the target) to mean 0 and spread 1.
+
+SGD's stable step size depends on the data's scale; on standardized data one
+learning rate suits any table. Statistics are computed in float64 on the host
+before anything is cast to float32, and a model trained on standardized data
+is turned back into the original units with `to_original`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from jaxlr.model import Params
+
+
+class Standardizer(NamedTuple):
+    """Per-column means and scales of X (and of y; zeros and ones when left alone).
+
+    Attributes:
+        x_mean, x_scale: arrays of shape (d,).
+        y_mean, y_scale: arrays of shape (k,).
+    """
+
+    x_mean: np.ndarray
+    x_scale: np.ndarray
+    y_mean: np.ndarray
+    y_scale: np.ndarray
+
+    @classmethod
+    def fit(cls, X, y=None, *, features: bool = True, target: str | None = None) -> "Standardizer":
+        """Statistics of X (and y).
+
+        Args:
+            X: array of shape (n, d).
+            y: array of shape (n, k), needed when `target` is set.
+            features: standardize the features; False leaves them as they are.
+            target: None leaves y alone, "center" subtracts its mean, "scale"
+                also divides by its standard deviation.
+        """
+        X = np.asarray(X, np.float64)
+        d = X.shape[1]
+        x_mean, x_scale = (X.mean(axis=0), _spread(X)) if features else (np.zeros(d), np.ones(d))
+        k = 1 if y is None else np.asarray(y).reshape(len(X), -1).shape[1]
+        y_mean, y_scale = np.zeros(k), np.ones(k)
+        if target is not None:
+            if target not in ("center", "scale"):
+                raise ValueError(f"`target` (={target!r}) must be None, 'center' or 'scale'.")
+            y = np.asarray(y, np.float64).reshape(len(X), -1)
+            y_mean = y.mean(axis=0)
+            if target == "scale":
+                y_scale = _spread(y)
+        return cls(x_mean, x_scale, y_mean, y_scale)
+
+    def transform(self, X):
+        return (np.asarray(X, np.float64) - self.x_mean) / self.x_scale
+
+    def transform_target(self, y):
+        y = np.asarray(y, np.float64)
+        return (y.reshape(len(y), -1) - self.y_mean) / self.y_scale
+
+    def inverse(self, X):
+        return np.asarray(X, np.float64) * self.x_scale + self.x_mean
+
+    def to_original(self, params: Params) -> Params:
+        """Params of the model on standardized data, as a model of the original data."""
+        w = np.asarray(params.w, np.float64) / self.x_scale[:, None] * self.y_scale[None, :]
+        b = np.asarray(params.b, np.float64) * self.y_scale + self.y_mean - self.x_mean @ w
+        return Params(w, b)
+
+    def to_standardized(self, params: Params) -> Params:
+        """The inverse of `to_original`: a model of the original data, on standardized data."""
+        w = np.asarray(params.w, np.float64)
+        b = (np.asarray(params.b, np.float64) + self.x_mean @ w - self.y_mean) / self.y_scale
+        return Params(w * self.x_scale[:, None] / self.y_scale[None, :], b)
+
+
+def _spread(A: np.ndarray) -> np.ndarray:
+    spread = A.std(axis=0)
+    return np.where(spread > 0, spread, 1.0)  # a constant column stays as it is

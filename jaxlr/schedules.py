@@ -1,0 +1,66 @@
+"""Learning-rate schedules: the step size as a function of the step count t.
+
+scikit-learn's four, with t counting updates from 1:
+
+- ``"constant"``: eta0;
+- ``"optimal"``: ``1 / (alpha * (t0 + t - 1))`` (Bottou's heuristic; t0 from `optimal_t0`);
+- ``"invscaling"``: ``eta0 / t ** power_t``;
+- ``"adaptive"``: eta0, divided by 5 each time the stopping rule sees no
+  improvement for `n_iter_no_change` epochs, until it falls below 1e-6.
+
+The schedule's name is part of the compiled program and its numbers are
+traced, so new values compile nothing. Any optax schedule (a function of the
+step count, from 0) may be given instead; it is part of the program too.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+
+from jaxlr import validate
+
+SCHEDULES = ("constant", "optimal", "invscaling", "adaptive")
+
+Schedule = Union[str, Callable[[jax.Array], jax.Array]]
+
+
+class Rate(NamedTuple):
+    """A named schedule's numbers (traced values)."""
+
+    eta0: float
+    power_t: float = 0.25
+    t0: float = 1.0  # the "optimal" schedule's offset
+    alpha: float = 0.0001  # the "optimal" schedule's alpha
+
+
+def check(schedule: Schedule) -> Schedule:
+    if callable(schedule):
+        return schedule
+    return validate.check_choice("schedule", schedule, SCHEDULES)
+
+
+def optimal_t0(alpha: float) -> float:
+    """The offset t0 that makes the "optimal" schedule's first step a typical weight's size.
+
+    As scikit-learn computes it for regression: a typical weight is
+    ``1 / sqrt(sqrt(alpha))``, and t0 makes ``1 / (alpha * t0)`` equal to it.
+    """
+    return 1.0 / (math.sqrt(1.0 / math.sqrt(alpha)) * alpha)
+
+
+def rate(schedule: Schedule, numbers: Rate, t: jax.Array, drops: jax.Array) -> jax.Array:
+    """The learning rate of update number t (counting from 1), after `drops` adaptive cuts."""
+    if callable(schedule):
+        return jnp.asarray(schedule(t - 1))
+    t = jnp.asarray(t, jnp.asarray(numbers.eta0).dtype)
+    if schedule == "optimal":
+        return 1.0 / (numbers.alpha * (numbers.t0 + t - 1.0))
+    if schedule == "invscaling":
+        return numbers.eta0 / t**numbers.power_t
+    if schedule == "adaptive":
+        return numbers.eta0 * 0.2 ** drops.astype(t.dtype)
+    return numbers.eta0 * jnp.ones_like(t)
