@@ -21,8 +21,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxlr.callbacks import EarlyStopping, Progress, combine
 from jaxlr.data import DataError, load_table, synthetic_data
+from jaxlr.metrics import RunningMetrics, host_metrics
 from jaxlr.persist import Model, ModelFileError, atomic_write, load_model, save_model
+from jaxlr.preprocessing import Standardizer
 from jaxlr.solve import solve
 from jaxlr.train import TrainingDiverged, fit
 
@@ -112,6 +115,9 @@ _count = _typed(int, lambda v: v >= 0, "a whole number >= 0")
 _positive_int = _typed(int, lambda v: v >= 1, "a whole number >= 1")
 _positive = _typed(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
 _fraction = _typed(float, lambda v: 0 < v < 1, "a number strictly between 0 and 1")
+_nonnegative = _typed(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+_unit = _typed(float, lambda v: 0 <= v <= 1, "a number between 0 and 1")
+_finite = _typed(float, math.isfinite, "a finite number")
 
 
 def _parser():
@@ -140,7 +146,20 @@ def _parser():
     train.add_argument("--lr", type=_positive, default=0.001, help="learning rate")
     train.add_argument("--batch-size", type=_positive_int, default=4)
     train.add_argument("--engine", choices=("fused", "loop"), default="fused")
-    train.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), default="sgd")
+    train.add_argument("--optimizer", choices=("sgd", "momentum", "nesterov", "adam"), default="sgd")
+    train.add_argument("--loss", choices=("squared", "huber", "epsilon_insensitive", "squared_epsilon_insensitive"),
+                       default="squared", help="the loss per example (see jaxlr.losses)")
+    train.add_argument("--epsilon", type=_nonnegative, default=0.1, help="margin of the huber and epsilon-insensitive losses")
+    train.add_argument("--penalty", choices=("none", "l2", "l1", "elasticnet"), default="none",
+                       help="penalty on the weights")
+    train.add_argument("--alpha", type=_nonnegative, default=0.0001, help="strength of the penalty")
+    train.add_argument("--l1-ratio", type=_unit, default=0.15, help="L1 share of the elastic net")
+    train.add_argument("--schedule", choices=("constant", "optimal", "invscaling", "adaptive"), default="constant",
+                       help="learning-rate schedule (see jaxlr.schedules)")
+    train.add_argument("--power-t", type=_finite, default=0.25, help="exponent of the invscaling schedule")
+    train.add_argument("--average", type=_count, nargs="?", const=1, default=0, metavar="T0",
+                       help="return the average of the params over the updates (from update T0, default 1)")
+    train.add_argument("--sample-weight", metavar="COL", help="a column of per-row weights (not used as a feature)")
     train.add_argument("--early-stopping", type=_positive_int, metavar="N", help="stop after N epochs without validation improvement; keep the best")
     train.add_argument("--plot", metavar="PNG", help="write the loss curve and predicted against actual here")
     train.add_argument("--checkpoint", metavar="DIR", help="save the run here after every epoch (atomically)")
@@ -190,10 +209,10 @@ class _Split:
 
     def host_chunks(self):
         """The training rows in original units, for the metrics."""
-        return iter([(self.X * self.scale + self.mean, self.y)])
+        return iter([(self.scaler.inverse(self.X), self.y)])
 
     def __init__(self, table, args, key):
-        X, y = table.X, table.y
+        X, y, weight = table.X, table.y, table.weight
         if y is None:
             raise DataError("--target is required with --data.")
         if X.shape[0] == 0:
@@ -211,33 +230,28 @@ class _Split:
             order = permutation(key, X.shape[0])
             val_X, val_y = X[order[:num_val]], y[order[:num_val]]
             X, y = X[order[num_val:]], y[order[num_val:]]
-        self.mean = np.zeros(X.shape[1])
-        self.scale = np.ones(X.shape[1])
-        if args.standardize:
-            self.mean = X.mean(axis=0)
-            spread = X.std(axis=0)
-            self.scale = np.where(spread > 0, spread, 1.0)  # a constant column stays as it is
-        self.X, self.y = self._scaled(X), y
-        self.val_X = None if val_X is None else self._scaled(val_X)
+            weight = None if weight is None else weight[order[num_val:]]
+        self.scaler = Standardizer.fit(X, features=args.standardize)
+        self.mean, self.scale = self.scaler.x_mean, self.scaler.x_scale
+        self.X, self.y, self.weight = self.scaler.transform(X), y, weight
+        self.val_X = None if val_X is None else self.scaler.transform(val_X)
         self.val_y = val_y
-
-    def _scaled(self, X):
-        return (X - self.mean) / self.scale
 
 
 def _load(args):
     """The training table: from --data, or the lesson's synthetic data."""
     features = None if args.features is None else [f.strip() for f in args.features.split(",") if f.strip()]
     if args.data is None:
-        if args.target is not None or features is not None:
-            raise UsageError("--target and --features need --data.")
+        if args.target is not None or features is not None or getattr(args, "sample_weight", None):
+            raise UsageError("--target, --features and --sample-weight need --data.")
         X, y = synthetic_data(_keys(args)[0], true_w=SEED_TRUE_W, true_b=SEED_TRUE_B)
         from jaxlr.data import Table
 
         return Table(np.asarray(X, np.float64), np.asarray(y, np.float64), ("x0", "x1"), "y"), True
     if args.target is None:
         raise UsageError("--data needs --target (a column name or 0-based index).")
-    return load_table(args.data, target=args.target, features=features), False
+    weight = getattr(args, "sample_weight", None)
+    return load_table(args.data, target=args.target, features=features, weight=weight), False
 
 
 def _keys(args):
@@ -269,36 +283,27 @@ def _train(args):
     else:
         table, is_seed_job = _load(args)
         split = _Split(table, args, split_key)
-    optimizer = _optimizer(args.optimizer, args.lr)
     plot_ready = _check_plotting(args.plot)
     show_lines = not (args.quiet or args.json)
-    callbacks = []
     stopper = None
     if args.early_stopping:
-        stopper = _EarlyStopping(args.early_stopping, split.val_X, split.val_y)
-        callbacks.append(stopper)
-    bar = _progress_bar(args.epochs, enabled=not args.quiet)
-    if bar is not None:
-
-        def advance(epoch, result):
-            bar.update(1)
-            return False
-
-        callbacks.append(advance)
+        stopper = EarlyStopping(args.early_stopping, split.val_X, split.val_y)
+    bar = Progress(args.epochs, enabled=not args.quiet)
 
     start = time.perf_counter()
     try:
         result = fit(
             split.X, split.y, key=fit_key, epochs=args.epochs, lr=args.lr,
-            batch_size=args.batch_size, optimizer=optimizer, engine=args.engine,
-            verbose=show_lines, callback=_all_of(callbacks),
+            batch_size=args.batch_size, optimizer=args.optimizer, engine=args.engine,
+            loss=args.loss, epsilon=args.epsilon, penalty=None if args.penalty == "none" else args.penalty,
+            alpha=args.alpha, l1_ratio=args.l1_ratio, schedule=args.schedule, power_t=args.power_t,
+            average=args.average, sample_weight=split.weight,
+            verbose=show_lines, callback=combine([stopper, bar if bar.bar is not None else None]),
             checkpoint=args.checkpoint, resume=args.resume, devices=mesh,
-            chunk_bytes=args.chunk_mb << 20,
         )  # fmt: skip
         jax.block_until_ready(result)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     elapsed = time.perf_counter() - start
     params = result.params if stopper is None or stopper.best is None else stopper.best_params
     model = _model(
@@ -306,6 +311,9 @@ def _train(args):
         {
             "command": "train", "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
             "optimizer": args.optimizer, "engine": args.engine, "seed": args.seed,
+            "loss": args.loss, "epsilon": args.epsilon, "penalty": args.penalty, "alpha": args.alpha,
+            "l1_ratio": args.l1_ratio, "schedule": args.schedule, "power_t": args.power_t,
+            "average": args.average, "sample_weight": args.sample_weight,
             "standardize": args.standardize, "val_fraction": args.val_fraction,
             "early_stopping": args.early_stopping, "x64": args.x64, "checkpoint": args.checkpoint,
         },
@@ -313,7 +321,7 @@ def _train(args):
     report = _report(model, split, args, elapsed)
     moving = np.asarray(result.moving_losses)
     report["final_moving_loss"] = float(moving[-1]) if moving.size else None
-    report["epochs_run"] = args.epochs if stopper is None else stopper.seen
+    report["epochs_run"] = args.epochs if stopper is None else stopper.epochs_seen
     if stopper is not None:
         report["best_epoch"] = stopper.best_epoch
     if is_seed_job:
@@ -325,14 +333,6 @@ def _train(args):
     return 0
 
 
-def _optimizer(name, lr):
-    if name == "sgd":
-        return None  # jaxlr's own update; optax is not even imported
-    import optax
-
-    return {"momentum": lambda: optax.sgd(lr, momentum=0.9), "adam": lambda: optax.adam(lr)}[name]()
-
-
 def _scale_out(args):
     """Joins a multi-process run when asked to; returns its mesh, or None."""
     if args.coordinator is None:
@@ -341,7 +341,7 @@ def _scale_out(args):
         return None
     if args.num_processes is None or args.process_id is None:
         raise UsageError("--coordinator needs --num-processes and --process-id.")
-    for option in ("val_fraction", "standardize", "early_stopping", "plot", "stream", "checkpoint"):
+    for option in ("val_fraction", "standardize", "early_stopping", "plot", "stream", "checkpoint", "sample_weight"):
         if getattr(args, option):
             raise UsageError(f"--{option.replace('_', '-')} is not available across processes.")
     if args.engine != "fused":
@@ -361,7 +361,7 @@ class _Whole:
     """Training rows used as they come: no validation split, no scaling."""
 
     def __init__(self, X, y, rows, num_features, chunks):
-        self.X, self.y, self.rows = X, y, rows
+        self.X, self.y, self.rows, self.weight = X, y, rows, None
         self.mean, self.scale = np.zeros(num_features), np.ones(num_features)
         self.val_X = self.val_y = None
         self.host_chunks = chunks
@@ -383,7 +383,7 @@ def _streamed(args):
     """A .npy table read from disk in chunks, never whole."""
     from jaxlr.data import NpyStream, Table
 
-    for option in ("val_fraction", "standardize", "early_stopping", "plot"):
+    for option in ("val_fraction", "standardize", "early_stopping", "plot", "sample_weight"):
         if getattr(args, option):
             raise UsageError(f"--{option.replace('_', '-')} needs the data in memory; it cannot go with --stream.")
     if args.data is None or not args.data.endswith(".npy"):
@@ -393,7 +393,7 @@ def _streamed(args):
     features = None
     if args.features is not None:
         features = [int(f) for f in args.features.split(",") if f.strip()]
-    stream = NpyStream(args.data, target=int(args.target), features=features)
+    stream = NpyStream(args.data, target=int(args.target), features=features, chunk_bytes=args.chunk_mb << 20)
     chunk_rows = max(1, (args.chunk_mb << 20) // stream.row_bytes)
 
     def chunks():
@@ -437,7 +437,7 @@ def _predict(args):
     text = "\n".join(lines) + "\n"
     report = {"command": "predict", "rows": int(X.shape[0]), "output": args.output}
     if table.y is not None:
-        report.update(_metrics(predictions, table.y))
+        report.update(host_metrics(predictions, table.y))
     if args.output:
         atomic_write(args.output, lambda file: file.write(text.encode()))
         _print_report(report, args)
@@ -486,65 +486,12 @@ def _match_features(table, model, path):
 # ------------------------------------------------------------------ helpers
 
 
-class _EarlyStopping:
-    """A fit callback: stop after `patience` epochs without a better validation MSE."""
-
-    def __init__(self, patience, X_val, y_val):
-        self.patience, self.X_val, self.y_val = patience, X_val, y_val
-        self.best, self.best_params, self.best_epoch, self.waited = None, None, None, 0
-        self.seen = 0
-
-    def __call__(self, epoch, result):
-        self.seen += 1
-        w, b = (np.asarray(p, np.float64) for p in result.params)
-        error = float(np.mean((self.X_val @ w + b - self.y_val) ** 2))
-        if self.best is None or error < self.best:
-            self.best, self.best_params, self.best_epoch, self.waited = error, result.params, epoch, 0
-            return False
-        self.waited += 1
-        return self.waited >= self.patience
-
-
-def _all_of(callbacks):
-    if not callbacks:
-        return None
-
-    def callback(epoch, result):
-        # Every callback runs; any one of them may stop training.
-        return any([cb(epoch, result) for cb in callbacks])
-
-    return callback
-
-
-def _progress_bar(total, *, enabled):
-    """A tqdm bar on stderr, shown only on a terminal and after a second."""
-    if not enabled or not sys.stderr.isatty():
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # the `progress` extra is not installed
-        return None
-    return tqdm(total=total, unit="epoch", file=sys.stderr, delay=1.0, leave=False)
-
-
-def _metrics(predictions, y, prefix=""):
-    residual = ((predictions - y) ** 2).sum(axis=0)
-    total = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
-    r2 = np.where(total > 0, 1 - residual / np.where(total > 0, total, 1), 0.0)
-    return {f"{prefix}mse": float(np.mean((predictions - y) ** 2)), f"{prefix}r2": float(np.mean(r2))}
-
-
 def _chunked_metrics(model, chunks, prefix):
     """MSE and R² over rows that arrive in chunks, in one pass."""
-    count, squared, total, total_sq = 0, 0.0, 0.0, 0.0
+    running = RunningMetrics()
     for X, y in chunks:
-        residual = model.predict(X) - y
-        count += y.shape[0]
-        squared = squared + (residual**2).sum(axis=0)
-        total, total_sq = total + y.sum(axis=0), total_sq + (y.astype(np.float64) ** 2).sum(axis=0)
-    spread = total_sq - total**2 / count
-    r2 = np.where(spread > 0, 1 - squared / np.where(spread > 0, spread, 1), 0.0)
-    return {f"{prefix}mse": float(np.mean(squared / count)), f"{prefix}r2": float(np.mean(r2))}
+        running.add(model.predict(X), y)
+    return running.result(prefix)
 
 
 def _report(model, split, args, elapsed):
@@ -562,7 +509,7 @@ def _report(model, split, args, elapsed):
     report.update(_chunked_metrics(model, split.host_chunks(), "train_"))
     if split.val_X is not None:
         raw_val = split.val_X * split.scale + split.mean
-        report.update(_metrics(model.predict(raw_val), split.val_y, "val_"))
+        report.update(host_metrics(model.predict(raw_val), split.val_y, "val_"))
     return report
 
 

@@ -206,15 +206,17 @@ class Table(NamedTuple):
         y: float64 array of shape (n, 1), or None when no target was asked for.
         feature_names: the d column names, in the order of X's columns.
         target_name: the target column's name, or None.
+        weight: float64 array of shape (n,) of per-row weights, or None.
     """
 
     X: np.ndarray
     y: Any
     feature_names: tuple
     target_name: Any
+    weight: Any = None
 
 
-def load_table(path, *, target=None, features=None):
+def load_table(path, *, target=None, features=None, weight=None):
     """Reads a CSV file with a header row, a `.npy` matrix, or a `.npz` with X and y.
 
     In a CSV, `target` is a column name or a 0-based index; the features are
@@ -228,6 +230,7 @@ def load_table(path, *, target=None, features=None):
         path: the file.
         target: the target column, or None to read features only.
         features: a list of feature columns (names or indices), or None.
+        weight: a column of per-row sample weights (never a feature), or None.
 
     Returns:
         Table.
@@ -240,11 +243,13 @@ def load_table(path, *, target=None, features=None):
         raise DataError(f"`data` file {str(path)!r} does not exist.")
     suffix = path.suffix.lower()
     if suffix == ".npz":
+        if weight is not None:
+            raise DataError(f"{path.name}: a .npz table has no columns to take weights from; use a CSV or .npy.")
         return _load_npz(path, target, features)
     if suffix == ".npy":
         matrix = _load_npy(path)
         names = [str(j) for j in range(matrix.shape[1])]
-        return _select(path, names, lambda j: matrix[:, j], target, features, numeric=[True] * len(names))
+        return _select(path, names, lambda j: matrix[:, j], target, features, [True] * len(names), weight)
     header, rows = _read_csv(path)
     first = rows[0]
     numeric = [_is_number(cell) for cell in first]
@@ -260,7 +265,7 @@ def load_table(path, *, target=None, features=None):
                 raise DataError(f"{path.name}: line {i + 2}, column {header[j]!r} {what}.") from None
         return values
 
-    return _select(path, header, column, target, features, numeric)
+    return _select(path, header, column, target, features, numeric, weight)
 
 
 def _is_number(cell):
@@ -308,23 +313,34 @@ def _column_index(path, names, wanted, role):
     raise DataError(f"{role} column {wanted!r} is not in {path.name}; its columns are: {', '.join(names)}.")
 
 
-def _select(path, names, column, target, features, numeric):
+def _select(path, names, column, target, features, numeric, weight=None):
     target_index = None if target is None else _column_index(path, names, target, "target")
+    weight_index = None if weight is None else _column_index(path, names, weight, "sample weight")
+    if weight_index is not None and weight_index == target_index:
+        raise DataError(f"column {names[weight_index]!r} cannot be both the target and the sample weight.")
     if features is not None:
         chosen = [_column_index(path, names, name, "feature") for name in features]
         if target_index in chosen:
             raise DataError(f"column {names[target_index]!r} cannot be both the target and a feature.")
+        if weight_index in chosen:
+            raise DataError(f"column {names[weight_index]!r} cannot be both a sample weight and a feature.")
     else:
-        chosen = [j for j in range(len(names)) if numeric[j] and j != target_index]
+        chosen = [j for j in range(len(names)) if numeric[j] and j not in (target_index, weight_index)]
     if not chosen:
         raise DataError(f"{path.name} has no numeric feature columns.")
     X = np.column_stack([column(j) for j in chosen])
     y = None if target_index is None else column(target_index)[:, None]
+    weights = None
+    if weight_index is not None:
+        weights = column(weight_index)
+        if not (np.all(np.isfinite(weights)) and np.all(weights >= 0)):
+            raise DataError(f"sample weight column {names[weight_index]!r} of {path.name} must be finite and >= 0.")
     return Table(
         X=X,
         y=y,
         feature_names=tuple(names[j] for j in chosen),
         target_name=None if target_index is None else names[target_index],
+        weight=weights,
     )
 
 
