@@ -86,6 +86,11 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         >>> model.fit(X, y).score(X, y)
     """
 
+    _num_outputs: int
+    _one_output: bool
+    _standard: tuple
+    _state: Any
+
     _parameter_constraints: dict = {
         "loss": [StrOptions(set(_LOSSES))],
         "penalty": [StrOptions({"l2", "l1", "elasticnet"}), None],

@@ -91,10 +91,10 @@ def make_step(lr: float = 0.001, *, loss: Callable = square_loss, optimizer: Any
         >>> state, value = step(state, X[:4], y[:4])
     """
     validate.check_optimizer(optimizer)
-    lr = validate.check_real("lr", lr, low=0.0) if optimizer is None else None
+    rate = validate.check_real("lr", lr, low=0.0) if optimizer is None else None
     if not callable(loss):
         raise TypeError(f"`loss` (={loss!r}) must be a function (yhat, y) -> scalar.")
-    return _jitted_step(lr, loss, optimizer)
+    return _jitted_step(rate, loss, optimizer)
 
 
 @functools.lru_cache(maxsize=32)

@@ -54,7 +54,7 @@ def make(penalty: Optional[str], alpha: float = 0.0001, l1_ratio: float = 0.15) 
 
 def l2_term(w: jax.Array, strength: ArrayLike) -> jax.Array:
     """``strength / 2 * ||w||^2``, added to the objective; its gradient is strength * w."""
-    return 0.5 * strength * jnp.sum(w * w)
+    return jnp.asarray(0.5 * strength * jnp.sum(w * w))
 
 
 class L1State(NamedTuple):

@@ -11,6 +11,7 @@ checkpoints, whatever the engine.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import warnings
 import weakref
@@ -218,6 +219,18 @@ def fit(
         >>> result = fit(X, y, key=jax.random.key(1))
         >>> result.params.w.ravel()  # close to [2, -3.4]
     """
+    settings = dict(locals())
+    return _drive(*_prepare(**settings.pop("deprecated"), **settings))
+
+
+def _prepare(  # fmt: skip
+    X, y, *,
+    key, epochs, lr, batch_size, optimizer, loss, epsilon, penalty, alpha, l1_ratio, schedule, power_t,
+    average, sample_weight, tol, n_iter_no_change, validation, shuffle, fit_intercept, record_steps,
+    init, state, engine, devices, log_every, smoothing, verbose, callback, checkpoint,
+    checkpoint_every, resume, **deprecated
+):
+    """Checks `fit`'s arguments and gathers what its driver needs (see `fit`)."""
     deprecated = _take_deprecated(deprecated)
     key = validate.check_key(key)
     devices = devices if deprecated.get("device") is None else deprecated["device"]
@@ -353,7 +366,14 @@ def fit(
         state = jax.device_put(state, device)
     if mesh is not None:
         state = parallel.put_replicated(state, mesh)
-    return _drive(engines.get(engine), run, state, log_every if verbose else None, callback, dtype, average_start)
+    return engines.get(engine), run, state, log_every if verbose else None, callback, dtype, average_start
+
+
+_FIT_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(fit).parameters.items()
+    if parameter.default is not inspect.Parameter.empty and parameter.kind == inspect.Parameter.KEYWORD_ONLY
+}
 
 
 class _Run(NamedTuple):
@@ -558,7 +578,7 @@ def _check_state(state, rule, d, k, dtype) -> FitState:
         raise TypeError(f"`state` (={validate._describe(state)}) must be a jaxlr.FitState, e.g. a FitResult's .state.")
     validate.check_params(state.params, d, k)
     like = init_fit_state(Params(jnp.zeros((d, k), dtype), jnp.zeros(k, dtype)), rule)
-    if jax.tree.structure(like.opt_state) != jax.tree.structure(state.opt_state):
+    if str(jax.tree.structure(like.opt_state)) != str(jax.tree.structure(state.opt_state)):
         raise ValueError("`state` holds the state of another optimizer than `optimizer`.")
     return jax.tree.map(lambda a, b: jnp.asarray(a, jnp.asarray(b).dtype), state, like)
 
@@ -703,21 +723,10 @@ def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01
     if unknown:
         raise TypeError(f"sweep() got an unexpected keyword argument {unknown[0]!r}")
     epochs = validate.check_int("epochs", epochs, low=1)
-    captured = {}
-
-    def capture(run, state):
-        captured["run"], captured["state"] = run, state
-        return iter(())
-
     # `fit` checks and prepares everything; the sweep then vmaps its program.
-    real_get = engines.get
-    try:
-        engines.get = lambda name: capture  # type: ignore[assignment]
-        fit(X, y, key=key, epochs=epochs, lr=float(rates[0]), batch_size=batch_size, init=params,
-            smoothing=smoothing, devices=device, **settings)  # fmt: skip
-    finally:
-        engines.get = real_get
-    run, state = captured["run"], captured["state"]
+    given = dict(key=key, epochs=epochs, lr=float(rates[0]), batch_size=batch_size, init=params,
+                 smoothing=smoothing, devices=device, **settings)  # fmt: skip
+    _, run, state, *_ = _prepare(X, y, **{**_FIT_DEFAULTS, **given})
     dtype = run.data.X.dtype
     m = rates.size
     floats, ints = run.numbers

@@ -133,7 +133,7 @@ def _check_finite(X, y):
             )
 
 
-_checked = {}  # (id(X), id(y)) -> weak references to X and y
+_checked: dict = {}  # (id(X), id(y)) -> weak references to X and y
 
 
 def _was_checked(X, y):

@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 IMPORT_PROBE = """
 import os, jax
@@ -31,3 +32,12 @@ def test_python_m_jaxlr_runs_the_seed_job():
     learned = next(line for line in lines if line.startswith("learned w"))
     w = [float(v) for v in re.search(r"\[([^\]]*)\]", learned).group(1).split()]
     assert abs(w[0] - 2.0) < 0.01 and abs(w[1] + 3.4) < 0.01
+
+
+def test_the_package_type_checks():
+    # mypy (from the test extra) with the project's settings in pyproject.toml;
+    # py.typed ships the annotations to users' type checkers.
+    root = Path(__file__).resolve().parent.parent
+    assert (root / "jaxlr" / "py.typed").exists()
+    done = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental"], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

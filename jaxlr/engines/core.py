@@ -161,10 +161,10 @@ class Data(NamedTuple):
         val: optional validation Data, scored each epoch by the stopping rule.
     """
 
-    X: jax.Array
-    y: jax.Array
-    weight: jax.Array
-    n: jax.Array
+    X: Any
+    y: Any
+    weight: Any
+    n: Any
     val: Any = None
 
 

@@ -51,8 +51,10 @@ def run(run, state) -> Iterator[Block]:
                 yield Block(state, start, epoch, first_step, jnp.concatenate(losses), jnp.concatenate(moving),
                             np.zeros(0, stream.dtype))  # fmt: skip
                 return
-        losses, moving = jnp.concatenate(losses), jnp.concatenate(moving)
-        state = end_epoch(state, run.validation_data, run.numbers, jnp.concatenate(objectives), np.float32(losses.shape[0]))
-        yield Block(state, start, epoch, first_step, losses, moving, np.array([float(jnp.mean(losses))], stream.dtype))
+        epoch_losses, epoch_moving = jnp.concatenate(losses), jnp.concatenate(moving)
+        count = np.float32(epoch_losses.shape[0])
+        state = end_epoch(state, run.validation_data, run.numbers, jnp.concatenate(objectives), count)
+        mean = np.array([float(jnp.mean(epoch_losses))], stream.dtype)
+        yield Block(state, start, epoch, first_step, epoch_losses, epoch_moving, mean)
         if bool(state.stop.done):
             return
