@@ -304,13 +304,15 @@ def _prepare(  # fmt: skip
     packed = core.pack(numbers, dtype)
 
     # The starting state: given, from a checkpoint, from the old keywords, or fresh.
-    params, given_state = deprecated.get("params", init), state
+    params, given_state, known_words = deprecated.get("params", init), state, None
     first_epoch = validate.check_int("initial_epoch", deprecated.get("initial_epoch", 0), low=0)
     if state is not None:
         state = _check_state(state, rule, d, k, dtype)
         shuffle_key = _split(key)[1]
     elif params is None:
-        state, shuffle_key = _begin(rule, d, k, dtype)(key, np.int32(first_epoch))
+        epoch_ids = np.arange(first_epoch, first_epoch + core.bucket(max(epochs, 1)), dtype=np.int32)
+        state, shuffle_key, words = _begin(rule, d, k, dtype)(key, epoch_ids)
+        known_words = (first_epoch, words)
     else:
         name = "params" if "params" in deprecated else "init"
         params = Params(*(jnp.asarray(p, dtype) for p in validate.check_params(params, d, k, name=name)))
@@ -351,8 +353,8 @@ def _prepare(  # fmt: skip
     draw = shuffle or "none"
     run = _Run(
         spec=spec, numbers=packed, epochs=epochs, initial_epoch=initial_epoch, initial_step=initial_step,
-        steps_per_epoch=-(-n // batch_size), draw=draw, shuffle_key=shuffle_key, mesh=mesh,
-        keep_steps=bool(record_steps), one_epoch_per_call=callback is not None, lr=lr,
+        steps_per_epoch=-(-n // batch_size), rows=n, draw=draw, shuffle_key=shuffle_key, mesh=mesh,
+        keep_steps=bool(record_steps), one_epoch_per_call=callback is not None, lr=lr, known_words=known_words,
     )  # fmt: skip
     validation_data = None if validation is None else _validation_data(validation, d, k, dtype, device)
     run = run._replace(validation_data=core.Data(None, None, None, None, validation_data))
@@ -385,6 +387,7 @@ class _Run(NamedTuple):
     initial_epoch: int
     initial_step: int
     steps_per_epoch: int
+    rows: int
     draw: str  # "host", "device" or "none"
     shuffle_key: Any
     mesh: Any
@@ -395,14 +398,23 @@ class _Run(NamedTuple):
     host_rows: Any = None  # (X, y, weight) in host memory (loop)
     stream: Any = None  # an NpyStream (streamed)
     validation_data: Any = None
+    known_words: Any = None  # (first epoch, words of the epochs from it), drawn with the initial params
 
     def epoch_words(self, epoch: int) -> np.ndarray:
-        return _epoch_words(self.shuffle_key, np.array([epoch]))[0]
+        return self.words_of(epoch, 1)[0]
+
+    def words_of(self, first_epoch: int, count: int) -> np.ndarray:
+        """The raw words of epochs' shuffle keys, ``fold_in(shuffle_key, e)``."""
+        if self.known_words is not None:
+            start, words = self.known_words
+            if start <= first_epoch and first_epoch + count <= start + words.shape[0]:
+                return np.asarray(words)[first_epoch - start : first_epoch - start + count]
+        return _epoch_words(self.shuffle_key, np.arange(first_epoch, first_epoch + count))
 
     def orders(self, first_epoch: int, count: int, N: int) -> np.ndarray:
         """Epochs' row orders, shape (count, N): the n real rows shuffled, padding last."""
-        n = self.steps_per_epoch and int(self.data.n)
-        words = _epoch_words(self.shuffle_key, np.arange(first_epoch, first_epoch + count))
+        n = self.rows
+        words = self.words_of(first_epoch, count)
         orders = np.empty((count, N), np.int32)
         orders[:, n:] = np.arange(n, N, dtype=np.int32)
         for i in range(count):
@@ -519,7 +531,7 @@ def _device_data(X, y, weight, batch_size, device, mesh, validation) -> core.Dat
     else:
         X, y = _padded(X, device, N), _padded(y, device, N)
     w = None if weight is None else core.pad_rows(weight, N)
-    data = core.Data(X, y, w, np.int32(n), validation)
+    data = core.Data(X, y, w, core.on_device(np.int32(n)), validation)
     if mesh is not None:
         data = data._replace(X=X if global_rows else parallel.put_replicated(X, mesh),
                              y=y if global_rows else parallel.put_replicated(y, mesh))  # fmt: skip
@@ -594,13 +606,15 @@ def _split(key):
 
 @functools.lru_cache(maxsize=32)
 def _begin(rule, num_inputs, num_outputs, dtype):
-    """``(key, epoch) -> (fresh FitState, shuffle key)`` as one compiled call:
-    at the lesson's size, separate small dispatches cost as much as training."""
+    """``(key, epochs) -> (fresh FitState, shuffle key, the epochs' key words)``
+    as one compiled call: at the lesson's size, separate small dispatches cost
+    as much as training."""
 
-    def begin(key, epoch):
+    def begin(key, epochs):
         init_key, shuffle_key = jax.random.split(key)
         params = init_params(init_key, num_inputs, num_outputs, dtype=dtype)
-        return core._init_fit_state(rule).__wrapped__(params, epoch, jnp.int32(0)), shuffle_key
+        state = core._init_fit_state(rule).__wrapped__(params, epochs[0], jnp.int32(0))
+        return state, shuffle_key, _fold_words.__wrapped__(shuffle_key, epochs)
 
     return jax.jit(begin)
 
@@ -730,7 +744,7 @@ def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01
     dtype = run.data.X.dtype
     m = rates.size
     floats, ints = run.numbers
-    floats = np.repeat(floats[None], m, axis=0)
+    floats = np.repeat(np.asarray(floats)[None], m, axis=0)
     floats[:, 0] = rates  # eta0, the rate of each run
     states = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (m, *jnp.shape(leaf))), state)
     orders = run.orders(0, epochs, run.data.X.shape[0])

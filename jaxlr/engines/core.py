@@ -297,23 +297,27 @@ def run_epoch(spec: Spec, numbers: Numbers, state: FitState, data: Data, order: 
     changing = _changing_fields(spec)
     fixed = state
 
+    # A step reads only what it needs: each array the loop slices costs
+    # every one of its thousands of iterations a little.
+    needs_index = not spec.guard and spec.schedule != "constant"
+
     def one(carried, batch):
-        X_b, y_b, w_b, count, real, index = batch
+        X_b, y_b, count, w_b, index = batch
         state = fixed._replace(**dict(zip(changing, carried)))
-        if not spec.guard:  # padding comes last, so step i of the epoch is update number step + i + 1
+        if index is not None:  # padding comes last, so step i of the epoch is update number step + i + 1
             state = state._replace(step=fixed.step + index)
+        # The padding of an order comes last, so a batch's real rows come first.
+        real = jnp.arange(B) < count
+        w_b = real.astype(X.dtype) if w_b is None else jnp.where(real, w_b, 0)
         state, outputs = train_step(spec, numbers, state, X_b, y_b, w_b, count, real)
         return tuple(getattr(state, name) for name in changing), outputs
 
     def train_on(state, chunk):
         # chunk: (m, B) row indices and the m steps' numbers; one gather, then
-        # m steps on its slices. Masks and counts are worked out for all m at
-        # once, outside the steps' loop.
+        # m steps on its slices.
         chunk_rows, index = chunk
-        real = chunk_rows < data.n
-        weights = real.astype(X.dtype) if weight is None else jnp.where(real, weight[chunk_rows], 0)
-        gathered = (X[chunk_rows], y[chunk_rows], weights,
-                    jnp.sum(real, axis=-1, dtype=jnp.int32), real, index)  # fmt: skip
+        gathered = (X[chunk_rows], y[chunk_rows], jnp.sum(chunk_rows < data.n, axis=-1, dtype=jnp.int32),
+                    None if weight is None else weight[chunk_rows], index if needs_index else None)  # fmt: skip
         if chunk_rows.shape[0] == 1:
             state, values = one(state, jax.tree.map(lambda a: a[0], gathered))
             return state, jax.tree.map(lambda v: v[None], values)
@@ -474,11 +478,25 @@ def end_epoch(spec: Spec, numbers: Numbers, state: FitState, data: Data, objecti
     return jax.tree.map(lambda a, b: jnp.where(ok, a, b), judged, state)._replace(ok=ok)
 
 
-def pack(numbers: Numbers, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
-    """`numbers` as one float and one int array: two transfers per call, not fifteen."""
+def pack(numbers: Numbers, dtype: Any) -> tuple[jax.Array, jax.Array]:
+    """`numbers` as one float and one int array on the device: a fit with the
+    same numbers as an earlier one copies nothing to the device."""
     floats = [*numbers.rate, *numbers.rule, *numbers.penalty, numbers.epsilon, numbers.smoothing, numbers.stop.tol]
     ints = [numbers.average_start, numbers.stop.patience]
-    return np.array(floats, dtype), np.array(ints, np.int32)
+    return on_device(np.array(floats, dtype)), on_device(np.array(ints, np.int32))
+
+
+def on_device(value: np.ndarray) -> jax.Array:
+    """A small host array as a device array, the same one for the same contents."""
+    value = np.asarray(value)
+    return _on_device(value.tobytes(), value.dtype.str, value.shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _on_device(data: bytes, dtype: str, shape: tuple) -> jax.Array:
+    # Each host argument of a compiled call is a copy to the device, tens of
+    # microseconds: at the lesson's size, as much as a tenth of the run.
+    return jax.device_put(np.frombuffer(data, dtype).reshape(shape))
 
 
 def unpack(packed) -> Numbers:
@@ -501,12 +519,35 @@ def program(spec: Spec, keep_steps: bool, draw: str, budget: Optional[int] = Non
     evicted programs, and whatever their static arguments hold, are freed.
     """
 
-    def train(state, data, packed, orders, num_epochs, shuffle_key):
-        return run_epochs(spec, unpack(packed), state, data, orders if draw == "host" else None, num_epochs,
-                          keep_steps=keep_steps, shuffle_key=shuffle_key if draw == "device" else None,
-                          budget=budget)  # fmt: skip
+    fields = _program_fields(spec)
+    reads = (*fields, "stop") if "stop" not in fields else fields
 
-    return jax.jit(train)
+    def train(given, data, packed, orders, num_epochs, shuffle_key):
+        # The fields the program does not read are rebuilt as constants.
+        fresh = _init_fit_state(spec.rule).__wrapped__(given[0], jnp.int32(0), jnp.int32(0))
+        state = fresh._replace(**dict(zip(reads, given)))
+        state, record = run_epochs(spec, unpack(packed), state, data, orders if draw == "host" else None,
+                                   num_epochs, keep_steps=keep_steps,
+                                   shuffle_key=shuffle_key if draw == "device" else None, budget=budget)  # fmt: skip
+        return tuple(getattr(state, name) for name in fields), record
+
+    compiled = jax.jit(train)
+
+    def run(state, data, packed, orders, num_epochs, shuffle_key):
+        # Only the fields the program reads go in and only those it changes
+        # come back: each is an argument to pass or a buffer to fill.
+        given = tuple(getattr(state, name) for name in reads)
+        changed, record = compiled(given, data, packed, orders, num_epochs, shuffle_key)
+        return state._replace(**dict(zip(fields, changed))), record
+
+    run.lower = lambda state, *rest: compiled.lower(tuple(getattr(state, name) for name in reads), *rest)  # type: ignore[attr-defined]
+    return run
+
+
+def _program_fields(spec: Spec) -> tuple[str, ...]:
+    """The FitState fields a run of epochs changes."""
+    fields = (*_changing_fields(spec._replace(guard=True)), "epoch")
+    return (*fields, "stop") if spec.stops else fields
 
 
 @functools.lru_cache(maxsize=16)

@@ -33,7 +33,7 @@ def run(run, state) -> Iterator[Block]:
             if run.mesh is not None:
                 orders = parallel.put_replicated(orders, run.mesh)
         start = state
-        state, record = train(state, data, run.numbers, orders, np.int32(count), run.shuffle_key)
+        state, record = train(state, data, run.numbers, orders, core.on_device(np.int32(count)), run.shuffle_key)
         # One read of everything the host needs; trimming happens there, where
         # slicing costs no dispatch.
         epoch_now, ok, record = jax.tree.map(parallel.host_value, (state.epoch, state.ok, record))
