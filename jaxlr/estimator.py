@@ -303,9 +303,10 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
             state = state._replace(stop=fresh_stop, l1=jax.tree.map(np.zeros_like, state.l1))
         n = X.shape[0]
         weights = None if np.all(sample_weight == 1) else sample_weight
+        key = np.array([0, seed], np.uint32)  # jax.random.key(seed)'s words, without its dispatch
         try:
             result = fit(
-                np.asarray(X, dtype), np.asarray(y, dtype).reshape(n, -1), key=jax.random.key(seed), epochs=epochs,
+                np.asarray(X, dtype), np.asarray(y, dtype).reshape(n, -1), key=key, epochs=epochs,
                 lr=self.eta0, batch_size=min(self.batch_size, n), optimizer=self.optimizer,
                 loss=losses.scaled(name, factor), epsilon=self.epsilon, penalty=self.penalty, alpha=self.alpha,
                 l1_ratio=self.l1_ratio, schedule=self.learning_rate, power_t=self.power_t,

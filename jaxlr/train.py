@@ -177,8 +177,9 @@ def fit(
             device ("device": the default with `tol`, which may end the run at
             any epoch; another permutation for the same key).
         fit_intercept: False keeps b at its starting value (zero for fresh params).
-        record_steps: False returns no per-step losses (only each epoch's
-            mean), which saves their memory on long runs.
+        record_steps: False returns no per-step losses nor their moving
+            average (which it then does not keep either): for long runs,
+            and for estimators that need only the params.
         init: starting Params; None draws them with `init_params`.
         state: a `FitState` to continue a run from (``result.state``): its
             params, optimizer state, epoch, step count, moving average and
@@ -291,7 +292,7 @@ def _prepare(  # fmt: skip
         loss=the_loss, rule=rule, schedule=schedule,
         l1=the_penalty.l1 > 0, l2=the_penalty.l2 > 0, average=average_start is not None, batch_size=batch_size,
         sharding=None if mesh is None else parallel.by_rows(mesh), stops=tol > -math.inf or validation is not None,
-        fit_intercept=bool(fit_intercept),
+        fit_intercept=bool(fit_intercept), weighted=weight is not None, smooth=bool(record_steps),
     )  # fmt: skip
     rate = schedules.Rate(
         eta0=lr if lr is not None else 0.0,
@@ -302,6 +303,9 @@ def _prepare(  # fmt: skip
         average_start=average_start or 1, stop=core.StopNumbers(tol=tol, patience=n_iter_no_change),
     )  # fmt: skip
     packed = core.pack(numbers, dtype)
+    if shuffle is True:
+        shuffle = "device" if spec.stops and engine == "fused" else "host"
+    draw = shuffle or "none"
 
     # The starting state: given, from a checkpoint, from the old keywords, or fresh.
     params, given_state, known_words = deprecated.get("params", init), state, None
@@ -310,7 +314,9 @@ def _prepare(  # fmt: skip
         state = _check_state(state, rule, d, k, dtype)
         shuffle_key = _split(key)[1]
     elif params is None:
-        epoch_ids = np.arange(first_epoch, first_epoch + core.bucket(max(epochs, 1)), dtype=np.int32)
+        # The epochs' shuffle words come with the initial params when the host shuffles.
+        count = core.bucket(max(epochs, 1)) if draw == "host" else 1
+        epoch_ids = np.arange(first_epoch, first_epoch + count, dtype=np.int32)
         state, shuffle_key, words = _begin(rule, d, k, dtype)(key, epoch_ids)
         known_words = (first_epoch, words)
     else:
@@ -348,9 +354,6 @@ def _prepare(  # fmt: skip
     epochs = max(0, end_epoch - initial_epoch)
 
     callback = callbacks_lib.combine([callback, saving and saving.callback(end_epoch)])
-    if shuffle is True:
-        shuffle = "device" if spec.stops and engine == "fused" else "host"
-    draw = shuffle or "none"
     run = _Run(
         spec=spec, numbers=packed, epochs=epochs, initial_epoch=initial_epoch, initial_step=initial_step,
         steps_per_epoch=-(-n // batch_size), rows=n, draw=draw, shuffle_key=shuffle_key, mesh=mesh,

@@ -54,6 +54,8 @@ class Spec(NamedTuple):
         stops: whether a stopping rule watches the epochs (`tol` was given):
             only then does each step also work out the objective it watches.
         fit_intercept: False leaves b where it started.
+        weighted: rows carry sample weights (else every real row weighs 1).
+        smooth: keep the moving average of the loss (the lesson's curve).
         guard: check the params after every step and keep the last finite
             ones. The fast program checks only each loss, and the params once
             an epoch; when that finds trouble, the driver replays the block
@@ -70,6 +72,8 @@ class Spec(NamedTuple):
     sharding: Any = None
     stops: bool = False
     fit_intercept: bool = True
+    weighted: bool = False
+    smooth: bool = True
     guard: bool = False
 
 
@@ -185,8 +189,8 @@ def descend(spec: Spec, numbers: Numbers, state: FitState, X, y, weight, count, 
     def objective(params):
         entries = spec.loss.function(net(params, X), y, numbers.epsilon)
         data_loss = jnp.sum(weight[:, None] * entries) / (count * entries.shape[1])
-        plain_loss = None
-        if spec.stops:
+        plain_loss = None if spec.weighted else data_loss  # unweighted, it is the same
+        if spec.stops and spec.weighted:
             plain_loss = jnp.sum(jnp.where(real[:, None], entries, 0)) / (count * entries.shape[1])
         penalty = penalties.l2_term(params.w, numbers.penalty.l2) if spec.l2 else 0.0
         return data_loss + penalty, (data_loss, plain_loss)
@@ -249,10 +253,11 @@ def train_step(spec: Spec, numbers: Numbers, state: FitState, X, y, weight, coun
     if spec.guard:
         # The params, not only the loss: a last step can overflow them with a finite loss.
         finite = finite & all_finite(params)
-    moving = jnp.where(jnp.isnan(state.moving), value, state.moving)
+    moving = state.moving
+    if spec.smooth:
+        moving = next_average(jnp.where(jnp.isnan(moving), value, moving), value, numbers.smoothing)
     moved = state._replace(
-        params=params, opt_state=opt_state, step=step, l1=l1, average=average,
-        moving=next_average(moving, value, numbers.smoothing), last_loss=value,
+        params=params, opt_state=opt_state, step=step, l1=l1, average=average, moving=moving, last_loss=value,
     )  # fmt: skip
     if spec.guard:
         new = jax.tree.map(lambda a, b: jnp.where(has_rows & finite & state.ok, a, b), moved, state)
@@ -260,7 +265,7 @@ def train_step(spec: Spec, numbers: Numbers, state: FitState, X, y, weight, coun
         # A batch of padding has zero weights, so a zero gradient: plain SGD
         # without penalty leaves the params exactly as they were. Only the
         # moving average must be told to wait.
-        new = moved._replace(moving=jnp.where(has_rows, moved.moving, state.moving))
+        new = moved._replace(moving=jnp.where(has_rows, moved.moving, state.moving)) if spec.smooth else moved
     else:
         new = jax.tree.map(lambda a, b: jnp.where(has_rows, a, b), moved, state)
     new = new._replace(ok=state.ok & (finite | ~has_rows))
