@@ -110,16 +110,10 @@ def _worker(name, n, d, batch_size, repeats, device):
         def epoch():
             return jaxlr.fit(X_dev, y_dev, key=key, epochs=1, batch_size=batch_size, lr=1e-3)
     elif name == DEVICE_ORDER:
-        # What the fused epoch would cost if its row order were drawn on the
-        # device (a sort) instead of by NumPy on the host.
-        from jaxlr.train import _fused_epochs
-
-        draw_order = jax.jit(lambda key: jax.random.permutation(key, n).astype(jnp.int32)[None])
-        nan = jnp.float32(jnp.nan)
-
+        # The fused epoch with its row order drawn on the device (a sort)
+        # instead of by NumPy on the host.
         def epoch():
-            return _fused_epochs(state, X_dev, y_dev, draw_order(key), jnp.float32(1e-3), jnp.float32(0.01), nan,
-                                 batch_size=batch_size, loss=jaxlr.square_loss, optimizer=None)  # fmt: skip
+            return jaxlr.fit(X_dev, y_dev, key=key, epochs=1, batch_size=batch_size, lr=1e-3, shuffle="device")
     elif name == "sequential pass (no shuffle)":
         @jax.jit
         def sequential(state, X, y):

@@ -21,6 +21,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from jaxlr import losses
 from jaxlr.model import Params
+from jaxlr.preprocessing import Standardizer
 from jaxlr.train import TrainingDiverged, fit
 
 # scikit-learn's losses in jaxlr's terms: the jaxlr loss, and the factor that
@@ -339,13 +340,14 @@ def _num_outputs(y) -> int:
     return 1 if y.ndim == 1 else y.shape[1]
 
 
-class LinearRegressor(SGDRegressor):
+class LinearRegressor(RegressorMixin, BaseEstimator):
     """Deprecated: use `SGDRegressor`, scikit-learn's parameters with jaxlr's extras.
 
-    `LinearRegressor(lr, epochs, batch_size, optimizer, random_state)` is
-    `SGDRegressor(learning_rate="constant", eta0=lr, max_iter=epochs,
-    tol=None, penalty=None, batch_size=batch_size, optimizer=optimizer)` on
-    standardized features (which it still standardizes itself).
+    Mini-batch SGD (or momentum, Nesterov, Adam) with a constant learning
+    rate `lr` for `epochs` epochs, on features it standardizes itself (with
+    the statistics of the first `fit` or `partial_fit`); `coef_` and
+    `intercept_` are in the original units, `loss_curve_` holds each epoch's
+    mean loss. A `batch_size` larger than the data is cut to its size.
     """
 
     _parameter_constraints: dict = {
@@ -363,43 +365,55 @@ class LinearRegressor(SGDRegressor):
         self.optimizer = optimizer
         self.random_state = random_state
 
-    def _as_sgd(self) -> SGDRegressor:
-        warnings.warn("LinearRegressor is deprecated; use jaxlr.SGDRegressor.", DeprecationWarning, stacklevel=3)
-        return SGDRegressor(
-            learning_rate="constant", eta0=self.lr, max_iter=self.epochs, tol=None, penalty=None,
-            batch_size=self.batch_size, optimizer=self.optimizer, random_state=self.random_state,
-        )  # fmt: skip
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
 
-    def fit(self, X, y, coef_init=None, intercept_init=None, sample_weight=None):
+    def fit(self, X, y) -> "LinearRegressor":
+        """Trains from a fresh start for `epochs` epochs. Returns self."""
+        warnings.warn("LinearRegressor is deprecated; use jaxlr.SGDRegressor.", DeprecationWarning, stacklevel=2)
         self._validate_params()
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True)
-        self._x_mean = X.mean(axis=0)
-        spread = X.std(axis=0)
-        self._x_scale = np.where(spread > 0, spread, 1.0)
-        self._model = self._as_sgd()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            self._model.fit((X - self._x_mean) / self._x_scale, y, sample_weight=sample_weight)
-        return self._copy_fitted()
+        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32])
+        self._start(X, y)
+        return self._train(X, y, self.epochs)
 
-    def partial_fit(self, X, y, sample_weight=None):
-        first = not hasattr(self, "_model")
-        X, y = validate_data(self, X, y, reset=first, dtype=[np.float64, np.float32], multi_output=True,
-                             y_numeric=True)  # fmt: skip
+    def partial_fit(self, X, y) -> "LinearRegressor":
+        """Trains one more epoch from the current parameters (a fresh start if unfitted)."""
+        first = not hasattr(self, "_state")
         if first:
             self._validate_params()
-            self._x_mean = X.mean(axis=0)
-            spread = X.std(axis=0)
-            self._x_scale = np.where(spread > 0, spread, 1.0)
-            self._model = self._as_sgd()
-        self._model.partial_fit((X - self._x_mean) / self._x_scale, y, sample_weight=sample_weight)
-        return self._copy_fitted()
+        X, y = validate_data(self, X, y, reset=first, multi_output=True, y_numeric=True,
+                             dtype=[np.float64, np.float32])  # fmt: skip
+        if first:
+            self._start(X, y)
+        elif _num_outputs(y) != self._num_outputs:
+            raise ValueError(f"`y` has {_num_outputs(y)} output(s); the data fitted before had {self._num_outputs}.")
+        return self._train(X, y, 1)
 
-    def _copy_fitted(self):
-        coef = np.asarray(self._model.coef_, np.float64)
-        self.coef_ = coef / (self._x_scale if coef.ndim == 1 else self._x_scale[None, :])
-        self.intercept_ = self._model.intercept_ - self.coef_ @ self._x_mean
-        if self._model._one_output:
-            self.intercept_ = float(self.intercept_[0])
-        self.n_iter_ = self._model.n_iter_
+    def predict(self, X):
+        """Predictions of shape (n_samples,), or (n_samples, n_targets)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        return np.asarray(X, np.float64) @ self.coef_.T + self.intercept_
+
+    def _start(self, X, y):
+        self._seed = check_random_state(self.random_state).randint(2**31 - 1)
+        self._one_output, self._num_outputs = y.ndim == 1, _num_outputs(y)
+        self._scaler = Standardizer.fit(X)
+        self.n_iter_, self.loss_curve_, self._state = 0, [], None
+
+    def _train(self, X, y, epochs):
+        dtype = np.float64 if jax.config.read("jax_enable_x64") else np.float32
+        X = np.asarray(self._scaler.transform(X), dtype)
+        result = fit(
+            X, np.asarray(y, dtype).reshape(len(y), -1), key=np.array([0, self._seed], np.uint32), epochs=epochs,
+            lr=self.lr, batch_size=min(self.batch_size, X.shape[0]), optimizer=self.optimizer, state=self._state,
+        )  # fmt: skip
+        self._state = result.state
+        self.loss_curve_ = self.loss_curve_ + np.asarray(result.epoch_losses, np.float64).tolist()
+        self.n_iter_ += epochs
+        params = self._scaler.to_original(result.params)
+        self.coef_ = params.w[:, 0] if self._one_output else params.w.T
+        self.intercept_ = float(params.b[0]) if self._one_output else params.b
         return self

@@ -529,9 +529,7 @@ def _device_data(X, y, weight, batch_size, device, mesh, validation) -> core.Dat
     n = X.shape[0]
     global_rows = isinstance(X, jax.Array) and not X.is_fully_addressable
     N = core.padded_rows(n, batch_size)
-    if global_rows:  # rows spread over processes are used as they are, padded under jit
-        X, y = _pad_global(X, N), _pad_global(y, N)
-    else:
+    if not global_rows:  # rows spread over processes are used as they are
         X, y = _padded(X, device, N), _padded(y, device, N)
     w = None if weight is None else core.pad_rows(weight, N)
     data = core.Data(X, y, w, core.on_device(np.int32(n)), validation)
@@ -547,10 +545,17 @@ def _device_data(X, y, weight, batch_size, device, mesh, validation) -> core.Dat
 
 
 def _padded(array, device, rows):
-    """`array` on the device with zero rows up to `rows`. The padded copy of a
-    small jax.Array is kept while the array lives: refitting the same data
-    (a sweep by hand, the notebook) then costs no copy."""
-    if not isinstance(array, jax.Array) or device is not None or array.nbytes > _KEEP_PADDED_BYTES:
+    """`array` on the device with zero rows up to `rows`.
+
+    A host array is copied to the device padded, at no extra cost. A large
+    jax.Array is used as it is (padding would copy it; the program then
+    compiles for its exact number of rows). The padded copy of a small one is
+    kept while the array lives: refitting the same data (a sweep by hand, the
+    notebook) then costs no copy.
+    """
+    if isinstance(array, jax.Array) and array.nbytes > _KEEP_PADDED_BYTES:
+        return array if device is None else jax.device_put(array, device)
+    if not isinstance(array, jax.Array) or device is not None:
         return to_device(array, device, rows=rows)
     found = _padded_copies.get(id(array))
     if found is not None and found[0]() is array and found[1].shape[0] == rows:
@@ -564,12 +569,6 @@ def _padded(array, device, rows):
 
 _KEEP_PADDED_BYTES = 16 << 20
 _padded_copies: dict = {}
-
-
-def _pad_global(array, rows):
-    if array.shape[0] == rows:
-        return array
-    return jax.jit(lambda a: jnp.pad(a, [(0, rows - a.shape[0]), (0, 0)]))(array)
 
 
 def _validation_data(validation, d, k, dtype, device) -> core.Data:
@@ -750,7 +749,7 @@ def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01
     floats = np.repeat(np.asarray(floats)[None], m, axis=0)
     floats[:, 0] = rates  # eta0, the rate of each run
     states = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (m, *jnp.shape(leaf))), state)
-    orders = run.orders(0, epochs, run.data.X.shape[0])
+    orders = run.orders(0, epochs, core.order_length(run.data, batch_size))
     final, (losses, moving, _) = _sweep_program(run.spec)(states, run.data, (floats, ints), orders, np.int32(epochs))
     steps = run.steps_per_epoch
     losses = losses[:, :, :steps].reshape(m, -1)

@@ -1,9 +1,10 @@
-"""`jaxlr.LinearRegressor`, the scikit-learn estimator."""
+"""`jaxlr.LinearRegressor`, the earlier scikit-learn estimator, kept for one release (deprecated)."""
 
 import numpy as np
 import pytest
 
 sklearn = pytest.importorskip("sklearn")
+pytestmark = pytest.mark.filterwarnings("ignore:LinearRegressor is deprecated:DeprecationWarning")
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 import jaxlr  # noqa: E402
@@ -69,5 +70,10 @@ def test_works_in_a_pipeline_with_cross_validation():
 
 def test_a_bad_optimizer_name_is_refused_at_fit():
     model = jaxlr.LinearRegressor(optimizer="rmsprop")
-    with pytest.raises(ValueError, match=r"`optimizer` \(='rmsprop'\)"):
+    with pytest.raises(ValueError, match=r"'optimizer' parameter of LinearRegressor must be a str among"):
         model.fit(np.ones((4, 1)), np.ones(4))
+
+
+def test_it_says_it_is_deprecated():
+    with pytest.warns(DeprecationWarning, match="use jaxlr.SGDRegressor"):
+        jaxlr.LinearRegressor(epochs=1).fit(np.ones((4, 1)), np.ones(4))

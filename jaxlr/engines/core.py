@@ -289,9 +289,9 @@ def run_epoch(spec: Spec, numbers: Numbers, state: FitState, data: Data, order: 
         objectives of the epoch's N / batch_size steps.
     """
     X, y, weight = data.X, data.y, data.weight
-    N, d = X.shape
+    d = X.shape[1]
     B = spec.batch_size
-    steps = N // B
+    steps = order.shape[0] // B
     row_bytes = (d + y.shape[1] + 1) * X.dtype.itemsize
     per_chunk = max(1, min(steps, CHUNK_BYTES // (B * row_bytes)))
     num_chunks, leftover = divmod(steps, per_chunk)
@@ -321,8 +321,11 @@ def run_epoch(spec: Spec, numbers: Numbers, state: FitState, data: Data, order: 
         # chunk: (m, B) row indices and the m steps' numbers; one gather, then
         # m steps on its slices.
         chunk_rows, index = chunk
-        gathered = (X[chunk_rows], y[chunk_rows], jnp.sum(chunk_rows < data.n, axis=-1, dtype=jnp.int32),
-                    None if weight is None else weight[chunk_rows], index if needs_index else None)  # fmt: skip
+        # Padding rows of an order may lie past the end of X (a large array
+        # is used as it is, unpadded): they read its last row, with weight 0.
+        stored = jnp.minimum(chunk_rows, X.shape[0] - 1)
+        gathered = (X[stored], y[stored], jnp.sum(chunk_rows < data.n, axis=-1, dtype=jnp.int32),
+                    None if weight is None else weight[stored], index if needs_index else None)  # fmt: skip
         if chunk_rows.shape[0] == 1:
             state, values = one(state, jax.tree.map(lambda a: a[0], gathered))
             return state, jax.tree.map(lambda v: v[None], values)
@@ -363,6 +366,11 @@ def _changing_fields(spec: Spec) -> tuple[str, ...]:
     if spec.l1:
         fields.append("l1")
     return tuple(fields)
+
+
+def order_length(data: Data, batch_size: int) -> int:
+    """Entries in an epoch's order: the stored rows (padded or not) in whole batches."""
+    return -(-data.X.shape[0] // batch_size) * batch_size
 
 
 def device_order(key: jax.Array, n: jax.Array, N: int) -> jax.Array:
@@ -419,7 +427,7 @@ def run_epochs(spec: Spec, numbers: Numbers, state: FitState, data: Data, orders
         The state, and (losses, moving) of shape (E, steps) or None, and each
         epoch's mean loss, shape (E,) with E the budget when it is static.
     """
-    N = data.X.shape[0]
+    N = order_length(data, spec.batch_size)
     steps = N // spec.batch_size
     real_steps = jnp.maximum(1, (data.n + spec.batch_size - 1) // spec.batch_size)
     E = orders.shape[0] if orders is not None else budget

@@ -17,7 +17,7 @@ _ORDER_ENTRIES = 1 << 24
 
 def run(run, state) -> Iterator[Block]:
     data = run.data
-    N = data.X.shape[0]
+    N = core.order_length(data, run.spec.batch_size)
     per_call = max(1, min(run.epochs, _ORDER_ENTRIES // N)) if run.draw == "host" else run.epochs
     if run.one_epoch_per_call:
         per_call = 1
