@@ -1,11 +1,11 @@
-"""python -m benchmarks {seed,scale,sweep,cold,all} [--size tiny] [--device gpu] [--batch-size N] [--json FILE]"""
+"""python -m benchmarks {seed,scale,sweep,cold,practice,all} [--size tiny] [--device gpu] [--batch-size N] [--json FILE]"""
 
 import argparse
 import datetime
 import json
 import sys
 
-from benchmarks import cold, harness, scale, seed, sweep
+from benchmarks import cold, harness, practice, scale, seed, sweep
 
 SIZES = {
     # case: (full size, tiny size used by the tests)
@@ -14,6 +14,8 @@ SIZES = {
               {"num_examples": 4096, "num_features": 8, "batch_size": 64}),  # fmt: skip
     "sweep": ({"num_examples": 10_000, "num_rates": 64}, {"num_examples": 200, "num_rates": 4}),
     "cold": ({}, {}),
+    "practice": ({"num_rows": 200_000, "num_tables": 3, "num_settings": 16, "num_seeds": 5},
+                 {"num_rows": 2000, "num_tables": 1, "num_settings": 2, "num_seeds": 2, "budget_s": 0.1}),
 }
 GPU_SCALE = {"num_examples": 20_000_000, "num_features": 100, "batch_size": 4096}
 REFERENCE = {
@@ -21,8 +23,9 @@ REFERENCE = {
     "scale": "sequential pass (no shuffle)",
     "sweep": "one jaxlr fused fit",
     "cold": 'python -c "import jax"',
+    "practice": "scikit-learn SGDRegressor (each group's own: the vs_sklearn column)",
 }
-MODULES = {"seed": seed, "scale": scale, "sweep": sweep, "cold": cold}
+MODULES = {"seed": seed, "scale": scale, "sweep": sweep, "cold": cold, "practice": practice}
 
 
 def main(argv=None):
