@@ -309,7 +309,9 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
             result = fit(
                 np.asarray(X, dtype), np.asarray(y, dtype).reshape(n, -1), key=key, epochs=epochs,
                 lr=self.eta0, batch_size=min(self.batch_size, n), optimizer=self.optimizer,
-                loss=losses.scaled(name, factor), epsilon=self.epsilon, penalty=self.penalty, alpha=self.alpha,
+                # jaxlr averages the loss over the outputs too; summed over them,
+                # each column trains as a model of its own would.
+                loss=losses.scaled(name, factor * self._num_outputs), epsilon=self.epsilon, penalty=self.penalty, alpha=self.alpha,
                 l1_ratio=self.l1_ratio, schedule=self.learning_rate, power_t=self.power_t,
                 average=int(self.average), sample_weight=weights, tol=tol,
                 n_iter_no_change=self.n_iter_no_change, validation=validation, shuffle=shuffle,

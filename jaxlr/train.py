@@ -178,8 +178,8 @@ def fit(
             any epoch; another permutation for the same key).
         fit_intercept: False keeps b at its starting value (zero for fresh params).
         record_steps: False returns no per-step losses nor their moving
-            average (which it then does not keep either): for long runs,
-            and for estimators that need only the params.
+            average (which it then does not keep either), only each epoch's
+            mean loss: for long runs, and for estimators.
         init: starting Params; None draws them with `init_params`.
         state: a `FitState` to continue a run from (``result.state``): its
             params, optimizer state, epoch, step count, moving average and
@@ -414,12 +414,14 @@ class _Run(NamedTuple):
                 return np.asarray(words)[first_epoch - start : first_epoch - start + count]
         return _epoch_words(self.shuffle_key, np.arange(first_epoch, first_epoch + count))
 
-    def orders(self, first_epoch: int, count: int, N: int) -> np.ndarray:
-        """Epochs' row orders, shape (count, N): the n real rows shuffled, padding last."""
+    def orders(self, first_epoch: int, count: int, N: int, rows: Optional[int] = None) -> np.ndarray:
+        """Epochs' row orders, shape (rows or count, N): the n real rows shuffled,
+        padding last; rows past `count` (left unshuffled) only fill a bucket."""
         n = self.rows
         words = self.words_of(first_epoch, count)
-        orders = np.empty((count, N), np.int32)
+        orders = np.empty((rows or count, N), np.int32)
         orders[:, n:] = np.arange(n, N, dtype=np.int32)
+        orders[count:, :n] = np.arange(n, dtype=np.int32)
         for i in range(count):
             orders[i, :n] = permutation_from_words(words[i], n)
         return orders

@@ -187,7 +187,10 @@ def descend(spec: Spec, numbers: Numbers, state: FitState, X, y, weight, count, 
     count = jnp.maximum(count, 1).astype(X.dtype)
 
     def objective(params):
-        entries = spec.loss.function(net(params, X), y, numbers.epsilon)
+        # As scikit-learn does, the loss's slope at each prediction is capped
+        # at MAX_DLOSS: an absurd step then moves far but stays finite.
+        yhat = _clip_slope(net(params, X), MAX_DLOSS / (count * y.shape[1]))
+        entries = spec.loss.function(yhat, y, numbers.epsilon)
         data_loss = jnp.sum(weight[:, None] * entries) / (count * entries.shape[1])
         plain_loss = None if spec.weighted else data_loss  # unweighted, it is the same
         if spec.stops and spec.weighted:
@@ -211,6 +214,26 @@ def descend(spec: Spec, numbers: Numbers, state: FitState, X, y, weight, count, 
         w, l1 = penalties.l1_step(params.w, l1, lr * numbers.penalty.l1)
         params = params._replace(w=w)
     return params, opt_state, l1, value, watched
+
+
+MAX_DLOSS = 1e12
+
+
+@jax.custom_vjp
+def _clip_slope(yhat, bound):
+    """The identity, whose gradient is clipped to [-bound, bound] entry by entry."""
+    return yhat
+
+
+def _clip_slope_forward(yhat, bound):
+    return yhat, bound
+
+
+def _clip_slope_backward(bound, cotangent):
+    return jnp.clip(cotangent, -bound, bound), None
+
+
+_clip_slope.defvjp(_clip_slope_forward, _clip_slope_backward)
 
 
 def averaged(numbers: Numbers, average: Params, params: Params, t) -> Params:
@@ -418,10 +441,10 @@ def run_epochs(spec: Spec, numbers: Numbers, state: FitState, data: Data, orders
             or None to draw each on the device from ``fold_in(shuffle_key,
             epoch)`` (or to keep the stored order when shuffle_key is None too).
         num_epochs: the budget (traced); with `orders`, at most E.
-        budget: without `orders`, E: the most epochs whose steps are kept.
-        keep_steps: return every step's loss and moving average, as arrays of
-            shape (E, N / batch_size), and each epoch's mean loss; else nothing
-            but the state (E need not be known then).
+        budget: without `orders`, E: the most epochs whose losses are kept.
+        keep_steps: also return every step's loss and moving average, as
+            arrays of shape (E, N / batch_size), besides each epoch's mean loss
+            (shape (E,)); else None in their places.
 
     Returns:
         The state, and (losses, moving) of shape (E, steps) or None, and each
@@ -446,11 +469,10 @@ def run_epochs(spec: Spec, numbers: Numbers, state: FitState, data: Data, orders
         i = state.epoch - start_epoch
         state, (losses, moving, objectives) = run_epoch(spec, numbers, state, data, order_for(i, state.epoch))
         state = end_epoch(spec, numbers, state, data, objectives, real_steps)
-        if record is not None:
-            step_losses, step_moving, epoch_losses = record
-            record = (step_losses.at[i].set(losses), step_moving.at[i].set(moving),
-                      epoch_losses.at[i].set(mean_loss(losses, real_steps)))
-        return state, record
+        step_losses, step_moving, epoch_losses = record
+        if keep_steps:
+            step_losses, step_moving = step_losses.at[i].set(losses), step_moving.at[i].set(moving)
+        return state, (step_losses, step_moving, epoch_losses.at[i].set(mean_loss(losses, real_steps)))
 
     def going(carry):
         state, _ = carry
@@ -458,17 +480,28 @@ def run_epochs(spec: Spec, numbers: Numbers, state: FitState, data: Data, orders
 
     if orders is not None and keep_steps and not spec.stops:
         # A fixed number of epochs: a plain scan, whose stacked outputs cost
-        # less than writing into buffers. Epochs after a divergence run on
-        # non-finite params and change nothing the driver keeps.
-        def scan_body(state, order):
-            state, (losses, moving, _) = run_epoch(spec, numbers, state, data, order)
-            state = end_epoch(spec, numbers, state, data, losses, real_steps)
-            return state, (losses, moving, mean_loss(losses, real_steps))
+        # less than writing into buffers. `orders` has a bucketed number of
+        # rows (so that few programs compile), and the epochs past the budget
+        # are skipped. Epochs after a divergence run on non-finite params and
+        # change nothing the driver keeps.
+        def scan_body(state, order_and_index):
+            order, i = order_and_index
 
-        return jax.lax.scan(scan_body, state, orders)
-    record = None
+            def train(state):
+                state, (losses, moving, _) = run_epoch(spec, numbers, state, data, order)
+                state = end_epoch(spec, numbers, state, data, losses, real_steps)
+                return state, (losses, moving, mean_loss(losses, real_steps))
+
+            def skip(state):
+                nothing = jnp.full(steps, jnp.nan, dtype)
+                return state, (nothing, nothing, jnp.full((), jnp.nan, dtype))
+
+            return jax.lax.cond(i < num_epochs, train, skip, state)
+
+        return jax.lax.scan(scan_body, state, (orders, jnp.arange(orders.shape[0])))
+    record = (None, None, jnp.full(E, jnp.nan, dtype))
     if keep_steps:
-        record = (jnp.full((E, steps), jnp.nan, dtype), jnp.full((E, steps), jnp.nan, dtype), jnp.full(E, jnp.nan, dtype))
+        record = (jnp.full((E, steps), jnp.nan, dtype), jnp.full((E, steps), jnp.nan, dtype), record[2])
     state, record = jax.lax.while_loop(going, body, (state, record))
     return state, record
 

@@ -21,7 +21,7 @@ def run(run, state) -> Iterator[Block]:
     per_call = max(1, min(run.epochs, _ORDER_ENTRIES // N)) if run.draw == "host" else run.epochs
     if run.one_epoch_per_call:
         per_call = 1
-    budget = None if run.draw == "host" or not run.keep_steps else per_call
+    budget = None if run.draw == "host" else per_call
     train = core.program(run.spec, run.keep_steps, run.draw, budget)
     done = 0
     while done < run.epochs:
@@ -29,7 +29,9 @@ def run(run, state) -> Iterator[Block]:
         first_epoch, first_step = run.initial_epoch + done, run.initial_step + done * run.steps_per_epoch
         orders = None
         if run.draw == "host":
-            orders = run.orders(first_epoch, count, N)
+            # A bucketed number of epochs' orders: the program skips the extra
+            # ones, and a new number of epochs seldom compiles a new program.
+            orders = run.orders(first_epoch, count, N, rows=core.bucket(count))
             if run.mesh is not None:
                 orders = parallel.put_replicated(orders, run.mesh)
         start = state
@@ -39,13 +41,12 @@ def run(run, state) -> Iterator[Block]:
         epoch_now, ok, record = jax.tree.map(parallel.host_value, (state.epoch, state.ok, record))
         ran = int(epoch_now) - first_epoch
         ran_or_diverging = ran + (0 if ok else 1)
-        if record is None:
-            losses = moving = epoch_losses = np.zeros(0, data.X.dtype)
-        else:
-            step_losses, step_moving, epoch_losses = (r[:ran_or_diverging] for r in record)
-            losses = step_losses[:, : run.steps_per_epoch].reshape(-1)
-            moving = step_moving[:, : run.steps_per_epoch].reshape(-1)
-            epoch_losses = epoch_losses[:ran]
+        step_losses, step_moving, epoch_losses = record
+        epoch_losses = epoch_losses[:ran]
+        losses = moving = np.zeros(0, data.X.dtype)
+        if step_losses is not None:
+            losses = step_losses[:ran_or_diverging, : run.steps_per_epoch].reshape(-1)
+            moving = step_moving[:ran_or_diverging, : run.steps_per_epoch].reshape(-1)
         yield Block(state, start, first_epoch, first_step, losses, moving, epoch_losses)
         if ran < count:  # stopped by the rule, or diverged
             return

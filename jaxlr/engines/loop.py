@@ -60,6 +60,9 @@ def run(run, state) -> Iterator[Block]:
             yield Block(state, start, epoch, first_step, losses, moving, np.zeros(0, dtype))
             return
         state = end_epoch(state, run.validation_data, numbers, objectives, np.float32(len(losses)))
-        yield Block(state, start, epoch, first_step, losses, moving, np.array([losses.mean()], dtype))
+        epoch_losses = np.array([losses.mean()], dtype)
+        if not run.keep_steps:
+            losses = moving = np.zeros(0, dtype)
+        yield Block(state, start, epoch, first_step, losses, moving, epoch_losses)
         if bool(state.stop.done):
             return

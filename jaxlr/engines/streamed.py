@@ -55,6 +55,8 @@ def run(run, state) -> Iterator[Block]:
         count = np.float32(epoch_losses.shape[0])
         state = end_epoch(state, run.validation_data, run.numbers, jnp.concatenate(objectives), count)
         mean = np.array([float(jnp.mean(epoch_losses))], stream.dtype)
+        if not run.keep_steps:
+            epoch_losses = epoch_moving = jnp.zeros(0, stream.dtype)
         yield Block(state, start, epoch, first_step, epoch_losses, epoch_moving, mean)
         if bool(state.stop.done):
             return

@@ -1,0 +1,247 @@
+"""`jaxlr.SGDRegressor` against scikit-learn: its estimator checks, its fitted
+attributes and calls, and its SGDRegressor on the same data.
+
+Compiling costs about a second per kind of model on a CPU, so most tests
+share one: the diabetes data standardized (353 training rows, 10 features),
+one row per step, the squared loss with L2.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+from sklearn.datasets import load_diabetes  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.linear_model import SGDRegressor as SklearnSGDRegressor  # noqa: E402
+from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_split  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+import jaxlr  # noqa: E402
+from benchmarks.harness import CompileCounter  # noqa: E402
+
+LOSSES = ["squared_error", "huber", "epsilon_insensitive", "squared_epsilon_insensitive"]
+PENALTIES = [None, "l2", "l1", "elasticnet"]
+
+
+@pytest.fixture(scope="module")
+def diabetes():
+    """scikit-learn's diabetes data, 80/20, features and target standardized on the training rows."""
+    X, y = load_diabetes(return_X_y=True)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.2, random_state=0)
+    scaler = StandardScaler().fit(X_train)
+    mean, std = y_train.mean(), y_train.std()
+    return scaler.transform(X_train), scaler.transform(X_test), (y_train - mean) / std, (y_test - mean) / std
+
+
+# ------------------------------------------------------------------ scikit-learn's checks
+
+
+@parametrize_with_checks(
+    [jaxlr.SGDRegressor(random_state=0)],
+    expected_failed_checks=lambda estimator: {
+        # scikit-learn expects its own SGDRegressor to fail this one too
+        # (sklearn/utils/_test_common/instance_generator.py): stochastic
+        # training with weights is not training on repeated rows.
+        "check_sample_weight_equivalence_on_dense_data": "sample_weight is not equivalent to removing/repeating "
+        "samples (scikit-learn's own SGDRegressor fails this check)",
+    },
+)
+def test_passes_scikit_learns_estimator_checks(estimator, check):
+    check(estimator)
+
+
+# ------------------------------------------------------------------ fitted attributes and calls
+
+
+def test_fitted_attributes_and_their_shapes(diabetes):
+    X, _, y, _ = diabetes
+    model = jaxlr.SGDRegressor(random_state=0)
+    assert not hasattr(model, "coef_")
+    model.fit(X, y)
+    assert model.coef_.shape == (10,) and model.intercept_.shape == (1,)
+    assert isinstance(model.n_iter_, int) and 1 <= model.n_iter_ < model.max_iter
+    # One update per row: t_ counts them, plus one.
+    assert model.t_ == model.n_iter_ * X.shape[0] + 1
+    assert model.n_features_in_ == 10 and not hasattr(model, "feature_names_in_")
+    np.testing.assert_allclose(model.predict(X[:5]), X[:5] @ model.coef_ + model.intercept_, rtol=1e-12)
+
+
+def test_a_dataframe_gives_feature_names(diabetes):
+    pandas = pytest.importorskip("pandas")
+    X, _, y, _ = diabetes
+    names = [f"f{i}" for i in range(10)]
+    frame = pandas.DataFrame(X, columns=names)
+    model = jaxlr.SGDRegressor(random_state=0).fit(frame, y)
+    assert list(model.feature_names_in_) == names and model.n_features_in_ == 10
+    plain = jaxlr.SGDRegressor(random_state=0).fit(X, y)
+    np.testing.assert_array_equal(model.coef_, plain.coef_)
+    np.testing.assert_allclose(model.predict(frame), plain.predict(X))
+
+
+def test_two_partial_fits_equal_a_two_epoch_fit(diabetes):
+    X, _, y, _ = diabetes
+    stepwise = jaxlr.SGDRegressor(shuffle=False, random_state=0)
+    stepwise.partial_fit(X, y)
+    assert stepwise.n_iter_ == 1 and stepwise.t_ == X.shape[0] + 1
+    stepwise.partial_fit(X, y)
+    whole = jaxlr.SGDRegressor(max_iter=2, tol=None, shuffle=False, random_state=0).fit(X, y)
+    np.testing.assert_allclose(stepwise.coef_, whole.coef_, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(stepwise.intercept_, whole.intercept_, rtol=1e-6, atol=1e-7)
+    assert stepwise.t_ == whole.t_ == 2 * X.shape[0] + 1
+    # The second epoch moved the model.
+    once = jaxlr.SGDRegressor(shuffle=False, random_state=0).partial_fit(X, y)
+    assert np.max(np.abs(once.coef_ - whole.coef_)) > 1e-3
+
+
+def test_warm_start_continues_from_coef(diabetes):
+    X, _, y, _ = diabetes
+    settings = dict(max_iter=2, tol=None, shuffle=False, random_state=0)
+    warm = jaxlr.SGDRegressor(warm_start=True, **settings).fit(X, y)
+    first_coef, first_intercept = warm.coef_.copy(), warm.intercept_.copy()
+    warm.fit(X, y)
+    # A warm fit is a fresh fit (t_ restarts) from the previous coef_.
+    restarted = jaxlr.SGDRegressor(**settings).fit(X, y, coef_init=first_coef, intercept_init=first_intercept)
+    np.testing.assert_allclose(warm.coef_, restarted.coef_, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(warm.intercept_, restarted.intercept_, rtol=1e-6, atol=1e-7)
+    assert np.max(np.abs(warm.coef_ - first_coef)) > 1e-4
+    # Without warm_start a second fit starts from zero again.
+    cold = jaxlr.SGDRegressor(**settings).fit(X, y)
+    cold.fit(X, y)
+    np.testing.assert_array_equal(cold.coef_, first_coef)
+
+
+def test_early_stopping_stops_before_max_iter(diabetes):
+    X, X_test, y, y_test = diabetes
+    model = jaxlr.SGDRegressor(early_stopping=True, n_iter_no_change=3, max_iter=1000, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        model.fit(X, y)
+    assert model.n_iter_ < 1000
+    assert model.score(X_test, y_test) > 0.25
+
+
+def test_reaching_max_iter_with_tol_warns_and_without_tol_does_not(diabetes):
+    X, _, y, _ = diabetes
+    with pytest.warns(ConvergenceWarning, match="Maximum number of iteration reached"):
+        jaxlr.SGDRegressor(max_iter=2, random_state=0).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        model = jaxlr.SGDRegressor(max_iter=2, tol=None, random_state=0).fit(X, y)
+    assert model.n_iter_ == 2
+
+
+def test_coef_init_and_intercept_init_are_the_starting_point(diabetes):
+    X, _, y, _ = diabetes
+    start = np.linspace(-1.0, 1.0, 10)
+    # A tiny rate: one epoch barely moves the model away from where it started.
+    settings = dict(max_iter=1, tol=None, learning_rate="constant", eta0=1e-7, random_state=0)
+    model = jaxlr.SGDRegressor(**settings).fit(X, y, coef_init=start, intercept_init=3.0)
+    np.testing.assert_allclose(model.coef_, start, atol=1e-3)
+    np.testing.assert_allclose(model.intercept_, [3.0], atol=1e-3)
+    assert np.max(np.abs(model.coef_ - start)) > 0  # it did train
+    with pytest.raises(ValueError, match="Provided coef_init does not match dataset"):
+        jaxlr.SGDRegressor(**settings).fit(X, y, coef_init=np.zeros(3))
+
+
+def test_a_divergent_rate_raises_scikit_learns_error(diabetes):
+    X, _, y, _ = diabetes
+    model = jaxlr.SGDRegressor(learning_rate="constant", eta0=10.0, max_iter=5, tol=None, random_state=0)
+    with pytest.raises(ValueError, match="Floating-point under-/overflow"):
+        model.fit(X, y)
+
+
+def test_random_state_fixes_the_run(diabetes):
+    X, _, y, _ = diabetes
+    first = jaxlr.SGDRegressor(random_state=3).fit(X, y)
+    again = jaxlr.SGDRegressor(random_state=3).fit(X, y)
+    other = jaxlr.SGDRegressor(random_state=4).fit(X, y)
+    np.testing.assert_array_equal(first.coef_, again.coef_)
+    np.testing.assert_array_equal(first.intercept_, again.intercept_)
+    assert not np.array_equal(first.coef_, other.coef_)
+
+
+# ------------------------------------------------------------------ against scikit-learn
+
+
+@pytest.mark.parametrize("penalty", PENALTIES)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_test_set_r2_is_scikit_learns(diabetes, loss, penalty):
+    X, X_test, y, y_test = diabetes
+    settings = dict(loss=loss, penalty=penalty, alpha=0.01, l1_ratio=0.5)
+    ours, theirs = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for seed in range(3):
+            ours.append(jaxlr.SGDRegressor(random_state=seed, **settings).fit(X, y).score(X_test, y_test))
+            theirs.append(SklearnSGDRegressor(random_state=seed, **settings).fit(X, y).score(X_test, y_test))
+    assert np.mean(theirs) > 0.25  # both learned something: the comparison means something
+    assert abs(np.mean(ours) - np.mean(theirs)) < 0.02, (ours, theirs)
+
+
+def test_adam_reaches_a_good_fit_with_an_unscaled_target():
+    X, y = load_diabetes(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = jaxlr.SGDRegressor(optimizer="adam", max_iter=100, random_state=0).fit(X, y)
+        # Its intercept starts at the target's mean (152), not at zero: a tiny rate leaves it there.
+        still = jaxlr.SGDRegressor(optimizer="adam", max_iter=1, eta0=1e-7, random_state=0).fit(X, y)
+    assert model.score(X, y) > 0.4
+    np.testing.assert_allclose(still.intercept_, [y.mean()], rtol=1e-5)
+
+
+def test_several_targets(diabetes):
+    X, _, y, _ = diabetes
+    Y = np.column_stack([y, X @ np.linspace(-1.0, 1.0, 10) + 0.5])
+    model = jaxlr.SGDRegressor(random_state=0).fit(X, Y)
+    assert model.coef_.shape == (2, 10) and model.intercept_.shape == (2,)
+    predicted = model.predict(X)
+    assert predicted.shape == (X.shape[0], 2)
+    np.testing.assert_allclose(predicted, X @ model.coef_.T + model.intercept_, rtol=1e-12)
+    # The second target is exactly linear: its model predicts it well.
+    residual = predicted[:, 1] - Y[:, 1]
+    assert np.mean(residual**2) < 0.05 * np.var(Y[:, 1])
+
+
+def test_each_target_gets_the_model_it_would_get_alone(diabetes):
+    # "y may have several columns (one model each, trained together)": with
+    # the same rows in the same order and no stopping rule, each column's
+    # model is the one a fit to that column alone gives.
+    X, _, y, _ = diabetes
+    Y = np.column_stack([y, X @ np.linspace(-1.0, 1.0, 10) + 0.5])
+    settings = dict(max_iter=2, tol=None, shuffle=False, penalty=None, random_state=0)
+    together = jaxlr.SGDRegressor(**settings).fit(X, Y)
+    for j in range(2):
+        alone = jaxlr.SGDRegressor(**settings).fit(X, Y[:, j])
+        np.testing.assert_allclose(together.coef_[j], alone.coef_, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(together.intercept_[j], alone.intercept_[0], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ compiling once
+
+
+def test_new_folds_seeds_and_hyperparameters_compile_nothing():
+    X, y = load_diabetes(return_X_y=True)
+
+    def pipeline(**settings):
+        return make_pipeline(StandardScaler(), jaxlr.SGDRegressor(**settings))
+
+    # Warm-up: the five folds' programs, and a fit on all 442 rows (the grid's
+    # refit; rows are padded to a bucketed count, and 442 is in another bucket
+    # than the folds' 353 or 354).
+    first = cross_val_score(pipeline(random_state=0), X, y, cv=5)
+    pipeline(random_state=0).fit(X, y)
+    with CompileCounter() as compiles:
+        second = cross_val_score(pipeline(random_state=1), X, y, cv=5)
+    assert compiles.count == 0
+    assert not np.array_equal(first, second) and np.mean(second) > 0.4
+    grid = GridSearchCV(pipeline(random_state=0), {"sgdregressor__alpha": [1e-4, 1e-2],
+                                                   "sgdregressor__eta0": [0.01, 0.003]}, cv=5)  # fmt: skip
+    with CompileCounter() as compiles:
+        grid.fit(X, y)
+    assert compiles.count == 0
+    assert grid.best_score_ > 0.4
