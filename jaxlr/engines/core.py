@@ -499,9 +499,10 @@ def run_epochs(spec: Spec, numbers: Numbers, state: FitState, data: Data, orders
             return jax.lax.cond(i < num_epochs, train, skip, state)
 
         return jax.lax.scan(scan_body, state, (orders, jnp.arange(orders.shape[0])))
-    record = (None, None, jnp.full(E, jnp.nan, dtype))
+    epoch_losses = jnp.full(E, jnp.nan, dtype)
+    record: tuple = (None, None, epoch_losses)
     if keep_steps:
-        record = (jnp.full((E, steps), jnp.nan, dtype), jnp.full((E, steps), jnp.nan, dtype), record[2])
+        record = (jnp.full((E, steps), jnp.nan, dtype), jnp.full((E, steps), jnp.nan, dtype), epoch_losses)
     state, record = jax.lax.while_loop(going, body, (state, record))
     return state, record
 
