@@ -54,8 +54,7 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
     - The stopping rule's objective is the mean loss plus the penalty, as in
       scikit-learn 1.8 and later; with early stopping the validation R² uses
       the true weights (scikit-learn's uses them before its L2 scaling).
-    - Averaging is the plain running mean of the params; gradients are not
-      clipped at 1e12.
+    - Averaging is the plain running mean of the params.
 
     jaxlr's own parameters, on top:
 
@@ -316,6 +315,7 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
                 average=int(self.average), sample_weight=weights, tol=tol,
                 n_iter_no_change=self.n_iter_no_change, validation=validation, shuffle=shuffle,
                 fit_intercept=self.fit_intercept, record_steps=bool(self.verbose), devices=self.devices,
+                max_slope=1e12,
                 init=None if init is None else Params(np.asarray(init.w, dtype), np.asarray(init.b, dtype)),
                 state=state,
             )  # fmt: skip

@@ -113,6 +113,7 @@ def fit(
     shuffle: Union[bool, str] = True,
     fit_intercept: bool = True,
     record_steps: bool = True,
+    max_slope: Optional[float] = None,
     init: Optional[Params] = None,
     state: Optional[FitState] = None,
     engine: str = "fused",
@@ -177,6 +178,9 @@ def fit(
             device ("device": the default with `tol`, which may end the run at
             any epoch; another permutation for the same key).
         fit_intercept: False keeps b at its starting value (zero for fresh params).
+        max_slope: caps the slope of the loss at each prediction (scikit-learn
+            caps it at 1e12): a step far too large then stays finite instead
+            of diverging. None (the default) leaves it alone.
         record_steps: False returns no per-step losses nor their moving
             average (which it then does not keep either), only each epoch's
             mean loss: for long runs, and for estimators.
@@ -227,7 +231,7 @@ def fit(
 def _prepare(  # fmt: skip
     X, y, *,
     key, epochs, lr, batch_size, optimizer, loss, epsilon, penalty, alpha, l1_ratio, schedule, power_t,
-    average, sample_weight, tol, n_iter_no_change, validation, shuffle, fit_intercept, record_steps,
+    average, sample_weight, tol, n_iter_no_change, validation, shuffle, fit_intercept, record_steps, max_slope,
     init, state, engine, devices, log_every, smoothing, verbose, callback, checkpoint,
     checkpoint_every, resume, **deprecated
 ):
@@ -293,6 +297,7 @@ def _prepare(  # fmt: skip
         l1=the_penalty.l1 > 0, l2=the_penalty.l2 > 0, average=average_start is not None, batch_size=batch_size,
         sharding=None if mesh is None else parallel.by_rows(mesh), stops=tol > -math.inf or validation is not None,
         fit_intercept=bool(fit_intercept), weighted=weight is not None, smooth=bool(record_steps),
+        max_slope=None if max_slope is None else validate.check_real("max_slope", max_slope, low=0.0),
     )  # fmt: skip
     rate = schedules.Rate(
         eta0=lr if lr is not None else 0.0,

@@ -148,10 +148,19 @@ def test_coef_init_and_intercept_init_are_the_starting_point(diabetes):
 
 
 def test_a_divergent_rate_raises_scikit_learns_error(diabetes):
+    # Like scikit-learn, slopes are capped at 1e12, so only an absurd rate
+    # overflows; scikit-learn raises the same error on the same settings.
+    from sklearn.linear_model import SGDRegressor
+
     X, _, y, _ = diabetes
-    model = jaxlr.SGDRegressor(learning_rate="constant", eta0=10.0, max_iter=5, tol=None, random_state=0)
-    with pytest.raises(ValueError, match="Floating-point under-/overflow"):
-        model.fit(X, y)
+    settings = dict(learning_rate="constant", eta0=1e300, max_iter=5, tol=None, random_state=0)
+    for model in (jaxlr.SGDRegressor(**settings), SGDRegressor(**settings)):
+        with pytest.raises(ValueError, match="Floating-point under-/overflow"):
+            model.fit(X, y)
+    # A large but finite rate moves the weights far and stays finite, in both.
+    settings["eta0"] = 10.0
+    assert np.isfinite(jaxlr.SGDRegressor(**settings).fit(X, y).coef_).all()
+    assert np.isfinite(SGDRegressor(**settings).fit(X, y).coef_).all()
 
 
 def test_random_state_fixes_the_run(diabetes):

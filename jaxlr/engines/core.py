@@ -56,6 +56,7 @@ class Spec(NamedTuple):
         fit_intercept: False leaves b where it started.
         weighted: rows carry sample weights (else every real row weighs 1).
         smooth: keep the moving average of the loss (the lesson's curve).
+        max_slope: cap on the loss's slope at each prediction, or None.
         guard: check the params after every step and keep the last finite
             ones. The fast program checks only each loss, and the params once
             an epoch; when that finds trouble, the driver replays the block
@@ -74,6 +75,7 @@ class Spec(NamedTuple):
     fit_intercept: bool = True
     weighted: bool = False
     smooth: bool = True
+    max_slope: Optional[float] = None
     guard: bool = False
 
 
@@ -187,9 +189,11 @@ def descend(spec: Spec, numbers: Numbers, state: FitState, X, y, weight, count, 
     count = jnp.maximum(count, 1).astype(X.dtype)
 
     def objective(params):
-        # As scikit-learn does, the loss's slope at each prediction is capped
-        # at MAX_DLOSS: an absurd step then moves far but stays finite.
-        yhat = _clip_slope(net(params, X), MAX_DLOSS / (count * y.shape[1]))
+        yhat = net(params, X)
+        if spec.max_slope is not None:
+            # scikit-learn caps the loss's slope at each prediction: an absurd
+            # step then moves far but stays finite.
+            yhat = _clip_slope(yhat, spec.max_slope / (count * y.shape[1]))
         entries = spec.loss.function(yhat, y, numbers.epsilon)
         data_loss = jnp.sum(weight[:, None] * entries) / (count * entries.shape[1])
         plain_loss = None if spec.weighted else data_loss  # unweighted, it is the same
@@ -214,9 +218,6 @@ def descend(spec: Spec, numbers: Numbers, state: FitState, X, y, weight, count, 
         w, l1 = penalties.l1_step(params.w, l1, lr * numbers.penalty.l1)
         params = params._replace(w=w)
     return params, opt_state, l1, value, watched
-
-
-MAX_DLOSS = 1e12
 
 
 @jax.custom_vjp
