@@ -531,7 +531,9 @@ def pack(numbers: Numbers, dtype: Any) -> tuple[jax.Array, jax.Array]:
     same numbers as an earlier one copies nothing to the device."""
     floats = [*numbers.rate, *numbers.rule, *numbers.penalty, numbers.epsilon, numbers.smoothing, numbers.stop.tol]
     ints = [numbers.average_start, numbers.stop.patience]
-    return on_device(np.array(floats, dtype)), on_device(np.array(ints, np.int32))
+    with np.errstate(over="ignore"):  # a rate beyond float32 becomes inf: training then diverges, and says so
+        packed = np.array(floats, dtype)
+    return on_device(packed), on_device(np.array(ints, np.int32))
 
 
 def on_device(value: np.ndarray) -> jax.Array:
