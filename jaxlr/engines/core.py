@@ -177,7 +177,7 @@ class Data(NamedTuple):
 # ------------------------------------------------------------------ one step
 
 
-def descend(spec: Spec, numbers: Numbers, state: FitState, X, y, weight, count, real):
+def descend(spec: Spec, numbers: Numbers, state: FitState, X, y, weight, count, real, lr=None):
     """The update itself: loss gradient (+ L2), the rule's move, then the L1 step.
 
     Returns the new params, rule state and L1 state; the batch's mean loss
@@ -185,7 +185,8 @@ def descend(spec: Spec, numbers: Numbers, state: FitState, X, y, weight, count, 
     objective the stopping rule watches (unweighted mean loss plus penalty),
     both before the update.
     """
-    lr = schedules.rate(spec.schedule, numbers.rate, state.step + 1, state.stop.drops)
+    if lr is None:
+        lr = schedules.rate(spec.schedule, numbers.rate, state.step + 1, state.stop.drops)
     count = jnp.maximum(count, 1).astype(X.dtype)
 
     def objective(params):
@@ -254,7 +255,7 @@ def all_finite(tree) -> jax.Array:
     return functools.reduce(jnp.logical_and, [jnp.isfinite(jnp.sum(leaf)) for leaf in jax.tree.leaves(tree)])
 
 
-def train_step(spec: Spec, numbers: Numbers, state: FitState, X, y, weight, count, real):
+def train_step(spec: Spec, numbers: Numbers, state: FitState, X, y, weight, count, real, lr=None):
     """One step on a batch of rows (X, y) with row weights (0 on padding).
 
     `count` of the rows are real, marked by the boolean array `real`.
@@ -269,7 +270,7 @@ def train_step(spec: Spec, numbers: Numbers, state: FitState, X, y, weight, coun
     """
     if spec.sharding is not None:
         X, y, weight = jax.lax.with_sharding_constraint((X, y, weight), spec.sharding)
-    params, opt_state, l1, value, watched = descend(spec, numbers, state, X, y, weight, count, real)
+    params, opt_state, l1, value, watched = descend(spec, numbers, state, X, y, weight, count, real, lr)
     step = state.step + 1
     average = averaged(numbers, state.average, params, step) if spec.average else state.average
     has_rows = count > 0
@@ -328,28 +329,30 @@ def run_epoch(spec: Spec, numbers: Numbers, state: FitState, data: Data, order: 
 
     # A step reads only what it needs: each array the loop slices costs
     # every one of its thousands of iterations a little.
-    needs_index = not spec.guard and spec.schedule != "constant"
+    # A named schedule's rates are worked out for the whole epoch at once.
+    needs_index = not spec.guard and spec.average
+    needs_rates = not spec.guard and spec.schedule != "constant"
 
     def one(carried, batch):
-        X_b, y_b, count, w_b, index = batch
+        X_b, y_b, count, w_b, index, lr = batch
         state = fixed._replace(**dict(zip(changing, carried)))
         if index is not None:  # padding comes last, so step i of the epoch is update number step + i + 1
             state = state._replace(step=fixed.step + index)
         # The padding of an order comes last, so a batch's real rows come first.
         real = jnp.arange(B) < count
         w_b = real.astype(X.dtype) if w_b is None else jnp.where(real, w_b, 0)
-        state, outputs = train_step(spec, numbers, state, X_b, y_b, w_b, count, real)
+        state, outputs = train_step(spec, numbers, state, X_b, y_b, w_b, count, real, lr)
         return tuple(getattr(state, name) for name in changing), outputs
 
     def train_on(state, chunk):
         # chunk: (m, B) row indices and the m steps' numbers; one gather, then
         # m steps on its slices.
-        chunk_rows, index = chunk
+        chunk_rows, index, rates = chunk
         # Padding rows of an order may lie past the end of X (a large array
         # is used as it is, unpadded): they read its last row, with weight 0.
         stored = jnp.minimum(chunk_rows, X.shape[0] - 1)
         gathered = (X[stored], y[stored], jnp.sum(chunk_rows < data.n, axis=-1, dtype=jnp.int32),
-                    None if weight is None else weight[stored], index if needs_index else None)  # fmt: skip
+                    None if weight is None else weight[stored], index if needs_index else None, rates)  # fmt: skip
         if chunk_rows.shape[0] == 1:
             state, values = one(state, jax.tree.map(lambda a: a[0], gathered))
             return state, jax.tree.map(lambda v: v[None], values)
@@ -358,13 +361,18 @@ def run_epoch(spec: Spec, numbers: Numbers, state: FitState, data: Data, order: 
     pieces = []
     carried = tuple(getattr(state, name) for name in changing)
     index = jnp.arange(steps, dtype=jnp.int32)
+    rates = None
+    if needs_rates:
+        rates = schedules.rate(spec.schedule, numbers.rate, fixed.step + 1 + index, fixed.stop.drops)
     if num_chunks:
         chunks = rows[: num_chunks * per_chunk].reshape(num_chunks, per_chunk, B)
         chunk_index = index[: num_chunks * per_chunk].reshape(num_chunks, per_chunk)
-        carried, values = jax.lax.scan(train_on, carried, (chunks, chunk_index))
+        chunk_rates = None if rates is None else rates[: num_chunks * per_chunk].reshape(num_chunks, per_chunk)
+        carried, values = jax.lax.scan(train_on, carried, (chunks, chunk_index, chunk_rates))
         pieces.append(jax.tree.map(lambda v: v.reshape(-1), values))
     if leftover:
-        carried, values = train_on(carried, (rows[num_chunks * per_chunk :], index[num_chunks * per_chunk :]))
+        tail = slice(num_chunks * per_chunk, None)
+        carried, values = train_on(carried, (rows[tail], index[tail], None if rates is None else rates[tail]))
         pieces.append(values)
     outputs = pieces[0] if len(pieces) == 1 else jax.tree.map(lambda *parts: jnp.concatenate(parts), *pieces)
     state = fixed._replace(**dict(zip(changing, carried)))
