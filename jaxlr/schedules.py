@@ -62,5 +62,5 @@ def rate(schedule: Schedule, numbers: Rate, t: jax.Array, drops: jax.Array) -> j
     if schedule == "invscaling":
         return numbers.eta0 / t**numbers.power_t
     if schedule == "adaptive":
-        return numbers.eta0 * 0.2 ** drops.astype(t.dtype)
+        return numbers.eta0 * 0.2 ** drops.astype(t.dtype) * jnp.ones_like(t)
     return numbers.eta0 * jnp.ones_like(t)

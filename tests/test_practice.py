@@ -338,7 +338,9 @@ def test_integer_weights_equal_duplicated_rows_at_convergence():
 # ------------------------------------------------------------------ engines
 
 
-@pytest.mark.parametrize("penalty", [None, "l2", "l1", "elasticnet"])
+# Elastic net holds both the L2 term and the L1 step: with no penalty, every
+# part of the step is covered without running all sixteen pairs.
+@pytest.mark.parametrize("penalty", [None, "elasticnet"])
 @pytest.mark.parametrize("loss", ["squared", "huber", "epsilon_insensitive", "squared_epsilon_insensitive"])
 def test_fused_and_loop_engines_agree(loss, penalty):
     X, y = problem()
