@@ -55,7 +55,8 @@ def run(run, state) -> Iterator[Block]:
         finite = bool(np.isfinite(losses).all())
         if not run.spec.guard:
             # What the guarded step tracks as it goes, worked out from the losses.
-            state = state._replace(ok=np.bool_(finite and bool(state.ok)), last_loss=losses[-1] if len(losses) else state.last_loss)
+            last = losses[-1] if len(losses) else state.last_loss
+            state = state._replace(ok=np.bool_(finite and bool(state.ok)), last_loss=last)
         if not finite or not bool(state.ok):
             yield Block(state, start, epoch, first_step, losses, moving, np.zeros(0, dtype))
             return

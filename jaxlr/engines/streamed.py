@@ -35,10 +35,7 @@ def run(run, state) -> Iterator[Block]:
             count = X_host.shape[0]
             N = core.padded_rows(count, B)
             order = np.concatenate([rng.permutation(count), np.arange(count, N)]).astype(np.int32)
-            weight = np.zeros(N, X_host.dtype)
-            weight[:count] = 1
-            data = core.Data(to_device(core.pad_rows(X_host, N)), to_device(core.pad_rows(y_host, N)),
-                             weight, np.int32(count))  # fmt: skip
+            data = core.Data(to_device(X_host, rows=N), to_device(y_host, rows=N), None, np.int32(count))
             state, (chunk_losses, chunk_moving, chunk_objectives) = one_pass(state, data, run.numbers, order)
             if position + 1 < len(visit):  # read ahead while the device works
                 following = visit[position + 1]
