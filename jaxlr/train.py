@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import math
 import warnings
 import weakref
@@ -660,7 +661,7 @@ class _Saving(NamedTuple):
             raise checkpoint_lib.CheckpointError(
                 f"the checkpoint in {str(directory)!r} was written by a run with another `key`."
             )
-        settings = json_round_trip(self.settings)
+        settings = _as_saved(self.settings)
         differ = sorted(name for name in settings if found.settings.get(name) != settings[name])
         if differ:
             was = ", ".join(f"{name}={found.settings.get(name)!r}" for name in differ)
@@ -684,9 +685,8 @@ class _Saving(NamedTuple):
         return save
 
 
-def json_round_trip(settings: dict) -> dict:
-    import json
-
+def _as_saved(settings: dict) -> dict:
+    """`settings` as they read back from a checkpoint's JSON (lists for tuples)."""
     return json.loads(json.dumps(settings, sort_keys=True))
 
 
