@@ -516,6 +516,19 @@ def run_epochs(spec: Spec, numbers: Numbers, state: FitState, data: Data, orders
     return state, record
 
 
+@jax.jit
+def smooth(losses, smoothing, start):
+    """The moving average after each of `losses`, continuing from `start`
+    (NaN: from the first loss itself)."""
+    start = jnp.where(jnp.isnan(start), losses[0], start)
+
+    def body(moving, value):
+        moving = next_average(moving, value, smoothing)
+        return moving, moving
+
+    return jax.lax.scan(body, start, losses)[1]
+
+
 def mean_loss(losses, count):
     """The mean of an epoch's losses over its `count` real steps (padding is NaN)."""
     return jnp.sum(jnp.where(jnp.isnan(losses), 0, losses)) / count
@@ -619,13 +632,16 @@ def epoch_program(spec: Spec) -> Callable:
 @functools.lru_cache(maxsize=16)
 def step_program(spec: Spec) -> Callable:
     """`train_step` compiled on its own, for the loop engine: ``(carried,
-    drops, packed, X, y, weight) -> (carried, [loss, moving, objective])``.
+    drops, packed, X, y, weight) -> (carried, loss)``, the loss being
+    ``[loss, objective]`` when a stopping rule watches.
 
     Only the fields a step changes travel in and out (`step_fields`), and
     of the rest only what a step reads (the adaptive schedule's cuts): every
     array passed costs a call a little, and the loop pays it on every batch.
+    The moving average is left to the host, which smooths the losses it reads.
     """
     fields = step_fields(spec)
+    spec = spec._replace(smooth=False)
 
     def step(carried, drops, packed, X, y, weight):
         changing = dict(zip(fields, carried))
@@ -635,9 +651,9 @@ def step_program(spec: Spec) -> Callable:
             state = state._replace(stop=state.stop._replace(drops=drops))
         real = jnp.ones(X.shape[0], bool)
         weight = real.astype(X.dtype) if weight is None else weight
-        state, (loss, moving, objective) = train_step(spec, unpack(packed), state, X, y, weight, X.shape[0], real)
-        # One array out, not three: the host reads each step's back separately.
-        reported = jnp.stack([loss, moving, loss if objective is None else objective])
+        state, (loss, _, objective) = train_step(spec, unpack(packed), state, X, y, weight, X.shape[0], real)
+        # One array out: the host reads each step's back separately.
+        reported = loss if objective is None else jnp.stack([loss, objective])
         return tuple(getattr(state, name) for name in fields), reported
 
     return jax.jit(step)
@@ -646,7 +662,7 @@ def step_program(spec: Spec) -> Callable:
 def step_fields(spec: Spec) -> tuple[str, ...]:
     """The FitState fields the loop engine's step carries (the host counts
     the steps when the schedule does not need them)."""
-    fields = _changing_fields(spec)
+    fields = tuple(name for name in _changing_fields(spec) if name != "moving")
     if not spec.guard and spec.schedule != "constant":
         fields = (*fields, "step")
     return fields

@@ -20,6 +20,8 @@ def run(run, state) -> Iterator[Block]:
     dtype = X.dtype
     # On the device once: NumPy arrays would be copied over at every call.
     numbers = jax.device_put(run.numbers)
+    smoothing = np.asarray(core.unpack(jax.device_get(run.numbers)).smoothing, dtype)
+    moving_last = np.asarray(state.moving, dtype)
     # Losses are read back only every `read_every` steps (and at an epoch's
     # end): to notice divergence early without a sync on every step.
     read_every = 500
@@ -42,16 +44,21 @@ def run(run, state) -> Iterator[Block]:
             carried, value = step(carried, drops, numbers, X_b, y_b, w_b)
             values.append(value)
             if (i + 1) % read_every == 0 or i + 1 == run.steps_per_epoch:
-                taken = np.array([np.asarray(v) for v in values], dtype)
-                read.append(taken)
+                taken = np.array([np.asarray(v) for v in values], dtype).reshape(len(values), -1)
+                # The moving average of what was read, from where it stood: one call, not one a step.
+                smoothed = np.asarray(core.smooth(taken[:, 0], smoothing, moving_last))
+                moving_last = smoothed[-1]
+                read.append(np.column_stack([taken, smoothed]))
                 values = []
                 if not np.isfinite(taken[:, 0]).all():
                     break
         state = state._replace(**dict(zip(fields, carried)))
-        taken = np.concatenate(read) if read else np.zeros((0, 3), dtype)
+        taken = np.concatenate(read) if read else np.zeros((0, 2), dtype)
         if "step" not in fields:
             state = state._replace(step=np.int32(first_step + len(taken)))
-        losses, moving, objectives = taken[:, 0], taken[:, 1], taken[:, 2]
+        losses, objectives, moving = taken[:, 0], taken[:, -2], taken[:, -1]
+        finite_moving = moving[np.isfinite(losses)]
+        state = state._replace(moving=np.asarray(finite_moving[-1] if len(finite_moving) else state.moving, dtype))
         finite = bool(np.isfinite(losses).all())
         if not run.spec.guard:
             # What the guarded step tracks as it goes, worked out from the losses.
