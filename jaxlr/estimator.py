@@ -55,6 +55,7 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
       scikit-learn 1.8 and later; with early stopping the validation R² uses
       the true weights (scikit-learn's uses them before its L2 scaling).
     - Averaging is the plain running mean of the params.
+    - X must be dense: scikit-learn's also takes sparse matrices.
 
     jaxlr's own parameters, on top:
 
