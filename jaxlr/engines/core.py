@@ -158,10 +158,14 @@ def _init_fit_state(rule: Rule) -> Callable:
 
 
 class Data(NamedTuple):
-    """Rows on the device, padded to a bucketed count; rows n and beyond are padding.
+    """Rows on the device, and how many of them are real.
+
+    Rows are padded to a bucketed count (a large device array is used as it
+    is); an epoch's order lists the n real rows first, then padding, which
+    steps skip.
 
     Attributes:
-        X: array of shape (N, d); y: (N, k).
+        X: array of shape (N, d); y: (N, k), N >= n.
         weight: the rows' sample weights, shape (N,); None when all are 1.
         n: the number of real rows (traced).
         val: optional validation Data, scored each epoch by the stopping rule.
