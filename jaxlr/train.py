@@ -795,12 +795,7 @@ def moving_average(losses, smoothing=0.01, initial=None):
     if losses.shape[0] == 0:
         return losses
     start = losses[0] if initial is None else jnp.asarray(initial, losses.dtype)
-
-    def body(moving, value):
-        moving = core.next_average(moving, value, smoothing)
-        return moving, moving
-
-    return jax.lax.scan(body, start, losses)[1]
+    return core.smooth(losses, smoothing, start)
 
 
 def _print_log_line(epoch, batch, value):
