@@ -29,6 +29,7 @@ from jaxlr import checkpoint as checkpoint_lib
 from jaxlr import engines, losses, parallel, penalties, schedules, validate
 from jaxlr.data import NpyStream, key_words, permutation_from_words, to_device
 from jaxlr.engines import core
+from jaxlr.engines import scan as scan_engine
 from jaxlr.engines.core import FitState, init_fit_state
 from jaxlr.model import Params, init_params
 from jaxlr.optim import Rule, RuleNumbers, check_rule
@@ -282,12 +283,13 @@ def _prepare(  # fmt: skip
             )
         if engine == "loop" and jax.process_count() > 1:
             raise ValueError("across processes use engine='fused': the loop feeds batches from one host.")
+    engine_was_stream = stream is not None
     if stream is not None:
-        if engine != "fused" or mesh is not None or device is not None:
+        if engine not in ("fused", "scan") or mesh is not None or device is not None:
             raise ValueError("data streamed from disk trains with engine='fused' on the default device.")
         if weight is not None:
             raise ValueError("`sample_weight` is not available for data streamed from disk.")
-        engine = "streamed"
+        engine = "streamed" if engine == "fused" else engine
     if resume and checkpoint is None:
         raise ValueError("`resume` needs `checkpoint`, the directory to resume from.")
     if state is not None and any(name in deprecated for name in ("params", "opt_state", "initial_epoch")):
@@ -300,6 +302,13 @@ def _prepare(  # fmt: skip
         fit_intercept=bool(fit_intercept), weighted=weight is not None, smooth=bool(record_steps),
         max_slope=None if max_slope is None else validate.check_real("max_slope", max_slope, low=0.0),
     )  # fmt: skip
+    if engine == "scan":
+        why = scan_engine.unsupported(spec)
+        if why is not None:
+            raise ValueError(f"`engine` (='scan') computes exact SGD in parallel time, which excludes {why}.")
+        # The scan engine is the fused (or streamed) driver with each epoch's steps computed in parallel.
+        spec = spec._replace(parallel=True)
+        engine = "streamed" if engine_was_stream else "fused"
     rate = schedules.Rate(
         eta0=lr if lr is not None else 0.0,
         power_t=power_t, t0=schedules.optimal_t0(alpha) if alpha > 0 else 1.0, alpha=alpha,

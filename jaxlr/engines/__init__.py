@@ -45,4 +45,4 @@ def get(name: str):
     return {"fused": fused.run, "loop": loop.run, "streamed": streamed.run}[name]
 
 
-ENGINES = ("fused", "loop")
+ENGINES = ("fused", "loop", "scan")

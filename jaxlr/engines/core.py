@@ -61,6 +61,8 @@ class Spec(NamedTuple):
             ones. The fast program checks only each loss, and the params once
             an epoch; when that finds trouble, the driver replays the block
             with the guard on to find the last finite state.
+        parallel: compute each epoch's steps in parallel time
+            (`jaxlr.engines.scan`); the guarded replay stays sequential.
     """
 
     loss: Loss
@@ -77,6 +79,7 @@ class Spec(NamedTuple):
     smooth: bool = True
     max_slope: Optional[float] = None
     guard: bool = False
+    parallel: bool = False
 
 
 class StopNumbers(NamedTuple):
@@ -317,6 +320,10 @@ def run_epoch(spec: Spec, numbers: Numbers, state: FitState, data: Data, order: 
         The new state, and the losses, moving averages and stopping-rule
         objectives of the epoch's N / batch_size steps.
     """
+    if spec.parallel and not spec.guard:
+        from jaxlr.engines import scan
+
+        return scan.run_epoch(spec, numbers, state, data, order)
     X, y, weight = data.X, data.y, data.weight
     d = X.shape[1]
     B = spec.batch_size

@@ -1,0 +1,432 @@
+"""The scan engine's epoch: exact SGD on the squared loss in parallel time.
+
+On the squared loss one step is an affine map of the params, so the steps of
+an epoch need not wait for each other. This module computes the same iterates
+as the sequential `core.run_epoch`, in one of two exact forms:
+
+- **Chunked residuals** (small batches, the per-sample default included).
+  Within a chunk of k steps starting from W0, each step's residuals depend
+  on W0 and on the residuals of the steps before it, linearly:
+
+      e = (I - L)^-1 (r0),    r0 = what each row's residual would be from W0,
+
+  where L is strictly block-lower-triangular, built from the rows' Gram
+  matrix X Xᵀ and the scalar "impulse responses" of the update rule (how a
+  gradient taken at step i moves W by step t: -lr_i for plain SGD; decayed by
+  L2 and carried by momentum otherwise). The chunk's Grams and inverses are
+  computed for many chunks at once; only a few matrix-vector products per
+  chunk remain in sequence. The residuals give each step's loss for free.
+- **Composed maps** (batches large against the number of features). Each
+  step is the map ``z -> T z + u`` of the params (and momentum); maps are
+  composed by `jax.lax.associative_scan`, so a block of T steps takes
+  O(log T) dependent operations. T is stored as I - E: composing keeps the
+  small deviations E exactly where I - E would round them away.
+
+Both apply to plain SGD, momentum and Nesterov, with an L2 penalty, sample
+weights, any learning-rate schedule (rates are fixed for an epoch before it
+starts: the adaptive schedule changes only between epochs), averaging, and
+``fit_intercept=False``. What is not affine in the params (other losses, L1,
+Adam or an optax transformation, a capped slope) is refused by `unsupported`.
+
+Float32 products run at the highest precision (GPUs would otherwise round
+them to TF32).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from jaxlr import losses as losses_lib
+from jaxlr import schedules
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
+# Rows per chunk of the chunked form: its Gram is CHUNK_ROWS², its work per
+# row grows with it, while the steps left in sequence shrink with it.
+CHUNK_ROWS = 32
+# Rows gathered at once: the chunks of a block are prepared together.
+BLOCK_ROWS = 8192
+# Steps composed at once by the map form: memory is MAP_STEPS (d+1)² floats
+# per block (twice for momentum).
+MAP_STEPS = 256
+
+
+def unsupported(spec) -> Optional[str]:
+    """Why the scan engine cannot run `spec` exactly, or None when it can."""
+    if squared_factor(spec.loss) is None:
+        return f"the {spec.loss.name!r} loss: only the squared loss makes a step affine in the params"
+    if spec.rule not in ("sgd", "momentum", "nesterov"):
+        name = spec.rule if isinstance(spec.rule, str) else "an optax transformation"
+        return f"optimizer {name!r}: only sgd, momentum and nesterov steps are affine in the params"
+    if spec.l1:
+        return "an L1 penalty: its clipped step is not affine in the params"
+    if spec.max_slope is not None:
+        return "`max_slope`: a capped slope is not affine in the params"
+    if spec.sharding is not None:
+        return "several devices: the scan engine runs on one"
+    return None
+
+
+def squared_factor(loss) -> Optional[float]:
+    """c when `loss` is c times the squared error, else None."""
+    function, factor = loss.function, 1.0
+    while isinstance(function, losses_lib._Scaled):
+        function, factor = function.function, factor * function.factor
+    return factor if function is losses_lib.squared else None
+
+
+def uses_maps(batch_size: int, features: int) -> bool:
+    """Whether batches are large enough against the features for the map form."""
+    return batch_size >= 2 * (features + 1)
+
+
+# ------------------------------------------------------------------ the rule's scalars
+
+
+def _dimension(rule) -> int:
+    return 1 if rule == "sgd" else 2  # (W) or (W, velocity)
+
+
+def _transfer(rule, lr, momentum, decay, live):
+    """Each step's scalar map of one coordinate: ``z' = M z + n g``.
+
+    z is (W) for sgd and (W, v) for momentum and Nesterov; g is the data
+    gradient of that coordinate; `decay` is the L2 strength on it (0 for the
+    intercept). A step with no real rows (`live` False) leaves z as it is.
+    Returns M of shape (..., s, s) and n of shape (..., s).
+    """
+    lr, decay, live = jnp.broadcast_arrays(lr, decay, live)
+    one = jnp.ones_like(lr)
+    if rule == "sgd":
+        M = (1 - lr * decay)[..., None, None]
+        n = (-lr)[..., None]
+    else:
+        # optax.trace: v' = g + mu v, then W' = W - lr v' (or, Nesterov,
+        # W' = W - lr (g + mu v')), the gradient g including the L2 term.
+        push = lr if rule == "momentum" else lr * (1 + momentum)
+        carry = lr * momentum if rule == "momentum" else lr * momentum**2
+        M = jnp.stack([jnp.stack([1 - push * decay, -carry], -1), jnp.stack([decay * one, momentum * one], -1)], -2)
+        n = jnp.stack([-push, one], -1)
+    eye = jnp.eye(M.shape[-1], dtype=M.dtype)
+    M = jnp.where(live[..., None, None], M, eye)
+    n = jnp.where(live[..., None], n, 0)
+    return M, n
+
+
+def _impulses(M, n, weights):
+    """How a chunk's steps move its coordinates, from each step's (M, n).
+
+    Args:
+        M: (..., k, s, s) and n: (..., k, s), step by step.
+        weights: (..., k), which updates the running average takes in.
+
+    Returns:
+        start: (..., k + 1, s, s), the map from z0 to z before each step and
+            after the last; pushes: (..., k + 1, s, k), the response of z
+            before each step (and after the last) to each step's gradient,
+            zero for the steps not yet taken; and the same two summed over
+            the states after each step with `weights` (for the average).
+    """
+    k, s = n.shape[-2], n.shape[-1]
+    batch = n.shape[:-2]
+    eye = jnp.broadcast_to(jnp.eye(s, dtype=M.dtype), (*batch, s, s))
+    none = jnp.zeros((*batch, s, k), M.dtype)
+
+    def body(carry, step):
+        Phi, U, Phi_sum, U_sum = carry
+        M_t, n_t, w_t, t = step
+        before = (Phi, U)
+        Phi = M_t @ Phi
+        U = M_t @ U
+        U = U + n_t[..., :, None] * (jnp.arange(k) == t)
+        w = w_t[..., None, None]
+        return (Phi, U, Phi_sum + w * Phi, U_sum + w * U), before
+
+    moved = jnp.moveaxis
+    steps = (moved(M, -3, 0), moved(n, -2, 0), moved(weights, -1, 0), jnp.arange(k))
+    (Phi, U, Phi_sum, U_sum), (Phis, Us) = jax.lax.scan(body, (eye, none, jnp.zeros_like(eye), none), steps)
+    start = jnp.concatenate([moved(Phis, 0, -3), Phi[..., None, :, :]], -3)
+    pushes = jnp.concatenate([moved(Us, 0, -3), U[..., None, :, :]], -3)
+    return start, pushes, Phi_sum, U_sum
+
+
+# ------------------------------------------------------------------ one epoch
+
+
+def run_epoch(spec, numbers, state, data, order):
+    """`core.run_epoch`, computed in parallel time (same results to rounding)."""
+    from jaxlr.engines import core
+
+    X, y, weight = data.X, data.y, data.weight
+    dtype = X.dtype
+    d, K = X.shape[1], y.shape[1]
+    B = spec.batch_size
+    steps = order.shape[0] // B
+    maps = uses_maps(B, d)
+    k = 1 if maps else max(1, CHUNK_ROWS // B)  # steps per chunk
+    C = max(1, (MAP_STEPS if maps else BLOCK_ROWS // (k * B)) // k)  # chunks per block
+    per_block = C * k
+    blocks = -(-steps // per_block)
+    total = blocks * per_block
+    # Steps past the epoch's (padding of the order) read no real row.
+    sentinel = jnp.iinfo(jnp.int32).max
+    rows = jnp.full(total * B, sentinel, jnp.int32).at[: steps * B].set(order[: steps * B])
+    rows = rows.reshape(blocks, per_block, B)
+
+    index = jnp.arange(total, dtype=jnp.int32)
+    lr = schedules.rate(spec.schedule, numbers.rate, state.step + 1 + index, state.stop.drops).astype(dtype)
+    lr = jnp.broadcast_to(lr, (total,))
+    factor = squared_factor(spec.loss)
+    rule, s = spec.rule, _dimension(spec.rule)
+    momentum = jnp.asarray(numbers.rule.momentum, dtype)
+    l2 = jnp.asarray(numbers.penalty.l2 if spec.l2 else 0.0, dtype)
+    average_from = numbers.average_start
+
+    w, b = state.params
+    v_w = v_b = None
+    if s == 2:
+        v_w, v_b = state.opt_state.trace
+    z0 = (w, b, v_w, v_b)
+
+    def gather(block_rows):
+        stored = jnp.minimum(block_rows, X.shape[0] - 1)
+        real = block_rows < data.n
+        row_weight = real.astype(dtype) if weight is None else jnp.where(real, weight[stored], 0)
+        return X[stored], y[stored], real, row_weight
+
+    def step_scalars(real, block_lr, first):
+        count = jnp.sum(real, axis=-1)
+        live = count > 0
+        scale = 2 * factor / (jnp.maximum(count, 1).astype(dtype) * K)
+        t = state.step + first + 1 + jnp.arange(real.shape[0])  # the update number of each step
+        takes = live & (t >= average_from) if spec.average else jnp.zeros_like(live)
+        return count, live, scale, takes.astype(dtype)
+
+    form = _map_block if maps else _chunk_block
+    carry = (z0, state.average, state.step)
+    carry, outputs = jax.lax.scan(
+        lambda carry, block: form(spec, carry, block, gather=gather, step_scalars=step_scalars, lr=lr,
+                                  momentum=momentum, l2=l2, k=k, C=C, s=s, rule=rule, factor=factor,
+                                  average_from=average_from),
+        carry, (rows, jnp.arange(blocks) * per_block),
+    )  # fmt: skip
+    (w, b, v_w, v_b), average, _ = carry
+    step_losses, plain, norms = (o.reshape(-1)[:steps] for o in outputs)
+
+    real_steps = (data.n + B - 1) // B
+    is_real = jnp.arange(steps) < real_steps
+    shown = is_real & state.ok
+    step_losses = jnp.where(shown, step_losses, jnp.nan)
+    watched = None
+    if spec.stops:
+        watched = jnp.where(shown, plain + 0.5 * l2 * norms, jnp.nan)
+    moving = state.moving
+    moving_out = jnp.full(steps, jnp.nan, dtype)
+    if spec.smooth:
+        moving_out = smooth_masked(step_losses, is_real, numbers.smoothing, state.moving)
+        moving = jnp.where(real_steps > 0, moving_out[jnp.maximum(real_steps - 1, 0)], state.moving)
+    new = state._replace(
+        params=state.params._replace(w=w, b=b), moving=moving, average=average,
+        step=state.step + real_steps.astype(state.step.dtype),
+        ok=state.ok & jnp.all(jnp.isfinite(step_losses) | ~is_real),
+        last_loss=step_losses[jnp.maximum(real_steps - 1, 0)],
+    )  # fmt: skip
+    if s == 2:
+        new = new._replace(opt_state=state.opt_state._replace(trace=state.params._replace(w=v_w, b=v_b)))
+    return new, (step_losses, moving_out, watched)
+
+
+def _average_into(average, sums, taken, step_before, average_from):
+    """The running mean of the params after `taken` more updates summing to `sums`."""
+    done = jnp.maximum(step_before - average_from + 1, 0).astype(taken.dtype)
+    total = done + taken
+    return jax.tree.map(
+        lambda a, s: jnp.where(taken > 0, a + (s - taken * a) / jnp.maximum(total, 1), a), average, sums
+    )
+
+
+def _chunk_block(spec, carry, block, *, gather, step_scalars, lr, momentum, l2, k, C, s, rule, factor,
+                 average_from):  # fmt: skip
+    """A block of C chunks of k steps in the chunked-residual form."""
+    block_rows, first = block
+    (w, b, v_w, v_b), average, step_before = carry
+    Xb, yb, real, row_weight = gather(block_rows)  # (C k, B, ...)
+    per = C * k
+    B = block_rows.shape[-1]
+    R = k * B
+    block_lr = jax.lax.dynamic_slice_in_dim(lr, first, per)
+    count, live, scale, takes = step_scalars(real, block_lr, first)
+
+    # The rule's scalars for the w coordinates (decayed by L2) and the intercept.
+    decay = jnp.stack([jnp.full_like(block_lr, l2), jnp.zeros_like(block_lr)])  # (2, per)
+    M, n = _transfer(rule, block_lr, momentum, decay, live)
+    if not spec.fit_intercept:
+        n = n.at[1].set(0)  # the intercept's gradient is held at zero
+    chunked = lambda a: a.reshape(a.shape[0], C, k, *a.shape[2:])  # noqa: E731
+    start, pushes, start_sum, push_sum = _impulses(chunked(M), chunked(n), jnp.broadcast_to(takes.reshape(C, k), (2, C, k)))
+    # start: (2, C, k+1, s, s); pushes: (2, C, k+1, s, k)
+
+    X_c = Xb.reshape(C, R, -1)
+    y_c = yb.reshape(C, R, -1)
+    gain = (scale[:, None] * row_weight).reshape(C, R)  # a row's weight in its step's gradient
+    step_of_row = jnp.repeat(jnp.arange(k), B)
+    # How row q's gradient reaches row r's residual: through w (with x_r·x_q) and through b.
+    w_push = pushes[0][:, :k, 0, :][:, :, step_of_row][:, step_of_row, :]  # (C, R, R)
+    b_push = pushes[1][:, :k, 0, :][:, :, step_of_row][:, step_of_row, :]
+    inverse = None
+    if k > 1:
+        gram = jnp.einsum("crd,cqd->crq", X_c, X_c, precision=HIGHEST)
+        lower = (w_push * gram + b_push) * gain[:, None, :]
+        eye = jnp.eye(R, dtype=X_c.dtype)
+        inverse = jax.lax.linalg.triangular_solve(
+            eye - lower, jnp.broadcast_to(eye, lower.shape), left_side=True, lower=True, unit_diagonal=True
+        )
+
+    def coefficient(table, cls, row):
+        # table (2, C, k+1, s, ...) at the rows' steps
+        return table[cls][:, :k][:, step_of_row] if row else table[cls][:, k]
+
+    start_w, start_b = coefficient(start, 0, True)[..., 0, :], coefficient(start, 1, True)[..., 0, :]  # (C, R, s)
+    end_w, end_b = start[0][:, k], start[1][:, k]  # (C, s, s)
+    out_w = pushes[0][:, k][..., step_of_row]  # (C, s, R)
+    out_b = pushes[1][:, k][..., step_of_row]
+    sum_w, sum_b = start_sum[0], start_sum[1]  # (C, s, s)
+    psum_w, psum_b = push_sum[0][..., step_of_row], push_sum[1][..., step_of_row]  # (C, s, R)
+    along_w = pushes[0][:, :k, 0, :][..., step_of_row]  # (C, k, R): w before each step, from each row
+
+    def chunk(carry, c):
+        (w, b, v_w, v_b), average, step_before = carry
+        X_r, y_r = X_c[c], y_c[c]
+        z_w = [w] if s == 1 else [w, v_w]
+        z_b = [b] if s == 1 else [b, v_b]
+        projected = [jnp.dot(X_r, z, precision=HIGHEST) for z in z_w]  # (R, K) each
+        residual0 = sum(start_w[c][:, j, None] * projected[j] for j in range(s))
+        residual0 = residual0 + sum(start_b[c][:, j, None] * z_b[j][None, :] for j in range(s)) - y_r
+        e = residual0 if inverse is None else jnp.dot(inverse[c], residual0, precision=HIGHEST)
+        g = gain[c][:, None] * e  # each row's share of its step's data gradient, per output
+
+        def advance(maps, outs, z, through_x):
+            new = []
+            for i in range(s):
+                value = sum(maps[i, j] * z[j] for j in range(s))
+                pushed = outs[i][:, None] * g
+                new.append(value + (jnp.dot(X_r.T, pushed, precision=HIGHEST) if through_x else jnp.sum(pushed, 0)))
+            return new
+
+        new_w = advance(end_w[c], out_w[c], z_w, True)
+        new_b = advance(end_b[c], out_b[c], z_b, False)
+        if spec.average:
+            sums = (advance(sum_w[c], psum_w[c], z_w, True)[0], advance(sum_b[c], psum_b[c], z_b, False)[0])
+            taken = jnp.sum(takes.reshape(C, k)[c])
+            average = _average_into(average, average._replace(w=sums[0], b=sums[1]), taken, step_before, average_from)
+        entries = factor * e * e
+        counts = jnp.maximum(count.reshape(C, k)[c], 1).astype(e.dtype) * e.shape[1]
+        weighted = jnp.sum((row_weight.reshape(C, R)[c][:, None] * entries).reshape(k, B, -1), (1, 2)) / counts
+        plain = weighted
+        if spec.stops and spec.weighted:
+            plain = jnp.sum((real.reshape(C, R)[c][:, None] * entries).reshape(k, B, -1), (1, 2)) / counts
+        norms = jnp.zeros(k, e.dtype)
+        if spec.stops and spec.l2:
+            # ||w||² before each step: w0's and the earlier rows' contributions.
+            w_before = start[0][c][:k, 0, 0][:, None, None] * z_w[0] + jnp.einsum(
+                "tr,rd,rk->tdk", along_w[c], X_r, g, precision=HIGHEST)
+            if s == 2:
+                w_before = w_before + start[0][c][:k, 0, 1][:, None, None] * z_w[1]
+            norms = jnp.sum(w_before * w_before, (1, 2))
+        z = (new_w[0], new_b[0], None if s == 1 else new_w[1], None if s == 1 else new_b[1])
+        return (z, average, step_before + k), (weighted, plain, norms)
+
+    return jax.lax.scan(chunk, carry, jnp.arange(C))
+
+
+def _map_block(spec, carry, block, *, gather, step_scalars, lr, momentum, l2, k, C, s, rule, factor,
+               average_from):  # fmt: skip
+    """A block of steps in the composed-map form (one step per "chunk")."""
+    block_rows, first = block
+    (w, b, v_w, v_b), average, step_before = carry
+    Xb, yb, real, row_weight = gather(block_rows)  # (T, B, d), (T, B, K)
+    T, B, d = Xb.shape
+    K = yb.shape[-1]
+    block_lr = jax.lax.dynamic_slice_in_dim(lr, first, T)
+    count, live, scale, takes = step_scalars(real, block_lr, first)
+    dtype = Xb.dtype
+    D = d + 1
+    ones = jnp.ones((T, B, 1), dtype)
+    Xt = jnp.concatenate([Xb, ones], -1)  # (T, B, D)
+    gain = scale[:, None] * row_weight  # (T, B)
+    # The data gradient is Q W - h with Q = gain-weighted X̃ᵀX̃ and h = X̃ᵀ(gain y).
+    Q = jnp.einsum("tbi,tb,tbj->tij", Xt, gain, Xt, precision=HIGHEST)
+    h = jnp.einsum("tbi,tb,tbk->tik", Xt, gain, yb, precision=HIGHEST)
+    if not spec.fit_intercept:
+        Q, h = Q.at[:, d].set(0), h.at[:, d].set(0)
+    decay = jnp.concatenate([jnp.full((d,), 1.0, dtype), jnp.zeros((1,), dtype)]) * l2  # L2 on w only
+    Qp = Q + jnp.eye(D, dtype=dtype) * decay  # the gradient's full linear part (data + L2)
+    lr_t = jnp.where(live, block_lr, 0)[:, None, None]
+    eye = jnp.eye(D, dtype=dtype)
+    if s == 1:
+        # z' = z - lr (Qp z - h): E = lr Qp, u = lr h.
+        E = lr_t * Qp
+        u = lr_t * h
+    else:
+        # z = (W, v): v' = Qp W + mu v - h, W' = W - push (Qp W - h) - carry v,
+        # push = lr (momentum) or lr (1 + mu) (Nesterov), carry = lr mu or lr mu².
+        mu = jnp.where(live, momentum, 1.0)[:, None, None]
+        push = lr_t if rule == "momentum" else lr_t * (1 + mu)
+        hold = lr_t * mu if rule == "momentum" else lr_t * mu * mu
+        live_t = live[:, None, None].astype(dtype)
+        top = jnp.concatenate([push * Qp, hold * eye], -1)
+        bottom = jnp.concatenate([-live_t * Qp, (1 - mu) * eye + jnp.zeros_like(Qp)], -1)
+        E = jnp.concatenate([top, bottom], -2)  # T = I - E
+        u = jnp.concatenate([push * h, -live_t * h], -2)
+
+    def compose(earlier, later):
+        # (I - E2)((I - E1) z + u1) + u2 = (I - (E1 + E2 - E2 E1)) z + (u1 + u2 - E2 u1)
+        E1, u1 = earlier
+        E2, u2 = later
+        return E1 + E2 - jnp.matmul(E2, E1, precision=HIGHEST), u1 + u2 - jnp.matmul(E2, u1, precision=HIGHEST)
+
+    E_pre, u_pre = jax.lax.associative_scan(compose, (E, u))  # the map from z0 to z after each step
+    W0 = jnp.concatenate([w, b[None, :]], 0)  # (D, K)
+    z0 = W0 if s == 1 else jnp.concatenate([W0, jnp.concatenate([v_w, v_b[None, :]], 0)], 0)
+    after = z0[None] - jnp.matmul(E_pre, z0, precision=HIGHEST) + u_pre  # (T, s D, K)
+    W_after = after[:, :D]
+    W_before = jnp.concatenate([W0[None], W_after[:-1]], 0)
+    e = jnp.einsum("tbi,tik->tbk", Xt, W_before, precision=HIGHEST) - yb
+    entries = factor * e * e
+    counts = jnp.maximum(count, 1).astype(dtype) * K
+    weighted = jnp.sum(row_weight[:, :, None] * entries, (1, 2)) / counts
+    plain = weighted
+    if spec.stops and spec.weighted:
+        plain = jnp.sum(real[:, :, None] * entries, (1, 2)) / counts
+    norms = jnp.sum(W_before[:, :d] ** 2, (1, 2))
+    last = after[-1]
+    new_w, new_b = last[:d], last[d]
+    z = (new_w, new_b, None, None) if s == 1 else (new_w, new_b, last[D : D + d], last[D + d])
+    if spec.average:
+        sums = jnp.einsum("t,tik->ik", takes, W_after, precision=HIGHEST)
+        average = _average_into(average, average._replace(w=sums[:d], b=sums[d]), jnp.sum(takes), step_before,
+                                average_from)  # fmt: skip
+    return (z, average, step_before + T), (weighted, plain, norms)
+
+
+# ------------------------------------------------------------------ the loss's moving average
+
+
+def smooth_masked(losses, real, smoothing, start):
+    """The moving average after each step, in parallel: real steps move it
+    (``m = (1 - s) m + s loss``; from the first loss itself when `start` is
+    NaN), other steps leave it."""
+    keep = jnp.where(real, 1 - smoothing, 1.0).astype(losses.dtype)
+    add = jnp.where(real, smoothing * losses, 0.0).astype(losses.dtype)
+    start = jnp.where(jnp.isnan(start), losses[0], start)
+
+    def compose(earlier, later):
+        a1, b1 = earlier
+        a2, b2 = later
+        return a1 * a2, a2 * b1 + b2
+
+    scale, shift = jax.lax.associative_scan(compose, (keep, add))
+    return scale * start + shift
