@@ -29,6 +29,7 @@ from jaxlr import checkpoint as checkpoint_lib
 from jaxlr import engines, losses, parallel, penalties, schedules, validate
 from jaxlr.data import NpyStream, key_words, permutation_from_words, to_device
 from jaxlr.engines import core
+from jaxlr.engines import auto
 from jaxlr.engines import scan as scan_engine
 from jaxlr.engines.core import FitState, init_fit_state
 from jaxlr.model import Params, init_params
@@ -191,7 +192,12 @@ def fit(
             params, optimizer state, epoch, step count, moving average and
             averaged params all carry on; with the same key and settings the
             result is that of one uninterrupted run.
-        engine: "fused" or "loop".
+        engine: "fused" (every step in sequence, one compiled program),
+            "loop" (the lesson's Python loop over jitted steps), "scan" (the
+            same steps in parallel time: the squared loss with sgd, momentum
+            or nesterov; see `jaxlr.engines.scan`) or "auto" (the one measured
+            fastest for the backend, features and batch size; `verbose` says
+            which ran and why).
         devices: where to train. None for JAX's default device; a
             `jax.Device` or a platform name such as "cpu" or "gpu"; or for data
             parallelism a number of devices, a list of them, or a one-axis
@@ -285,8 +291,8 @@ def _prepare(  # fmt: skip
             raise ValueError("across processes use engine='fused': the loop feeds batches from one host.")
     engine_was_stream = stream is not None
     if stream is not None:
-        if engine not in ("fused", "scan") or mesh is not None or device is not None:
-            raise ValueError("data streamed from disk trains with engine='fused' on the default device.")
+        if engine not in ("fused", "scan", "auto") or mesh is not None or device is not None:
+            raise ValueError("data streamed from disk trains with engine='fused', 'scan' or 'auto' on the default device.")
         if weight is not None:
             raise ValueError("`sample_weight` is not available for data streamed from disk.")
         engine = "streamed" if engine == "fused" else engine
@@ -302,6 +308,15 @@ def _prepare(  # fmt: skip
         fit_intercept=bool(fit_intercept), weighted=weight is not None, smooth=bool(record_steps),
         max_slope=None if max_slope is None else validate.check_real("max_slope", max_slope, low=0.0),
     )  # fmt: skip
+    if engine == "auto":
+        engine, reason = auto.choose(
+            jax.default_backend() if device is None else device.platform, d, batch_size,
+            supported=scan_engine.unsupported(spec),
+        )  # fmt: skip
+        if verbose:
+            print(f"engine: {engine} ({reason})")
+        if engine == "fused" and engine_was_stream:
+            engine = "streamed"
     if engine == "scan":
         why = scan_engine.unsupported(spec)
         if why is not None:

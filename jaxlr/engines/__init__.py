@@ -4,6 +4,11 @@
   each) as one compiled program; rows live on the device.
 - ``"loop"``: the lesson's Python loop, the `batches` generator feeding the
   jitted step from host memory.
+- ``"scan"``: the fused engine with each epoch's steps computed in parallel
+  time (`jaxlr.engines.scan`), exact for the squared loss with sgd,
+  momentum or nesterov.
+- ``"auto"``: one of "fused" and "scan", from a measured table
+  (`jaxlr.engines.auto`).
 - ``"streamed"``: the fused epoch over a file read a chunk at a time (chosen
   by `fit` when X is an `NpyStream` or a `numpy.memmap`).
 
@@ -45,4 +50,4 @@ def get(name: str):
     return {"fused": fused.run, "loop": loop.run, "streamed": streamed.run}[name]
 
 
-ENGINES = ("fused", "loop", "scan")
+ENGINES = ("fused", "loop", "scan", "auto")

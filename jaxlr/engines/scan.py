@@ -110,7 +110,7 @@ def _transfer(rule, lr, momentum, decay, live):
         carry = lr * momentum if rule == "momentum" else lr * momentum**2
         M = jnp.stack([jnp.stack([1 - push * decay, -carry], -1), jnp.stack([decay * one, momentum * one], -1)], -2)
         n = jnp.stack([-push, one], -1)
-    eye = jnp.eye(M.shape[-1], dtype=M.dtype)
+    eye = jnp.broadcast_to(jnp.eye(M.shape[-1], dtype=M.dtype), M.shape)
     M = jnp.where(live[..., None, None], M, eye)
     n = jnp.where(live[..., None], n, 0)
     return M, n
@@ -139,9 +139,10 @@ def _impulses(M, n, weights):
         Phi, U, Phi_sum, U_sum = carry
         M_t, n_t, w_t, t = step
         before = (Phi, U)
-        Phi = M_t @ Phi
-        U = M_t @ U
-        U = U + n_t[..., :, None] * (jnp.arange(k) == t)
+        Phi = _small_matmul(M_t, Phi)
+        U = _small_matmul(M_t, U)
+        arriving = (jnp.arange(k) == t).astype(U.dtype).reshape((1,) * (U.ndim - 1) + (k,))
+        U = U + n_t[..., :, None] * arriving
         w = w_t[..., None, None]
         return (Phi, U, Phi_sum + w * Phi, U_sum + w * U), before
 
@@ -166,7 +167,8 @@ def run_epoch(spec, numbers, state, data, order):
     B = spec.batch_size
     steps = order.shape[0] // B
     maps = uses_maps(B, d)
-    k = 1 if maps else max(1, CHUNK_ROWS // B)  # steps per chunk
+    # Steps per chunk: a power of two, for the inverse's doubling.
+    k = 1 if maps else 1 << max(0, (CHUNK_ROWS // B).bit_length() - 1)
     C = max(1, (MAP_STEPS if maps else BLOCK_ROWS // (k * B)) // k)  # chunks per block
     per_block = C * k
     blocks = -(-steps // per_block)
@@ -280,10 +282,7 @@ def _chunk_block(spec, carry, block, *, gather, step_scalars, lr, momentum, l2, 
     if k > 1:
         gram = jnp.einsum("crd,cqd->crq", X_c, X_c, precision=HIGHEST)
         lower = (w_push * gram + b_push) * gain[:, None, :]
-        eye = jnp.eye(R, dtype=X_c.dtype)
-        inverse = jax.lax.linalg.triangular_solve(
-            eye - lower, jnp.broadcast_to(eye, lower.shape), left_side=True, lower=True, unit_diagonal=True
-        )
+        inverse = _unit_lower_inverse(jnp.eye(R, dtype=X_c.dtype)[None] - lower, B)
 
     def coefficient(table, cls, row):
         # table (2, C, k+1, s, ...) at the rows' steps
@@ -331,10 +330,10 @@ def _chunk_block(spec, carry, block, *, gather, step_scalars, lr, momentum, l2, 
         norms = jnp.zeros(k, e.dtype)
         if spec.stops and spec.l2:
             # ||w||² before each step: w0's and the earlier rows' contributions.
-            w_before = start[0][c][:k, 0, 0][:, None, None] * z_w[0] + jnp.einsum(
+            w_before = start[0][c][:k, 0, 0][:, None, None] * z_w[0][None] + jnp.einsum(
                 "tr,rd,rk->tdk", along_w[c], X_r, g, precision=HIGHEST)
             if s == 2:
-                w_before = w_before + start[0][c][:k, 0, 1][:, None, None] * z_w[1]
+                w_before = w_before + start[0][c][:k, 0, 1][:, None, None] * z_w[1][None]
             norms = jnp.sum(w_before * w_before, (1, 2))
         z = (new_w[0], new_b[0], None if s == 1 else new_w[1], None if s == 1 else new_b[1])
         return (z, average, step_before + k), (weighted, plain, norms)
@@ -363,9 +362,9 @@ def _map_block(spec, carry, block, *, gather, step_scalars, lr, momentum, l2, k,
     if not spec.fit_intercept:
         Q, h = Q.at[:, d].set(0), h.at[:, d].set(0)
     decay = jnp.concatenate([jnp.full((d,), 1.0, dtype), jnp.zeros((1,), dtype)]) * l2  # L2 on w only
-    Qp = Q + jnp.eye(D, dtype=dtype) * decay  # the gradient's full linear part (data + L2)
+    Qp = Q + jnp.diag(decay)[None]  # the gradient's full linear part (data + L2)
     lr_t = jnp.where(live, block_lr, 0)[:, None, None]
-    eye = jnp.eye(D, dtype=dtype)
+    eye = jnp.eye(D, dtype=dtype)[None]
     if s == 1:
         # z' = z - lr (Qp z - h): E = lr Qp, u = lr h.
         E = lr_t * Qp
@@ -410,6 +409,42 @@ def _map_block(spec, carry, block, *, gather, step_scalars, lr, momentum, l2, k,
         average = _average_into(average, average._replace(w=sums[:d], b=sums[d]), jnp.sum(takes), step_before,
                                 average_from)  # fmt: skip
     return (z, average, step_before + T), (weighted, plain, norms)
+
+
+def _small_matmul(a, b):
+    """``a @ b`` over batch dimensions. XLA on a CPU runs a batched product
+    as one library call per matrix, about a microsecond each: for the small
+    matrices here, an elementwise product and sum is far faster."""
+    if a.shape[-1] > 16:
+        return jnp.matmul(a, b, precision=HIGHEST)
+    return jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
+
+
+def _unit_lower_inverse(A, block):
+    """The inverse of A (..., R, R), lower triangular by blocks of `block`
+    rows with identity blocks on its diagonal; R / block a power of two.
+
+    Pairs of inverted diagonal blocks merge level by level,
+    ``[[X1, 0], [A21, X2]]^-1 = [[X1, 0], [-X2 A21 X1, X2]]``: log2(R / block)
+    rounds of batched matrix products (XLA's own triangular solve runs
+    row by row on a CPU, a hundred times slower here).
+    """
+    R = A.shape[-1]
+    batch = A.shape[:-2]
+    inverse = jnp.broadcast_to(jnp.eye(block, dtype=A.dtype), (*batch, R // block, block, block))
+    m = block
+    while m < R:
+        pairs = R // (2 * m)
+        blocks = A.reshape(*batch, pairs, 2 * m, pairs, 2 * m)
+        diagonal = jnp.moveaxis(jnp.diagonal(blocks, axis1=-4, axis2=-2), -1, -3)  # (..., pairs, 2m, 2m)
+        lower = diagonal[..., m:, :m]
+        first, second = inverse[..., 0::2, :, :], inverse[..., 1::2, :, :]
+        corner = -_small_matmul(second, _small_matmul(lower, first))
+        top = jnp.concatenate([first, jnp.zeros_like(first)], -1)
+        bottom = jnp.concatenate([corner, second], -1)
+        inverse = jnp.concatenate([top, bottom], -2)
+        m *= 2
+    return inverse[..., 0, :, :]
 
 
 # ------------------------------------------------------------------ the loss's moving average
