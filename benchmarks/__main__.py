@@ -1,11 +1,11 @@
-"""python -m benchmarks {seed,scale,sweep,cold,practice,all} [--size tiny] [--device gpu] [--batch-size N] [--json FILE]"""
+"""python -m benchmarks {seed,scale,sweep,cold,practice,engines,all} [--size tiny] [--device gpu] [--batch-size N] [--json FILE]"""
 
 import argparse
 import datetime
 import json
 import sys
 
-from benchmarks import cold, harness, practice, scale, seed, sweep
+from benchmarks import cold, engines, harness, practice, scale, seed, sweep
 
 SIZES = {
     # case: (full size, tiny size used by the tests)
@@ -16,6 +16,7 @@ SIZES = {
     "cold": ({}, {}),
     "practice": ({"num_rows": 200_000, "num_tables": 3, "num_settings": 16, "num_seeds": 5},
                  {"num_rows": 2000, "num_tables": 1, "num_settings": 2, "num_seeds": 2, "budget_s": 0.1}),
+    "engines": ({}, {"num_rows": 2000, "features": (2,), "batches": (1, 64), "budget_s": 0.1, "accuracy": False}),
 }
 GPU_SCALE = {"num_examples": 20_000_000, "num_features": 100, "batch_size": 4096}
 REFERENCE = {
@@ -24,8 +25,9 @@ REFERENCE = {
     "sweep": "one jaxlr fused fit",
     "cold": 'python -c "import jax"',
     "practice": "scikit-learn SGDRegressor (each group's own: the vs_sklearn column)",
+    "engines": "the fused engine at the same features and batch size (the vs_fused column)",
 }
-MODULES = {"seed": seed, "scale": scale, "sweep": sweep, "cold": cold, "practice": practice}
+MODULES = {"seed": seed, "scale": scale, "sweep": sweep, "cold": cold, "practice": practice, "engines": engines}
 
 
 def main(argv=None):

@@ -26,7 +26,7 @@ FEATURES = (2, 10, 100)
 BATCHES = (1, 4, 32, 256, 1024)
 
 
-def run(*, num_rows=200_000, features=FEATURES, batches=BATCHES, repeats=5, budget_s=2.0):
+def run(*, num_rows=200_000, features=FEATURES, batches=BATCHES, repeats=5, budget_s=2.0, accuracy=True):
     rows = []
     rng = np.random.default_rng(0)
     for d in features:
@@ -63,7 +63,8 @@ def run(*, num_rows=200_000, features=FEATURES, batches=BATCHES, repeats=5, budg
                     row.metrics["auto_chose"] = chosen
                     row.metrics["fastest"] = fastest.name.rsplit(" ", 1)[-1]
             rows.extend(measured)
-    rows.extend(_accuracy())
+    if accuracy:
+        rows.extend(_accuracy())
     return rows
 
 

@@ -34,6 +34,7 @@ them to TF32).
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
@@ -154,6 +155,19 @@ def _impulses(M, n, weights):
     return start, pushes, Phi_sum, U_sum
 
 
+def _impulses_plain(M, n, weights):
+    """`_impulses` for steps whose M is 1 (plain SGD without L2), in closed form."""
+    k = n.shape[-2]
+    batch = n.shape[:-2]
+    start = jnp.ones((*batch, k + 1, 1, 1), n.dtype)
+    later = (jnp.arange(k + 1)[:, None] > jnp.arange(k)[None, :]).astype(n.dtype)  # step i before state t
+    pushes = (later.reshape((1,) * len(batch) + (k + 1, 1, k)) * n[..., None, :, 0][..., None, :])
+    start_sum = jnp.sum(weights, -1)[..., None, None]
+    from_each = jnp.cumsum(weights[..., ::-1], -1)[..., ::-1]  # weights of the states after step i onwards
+    push_sum = (n[..., 0] * from_each)[..., None, :]
+    return start, pushes, start_sum, push_sum
+
+
 # ------------------------------------------------------------------ one epoch
 
 
@@ -187,11 +201,11 @@ def run_epoch(spec, numbers, state, data, order):
     l2 = jnp.asarray(numbers.penalty.l2 if spec.l2 else 0.0, dtype)
     average_from = numbers.average_start
 
-    w, b = state.params
-    v_w = v_b = None
+    # The state as one array Z of shape (s, d + 1, K): W̃ = (w; b), then the velocity.
+    Z = jnp.concatenate([state.params.w, state.params.b[None]], 0)[None]
     if s == 2:
-        v_w, v_b = state.opt_state.trace
-    z0 = (w, b, v_w, v_b)
+        trace = state.opt_state.trace
+        Z = jnp.concatenate([Z, jnp.concatenate([trace.w, trace.b[None]], 0)[None]], 0)
 
     def gather(block_rows):
         stored = jnp.minimum(block_rows, X.shape[0] - 1)
@@ -208,14 +222,14 @@ def run_epoch(spec, numbers, state, data, order):
         return count, live, scale, takes.astype(dtype)
 
     form = _map_block if maps else _chunk_block
-    carry = (z0, state.average, state.step)
+    carry = (Z, state.average, state.step)
     carry, outputs = jax.lax.scan(
         lambda carry, block: form(spec, carry, block, gather=gather, step_scalars=step_scalars, lr=lr,
                                   momentum=momentum, l2=l2, k=k, C=C, s=s, rule=rule, factor=factor,
                                   average_from=average_from),
         carry, (rows, jnp.arange(blocks) * per_block),
     )  # fmt: skip
-    (w, b, v_w, v_b), average, _ = carry
+    Z, average, _ = carry
     step_losses, plain, norms = (o.reshape(-1)[:steps] for o in outputs)
 
     real_steps = (data.n + B - 1) // B
@@ -231,34 +245,56 @@ def run_epoch(spec, numbers, state, data, order):
         moving_out = smooth_masked(step_losses, is_real, numbers.smoothing, state.moving)
         moving = jnp.where(real_steps > 0, moving_out[jnp.maximum(real_steps - 1, 0)], state.moving)
     new = state._replace(
-        params=state.params._replace(w=w, b=b), moving=moving, average=average,
+        params=state.params._replace(w=Z[0, :d], b=Z[0, d]), moving=moving, average=average,
         step=state.step + real_steps.astype(state.step.dtype),
         ok=state.ok & jnp.all(jnp.isfinite(step_losses) | ~is_real),
         last_loss=step_losses[jnp.maximum(real_steps - 1, 0)],
     )  # fmt: skip
     if s == 2:
-        new = new._replace(opt_state=state.opt_state._replace(trace=state.params._replace(w=v_w, b=v_b)))
+        velocity = state.params._replace(w=Z[1, :d], b=Z[1, d])
+        new = new._replace(opt_state=state.opt_state._replace(trace=velocity))
     return new, (step_losses, moving_out, watched)
 
 
 def _average_into(average, sums, taken, step_before, average_from):
-    """The running mean of the params after `taken` more updates summing to `sums`."""
+    """The running mean of the params after `taken` more updates whose params sum to `sums` (d + 1, K)."""
     done = jnp.maximum(step_before - average_from + 1, 0).astype(taken.dtype)
-    total = done + taken
-    return jax.tree.map(
-        lambda a, s: jnp.where(taken > 0, a + (s - taken * a) / jnp.maximum(total, 1), a), average, sums
-    )
+    total = jnp.maximum(done + taken, 1)
+    d = average.w.shape[0]
+    moved = average._replace(w=average.w + (sums[:d] - taken * average.w) / total,
+                             b=average.b + (sums[d] - taken * average.b) / total)  # fmt: skip
+    return jax.tree.map(lambda a, b: jnp.where(taken > 0, a, b), moved, average)
+
+
+def _per_row(table, rows):
+    """A per-step table's last axis repeated for each of a step's `rows` (a broadcast, not a gather)."""
+    return jnp.broadcast_to(table[..., None], (*table.shape, rows)).reshape(*table.shape[:-1], -1)
+
+
+def _by_coordinate(table, d):
+    """A (2, ...) table of the w class and the intercept's class as (..., d + 1), one entry per coordinate."""
+    return jnp.concatenate([jnp.repeat(table[0][..., None], d, -1), table[1][..., None]], -1)
 
 
 def _chunk_block(spec, carry, block, *, gather, step_scalars, lr, momentum, l2, k, C, s, rule, factor,
                  average_from):  # fmt: skip
-    """A block of C chunks of k steps in the chunked-residual form."""
+    """A block of C chunks of k steps in the chunked-residual form.
+
+    Everything that does not depend on the params is prepared for all chunks
+    at once; what is left in sequence is, per chunk,
+
+        e = A Z - v,     Z' = T ∘ Z + Pᵀ e,
+
+    the residuals of the chunk's rows from its starting state Z, and the
+    state after it.
+    """
     block_rows, first = block
-    (w, b, v_w, v_b), average, step_before = carry
+    Z, average, step_before = carry
     Xb, yb, real, row_weight = gather(block_rows)  # (C k, B, ...)
-    per = C * k
-    B = block_rows.shape[-1]
-    R = k * B
+    per, B, d = Xb.shape
+    K = yb.shape[-1]
+    R, D = k * B, d + 1
+    dtype = Xb.dtype
     block_lr = jax.lax.dynamic_slice_in_dim(lr, first, per)
     count, live, scale, takes = step_scalars(real, block_lr, first)
 
@@ -268,84 +304,74 @@ def _chunk_block(spec, carry, block, *, gather, step_scalars, lr, momentum, l2, 
     if not spec.fit_intercept:
         n = n.at[1].set(0)  # the intercept's gradient is held at zero
     chunked = lambda a: a.reshape(a.shape[0], C, k, *a.shape[2:])  # noqa: E731
-    start, pushes, start_sum, push_sum = _impulses(chunked(M), chunked(n), jnp.broadcast_to(takes.reshape(C, k), (2, C, k)))
-    # start: (2, C, k+1, s, s); pushes: (2, C, k+1, s, k)
+    weights = jnp.broadcast_to(takes.reshape(C, k), (2, C, k))
+    plain = rule == "sgd" and not spec.l2  # M = 1: a gradient moves W by -lr once and for all
+    start, pushes, start_sum, push_sum = (_impulses_plain if plain else _impulses)(chunked(M), chunked(n), weights)
+    # start: (2, C, k+1, s, s); pushes: (2, C, k+1, s, k); start_sum: (2, C, s, s); push_sum: (2, C, s, k)
 
-    X_c = Xb.reshape(C, R, -1)
-    y_c = yb.reshape(C, R, -1)
+    X_c = Xb.reshape(C, R, d)
+    Xt = jnp.concatenate([X_c, jnp.ones((C, R, 1), dtype)], -1)  # rows x̃ = (x, 1)
+    y_c = yb.reshape(C, R, K)
     gain = (scale[:, None] * row_weight).reshape(C, R)  # a row's weight in its step's gradient
-    step_of_row = jnp.repeat(jnp.arange(k), B)
-    # How row q's gradient reaches row r's residual: through w (with x_r·x_q) and through b.
-    w_push = pushes[0][:, :k, 0, :][:, :, step_of_row][:, step_of_row, :]  # (C, R, R)
-    b_push = pushes[1][:, :k, 0, :][:, :, step_of_row][:, step_of_row, :]
-    inverse = None
+    rows_of = functools.partial(_per_row, rows=B)  # per step -> per row, along the last axis
+
+    # Row r's residual from the chunk's start: Σ_j start[t(r)][0, j] x̃_r · Z[j].
+    F = jnp.moveaxis(rows_of(jnp.moveaxis(_by_coordinate(start[:, :, :k, 0, :], d), 1, -1)), -1, 1)
+    F = F * Xt[:, :, None]  # (C, R, s, D)
+    F = F.reshape(C, R, s * D)
+    targets = y_c
     if k > 1:
+        # How row q's gradient reaches row r's residual, through w (x_r·x_q) and b.
+        both_ways = lambda table: jnp.swapaxes(rows_of(jnp.swapaxes(rows_of(table), -1, -2)), -1, -2)  # noqa: E731
+        w_push, b_push = both_ways(pushes[0][:, :k, 0, :]), both_ways(pushes[1][:, :k, 0, :])  # (C, R, R)
         gram = jnp.einsum("crd,cqd->crq", X_c, X_c, precision=HIGHEST)
         lower = (w_push * gram + b_push) * gain[:, None, :]
-        inverse = _unit_lower_inverse(jnp.eye(R, dtype=X_c.dtype)[None] - lower, B)
+        inverse = _unit_lower_inverse(jnp.eye(R, dtype=dtype)[None] - lower, B)
+        F = jnp.matmul(inverse, F, precision=HIGHEST)
+        targets = jnp.matmul(inverse, y_c, precision=HIGHEST)
+    T = _by_coordinate(start[:, :, k], d)  # (C, s, s, D): the state after the chunk from the one before
+    moved_by = gain[:, None, :, None] * Xt[:, None]  # (C, 1, R, D): a row's gradient per unit of residual
+    P = _by_coordinate(rows_of(pushes[:, :, k]), d) * moved_by  # (C, s, R, D): how each row's residual moves Z
+    inputs = [F, targets, T, P]
+    if spec.average:
+        S = _by_coordinate(start_sum[:, :, 0, :], d)  # (C, s, D): the params summed over the chunk...
+        Q = _by_coordinate(rows_of(push_sum[:, :, 0, :]), d) * moved_by[:, 0]  # (C, R, D)
+        inputs += [S, Q, jnp.sum(takes.reshape(C, k), -1)]
 
-    def coefficient(table, cls, row):
-        # table (2, C, k+1, s, ...) at the rows' steps
-        return table[cls][:, :k][:, step_of_row] if row else table[cls][:, k]
-
-    start_w, start_b = coefficient(start, 0, True)[..., 0, :], coefficient(start, 1, True)[..., 0, :]  # (C, R, s)
-    end_w, end_b = start[0][:, k], start[1][:, k]  # (C, s, s)
-    out_w = pushes[0][:, k][..., step_of_row]  # (C, s, R)
-    out_b = pushes[1][:, k][..., step_of_row]
-    sum_w, sum_b = start_sum[0], start_sum[1]  # (C, s, s)
-    psum_w, psum_b = push_sum[0][..., step_of_row], push_sum[1][..., step_of_row]  # (C, s, R)
-    along_w = pushes[0][:, :k, 0, :][..., step_of_row]  # (C, k, R): w before each step, from each row
-
-    def chunk(carry, c):
-        (w, b, v_w, v_b), average, step_before = carry
-        X_r, y_r = X_c[c], y_c[c]
-        z_w = [w] if s == 1 else [w, v_w]
-        z_b = [b] if s == 1 else [b, v_b]
-        projected = [jnp.dot(X_r, z, precision=HIGHEST) for z in z_w]  # (R, K) each
-        residual0 = sum(start_w[c][:, j, None] * projected[j] for j in range(s))
-        residual0 = residual0 + sum(start_b[c][:, j, None] * z_b[j][None, :] for j in range(s)) - y_r
-        e = residual0 if inverse is None else jnp.dot(inverse[c], residual0, precision=HIGHEST)
-        g = gain[c][:, None] * e  # each row's share of its step's data gradient, per output
-
-        def advance(maps, outs, z, through_x):
-            new = []
-            for i in range(s):
-                value = sum(maps[i, j] * z[j] for j in range(s))
-                pushed = outs[i][:, None] * g
-                new.append(value + (jnp.dot(X_r.T, pushed, precision=HIGHEST) if through_x else jnp.sum(pushed, 0)))
-            return new
-
-        new_w = advance(end_w[c], out_w[c], z_w, True)
-        new_b = advance(end_b[c], out_b[c], z_b, False)
+    def chunk(carry, prepared):
+        Z, average, step_before = carry
+        F, targets, T, P = prepared[:4]
+        e = jnp.dot(F, Z.reshape(s * D, K), precision=HIGHEST) - targets  # (R, K)
+        moved = jnp.sum(T[..., None] * Z[None], 1) + jnp.einsum("irc,rk->ick", P, e, precision=HIGHEST)
         if spec.average:
-            sums = (advance(sum_w[c], psum_w[c], z_w, True)[0], advance(sum_b[c], psum_b[c], z_b, False)[0])
-            taken = jnp.sum(takes.reshape(C, k)[c])
-            average = _average_into(average, average._replace(w=sums[0], b=sums[1]), taken, step_before, average_from)
-        entries = factor * e * e
-        counts = jnp.maximum(count.reshape(C, k)[c], 1).astype(e.dtype) * e.shape[1]
-        weighted = jnp.sum((row_weight.reshape(C, R)[c][:, None] * entries).reshape(k, B, -1), (1, 2)) / counts
-        plain = weighted
-        if spec.stops and spec.weighted:
-            plain = jnp.sum((real.reshape(C, R)[c][:, None] * entries).reshape(k, B, -1), (1, 2)) / counts
-        norms = jnp.zeros(k, e.dtype)
-        if spec.stops and spec.l2:
-            # ||w||² before each step: w0's and the earlier rows' contributions.
-            w_before = start[0][c][:k, 0, 0][:, None, None] * z_w[0][None] + jnp.einsum(
-                "tr,rd,rk->tdk", along_w[c], X_r, g, precision=HIGHEST)
-            if s == 2:
-                w_before = w_before + start[0][c][:k, 0, 1][:, None, None] * z_w[1][None]
-            norms = jnp.sum(w_before * w_before, (1, 2))
-        z = (new_w[0], new_b[0], None if s == 1 else new_w[1], None if s == 1 else new_b[1])
-        return (z, average, step_before + k), (weighted, plain, norms)
+            S, Q, taken = prepared[4:]
+            sums = jnp.sum(S[..., None] * Z, 0) + jnp.dot(Q.T, e, precision=HIGHEST)  # ...from W0 and the pushes
+            average = _average_into(average, sums, taken, step_before, average_from)
+        return (moved, average, step_before + k), (e, Z)
 
-    return jax.lax.scan(chunk, carry, jnp.arange(C))
+    carry, (e, starts) = jax.lax.scan(chunk, carry, tuple(inputs))
+
+    # The steps' losses from the residuals, for all chunks at once.
+    entries = factor * e * e
+    counts = jnp.maximum(count.reshape(C, k), 1).astype(dtype) * K
+    by_step = lambda a: jnp.sum(a.reshape(C, k, B, K), (2, 3)) / counts  # noqa: E731
+    weighted = by_step(row_weight.reshape(C, R)[..., None] * entries)
+    plain_losses = by_step(real.reshape(C, R)[..., None] * entries) if spec.stops and spec.weighted else weighted
+    norms = jnp.zeros((C, k), dtype)
+    if spec.stops and spec.l2:
+        # ||w||² before each step: from the chunk's start and its earlier rows' pushes.
+        along = rows_of(pushes[0][:, :k, 0, :])  # (C, k, R)
+        w_before = jnp.einsum("ctj,cjdk->ctdk", start[0][:, :k, 0, :], starts[:, :, :d], precision=HIGHEST)
+        w_before = w_before + jnp.einsum("ctr,crd,crk->ctdk", along, X_c, gain[..., None] * e, precision=HIGHEST)
+        norms = jnp.sum(w_before * w_before, (2, 3))
+    return carry, (weighted, plain_losses, norms)
 
 
 def _map_block(spec, carry, block, *, gather, step_scalars, lr, momentum, l2, k, C, s, rule, factor,
                average_from):  # fmt: skip
     """A block of steps in the composed-map form (one step per "chunk")."""
     block_rows, first = block
-    (w, b, v_w, v_b), average, step_before = carry
+    Z, average, step_before = carry
     Xb, yb, real, row_weight = gather(block_rows)  # (T, B, d), (T, B, K)
     T, B, d = Xb.shape
     K = yb.shape[-1]
@@ -388,11 +414,10 @@ def _map_block(spec, carry, block, *, gather, step_scalars, lr, momentum, l2, k,
         return E1 + E2 - jnp.matmul(E2, E1, precision=HIGHEST), u1 + u2 - jnp.matmul(E2, u1, precision=HIGHEST)
 
     E_pre, u_pre = jax.lax.associative_scan(compose, (E, u))  # the map from z0 to z after each step
-    W0 = jnp.concatenate([w, b[None, :]], 0)  # (D, K)
-    z0 = W0 if s == 1 else jnp.concatenate([W0, jnp.concatenate([v_w, v_b[None, :]], 0)], 0)
+    z0 = Z.reshape(s * D, K)
     after = z0[None] - jnp.matmul(E_pre, z0, precision=HIGHEST) + u_pre  # (T, s D, K)
     W_after = after[:, :D]
-    W_before = jnp.concatenate([W0[None], W_after[:-1]], 0)
+    W_before = jnp.concatenate([z0[None, :D], W_after[:-1]], 0)
     e = jnp.einsum("tbi,tik->tbk", Xt, W_before, precision=HIGHEST) - yb
     entries = factor * e * e
     counts = jnp.maximum(count, 1).astype(dtype) * K
@@ -401,14 +426,10 @@ def _map_block(spec, carry, block, *, gather, step_scalars, lr, momentum, l2, k,
     if spec.stops and spec.weighted:
         plain = jnp.sum(real[:, :, None] * entries, (1, 2)) / counts
     norms = jnp.sum(W_before[:, :d] ** 2, (1, 2))
-    last = after[-1]
-    new_w, new_b = last[:d], last[d]
-    z = (new_w, new_b, None, None) if s == 1 else (new_w, new_b, last[D : D + d], last[D + d])
     if spec.average:
         sums = jnp.einsum("t,tik->ik", takes, W_after, precision=HIGHEST)
-        average = _average_into(average, average._replace(w=sums[:d], b=sums[d]), jnp.sum(takes), step_before,
-                                average_from)  # fmt: skip
-    return (z, average, step_before + T), (weighted, plain, norms)
+        average = _average_into(average, sums, jnp.sum(takes), step_before, average_from)
+    return (after[-1].reshape(s, D, K), average, step_before + T), (weighted, plain, norms)
 
 
 def _small_matmul(a, b):
