@@ -22,11 +22,11 @@ import jaxlr
 from benchmarks.harness import Row, available, interleaved_rows
 from jaxlr.engines import auto
 
-FEATURES = (2, 10, 100)
-BATCHES = (1, 4, 32, 256, 1024)
+FEATURES = (10, 100)
+BATCHES = (1, 8, 64, 1024)
 
 
-def run(*, num_rows=200_000, features=FEATURES, batches=BATCHES, repeats=5, budget_s=2.0, accuracy=True):
+def run(*, num_rows=100_000, features=FEATURES, batches=BATCHES, repeats=5, budget_s=2.0, accuracy=True):
     rows = []
     rng = np.random.default_rng(0)
     for d in features:
