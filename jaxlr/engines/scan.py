@@ -35,7 +35,7 @@ them to TF32).
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -73,7 +73,8 @@ def unsupported(spec) -> Optional[str]:
 
 def squared_factor(loss) -> Optional[float]:
     """c when `loss` is c times the squared error, else None."""
-    function, factor = loss.function, 1.0
+    function: Any = loss.function
+    factor = 1.0
     while isinstance(function, losses_lib._Scaled):
         function, factor = function.function, factor * function.factor
     return factor if function is losses_lib.squared else None
