@@ -248,10 +248,20 @@ def _load(args):
         from jaxlr.data import Table
 
         return Table(np.asarray(X, np.float64), np.asarray(y, np.float64), ("x0", "x1"), "y"), True
-    if args.target is None:
-        raise UsageError("--data needs --target (a column name or 0-based index).")
+    target = args.target
+    if target is None:
+        if not args.data.lower().endswith(".npz"):
+            raise UsageError("--data needs --target (a column name or 0-based index).")
+        target = "y"  # a .npz table's target is its array y
     weight = getattr(args, "sample_weight", None)
-    return load_table(args.data, target=args.target, features=features, weight=weight), False
+    return _noted(load_table(args.data, target=target, features=features, weight=weight)), False
+
+
+def _noted(table):
+    """Tells the user how the table was read (columns left out), one line each."""
+    for note in table.notes:
+        print(f"jaxlr: note: {note}", file=sys.stderr)
+    return table
 
 
 def _keys(args):
@@ -429,7 +439,7 @@ def _solve(args):
 def _predict(args):
     model = load_model(args.model)
     path = Path(args.data)
-    table = load_table(path, target=args.target)
+    table = _noted(load_table(path, target=args.target))
     X = _match_features(table, model, path)
     predictions = model.predict(X)
     lines = [",".join(model.target_names)]

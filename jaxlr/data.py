@@ -207,6 +207,8 @@ class Table(NamedTuple):
         feature_names: the d column names, in the order of X's columns.
         target_name: the target column's name, or None.
         weight: float64 array of shape (n,) of per-row weights, or None.
+        notes: one-line remarks on how the file was read (a column left
+            out, ...), for the user to see.
     """
 
     X: np.ndarray
@@ -214,6 +216,7 @@ class Table(NamedTuple):
     feature_names: tuple
     target_name: Any
     weight: Any = None
+    notes: tuple = ()
 
 
 def load_table(path, *, target=None, features=None, weight=None):
@@ -221,10 +224,15 @@ def load_table(path, *, target=None, features=None, weight=None):
 
     In a CSV, `target` is a column name or a 0-based index; the features are
     the columns named in `features`, or else every numeric column but the
-    target. A column counts as numeric when its first row is a number; any
-    later cell of a numeric column that is not one is an error, with its line
-    and column. A `.npy` matrix is read the same way, with columns named by
-    their index; a `.npz` holds arrays X and y (and optionally feature_names).
+    target. A column is numeric when its cells are numbers, whatever row
+    they are in: a column with some numbers and some text is an error unless
+    `features` leaves it out, and a missing cell (empty, or a marker such as
+    NA) or a NaN or inf in a column that is used is an error naming its line
+    and column. A first column with an empty name (or ``Unnamed: 0``) is the
+    row index pandas writes: it is left out, and `Table.notes` says so. A
+    `.npy` matrix is read the same way, with columns named by their index; a
+    `.npz` holds arrays X and y (and optionally feature_names), and its
+    target is y whether or not `target` (which may only be "y") is given.
 
     Args:
         path: the file.
@@ -249,36 +257,90 @@ def load_table(path, *, target=None, features=None, weight=None):
     if suffix == ".npy":
         matrix = _load_npy(path)
         names = [str(j) for j in range(matrix.shape[1])]
-        return _select(path, names, lambda j: matrix[:, j], target, features, [True] * len(names), weight)
+
+        def matrix_column(j):
+            values = matrix[:, j].astype(np.float64)
+            bad = ~np.isfinite(values)
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise DataError(
+                    f"{path.name}: row {i} (counting from 0), column {j} holds {values[i]}, not a finite number."
+                )
+            return values
+
+        return _select(path, names, matrix_column, target, features, ["numeric"] * len(names), weight)
     header, rows = _read_csv(path)
-    first = rows[0]
-    numeric = [_is_number(cell) for cell in first]
+    columns = [_CsvColumn(path, header[j], [row[j] for row in rows]) for j in range(len(header))]
+    notes = ()
+    if header[0] in ("", "Unnamed: 0") and len(header) > 1:
+        requested = [str(c).strip() for c in [target, weight, *(features or [])] if c is not None]
+        if not any(c in (header[0], "0") for c in requested):
+            # `DataFrame.to_csv` writes the row labels first, under an empty name.
+            columns[0].kind = "index"
+            notes = (f"{path.name}: the first column {header[0]!r} is a row index (as pandas writes it); it is not used.",)
+    table = _select(path, header, lambda j: columns[j].values(), target, features,
+                    [c.kind for c in columns], weight)  # fmt: skip
+    return table._replace(notes=notes)
 
-    def column(j):
-        values = np.empty(len(rows))
-        for i, row in enumerate(rows):
+
+# What pandas reads as a missing value, besides an empty cell.
+_MISSING = frozenset(
+    "#N/A #N/A_N/A #NA -1.#IND -1.#QNAN -NaN -nan 1.#IND 1.#QNAN <NA> N/A NA NULL NaN None n/a nan null".split()
+) | {"#N/A N/A"}
+
+
+class _CsvColumn:
+    """One column of a CSV: its kind, judged from every cell, and its values."""
+
+    def __init__(self, path, name, cells):
+        self.path, self.name, self.cells = path, name, cells
+        self._values = np.empty(len(cells))
+        self.first_text = self.first_missing = None
+        numbers = 0
+        for i, cell in enumerate(cells):
+            text = cell.strip()
             try:
-                values[i] = float(row[j])
+                self._values[i] = float(text)
             except ValueError:
-                what = "is empty" if not row[j].strip() else f"holds {row[j]!r}, not a number"
-                # Line numbers count the header as line 1.
-                raise DataError(f"{path.name}: line {i + 2}, column {header[j]!r} {what}.") from None
+                self._values[i] = np.nan
+                if not text or text in _MISSING:
+                    self.first_missing = i if self.first_missing is None else self.first_missing
+                else:
+                    self.first_text = i if self.first_text is None else self.first_text
+            else:
+                numbers += 1
+        # "numeric", "text", "mixed" (numbers and text), or "empty" (no value at all).
+        if self.first_text is None:
+            self.kind = "numeric" if numbers else "empty"
+        else:
+            self.kind = "mixed" if numbers else "text"
+
+    def values(self):
+        """The column as float64, refusing any cell that is not a finite number."""
+        values = self._values
+        finite = np.isfinite(values)
+        if not finite.all():
+            i = self.first_text if self.kind == "mixed" else int(np.argmax(~finite))
+            cell = self.cells[i].strip()
+            if not cell:
+                what = "is empty"
+            elif cell in _MISSING:
+                what = f"is missing ({cell!r})"
+            else:
+                try:
+                    float(cell)
+                    what = f"holds {cell!r}, not a finite number"
+                except ValueError:
+                    what = f"holds {cell!r}, not a number"
+            # Line numbers count the header as line 1.
+            raise DataError(f"{self.path.name}: line {i + 2}, column {self.name!r} {what}.")
         return values
-
-    return _select(path, header, column, target, features, numeric, weight)
-
-
-def _is_number(cell):
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
 
 
 def _read_csv(path):
     try:
-        with open(path, newline="", encoding="utf-8") as file:
+        # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part of the first name.
+        with open(path, newline="", encoding="utf-8-sig") as file:
             lines = [row for row in csv.reader(file) if any(cell.strip() for cell in row)]
     except UnicodeDecodeError:
         raise DataError(f"{path.name} is not a text CSV file (use .npy or .npz for binary data).") from None
@@ -313,7 +375,7 @@ def _column_index(path, names, wanted, role):
     raise DataError(f"{role} column {wanted!r} is not in {path.name}; its columns are: {', '.join(names)}.")
 
 
-def _select(path, names, column, target, features, numeric, weight=None):
+def _select(path, names, column, target, features, kinds, weight=None):
     target_index = None if target is None else _column_index(path, names, target, "target")
     weight_index = None if weight is None else _column_index(path, names, weight, "sample weight")
     if weight_index is not None and weight_index == target_index:
@@ -325,7 +387,8 @@ def _select(path, names, column, target, features, numeric, weight=None):
         if weight_index in chosen:
             raise DataError(f"column {names[weight_index]!r} cannot be both a sample weight and a feature.")
     else:
-        chosen = [j for j in range(len(names)) if numeric[j] and j not in (target_index, weight_index)]
+        # A mixed column is chosen too, so that its text cell is reported rather than the column dropped.
+        chosen = [j for j in range(len(names)) if kinds[j] in ("numeric", "mixed") and j not in (target_index, weight_index)]
     if not chosen:
         raise DataError(f"{path.name} has no numeric feature columns.")
     X = np.column_stack([column(j) for j in chosen])
@@ -357,28 +420,41 @@ def _load_npy(path):
 
 
 def _load_npz(path, target, features):
+    if target is not None and str(target).strip() != "y":
+        raise DataError(f"the target of a .npz table is its array y; leave out the target (got {str(target)!r}).")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
+            # Only the arrays a table uses are read: an archive may hold others of any size.
+            arrays = {name: archive[name] for name in ("X", "y", "feature_names") if name in archive.files}
+            held = sorted(archive.files)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(f"{path.name} is not a readable .npz archive: {err}") from None
     if "X" not in arrays:
-        raise DataError(f"{path.name} must hold an array named X (and y to train); it holds {sorted(arrays)}.")
+        raise DataError(f"{path.name} must hold an array named X (and y to train); it holds {held}.")
     X = arrays["X"]
     if X.ndim != 2 or X.dtype.kind not in "biuf":
         raise DataError(f"X in {path.name} must be a 2-D numeric array, got {X.dtype} of shape {X.shape}.")
     names = [str(v) for v in arrays.get("feature_names", [f"x{j}" for j in range(X.shape[1])])]
+    if len(names) != X.shape[1]:
+        raise DataError(f"{path.name} names {len(names)} features but X has {X.shape[1]} columns.")
     y = None
-    if target is not None:
-        if "y" not in arrays:
-            raise DataError(f"{path.name} holds no array named y to train on.")
+    if "y" in arrays:
         y = np.asarray(arrays["y"])
         y = y.reshape(-1, 1) if y.ndim == 1 else y
+        if y.ndim != 2 or y.shape[0] != X.shape[0] or y.dtype.kind not in "biuf":
+            raise DataError(f"y in {path.name} must be numeric with {X.shape[0]} rows, got {y.dtype} of shape {y.shape}.")
+    elif target is not None:
+        raise DataError(f"{path.name} holds no array named y to train on.")
     if features is not None:
         chosen = [_column_index(path, names, name, "feature") for name in features]
         X, names = X[:, chosen], [names[j] for j in chosen]
-    return Table(X=np.asarray(X, np.float64), y=None if y is None else np.asarray(y, np.float64),
-                 feature_names=tuple(names), target_name=None if y is None else "y")
+    X = np.asarray(X, np.float64)
+    y = None if y is None else np.asarray(y, np.float64)
+    for name, array in (("X", X), ("y", y)):
+        if array is not None and not np.isfinite(array).all():
+            row = int(np.argmax(~np.isfinite(array).all(axis=1)))
+            raise DataError(f"{name} in {path.name} holds NaN or inf in row {row} (counting from 0).")
+    return Table(X=X, y=y, feature_names=tuple(names), target_name=None if y is None else "y")
 
 
 # ------------------------------------------------------------------ streams

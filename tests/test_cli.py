@@ -164,7 +164,7 @@ ERRORS = {
     "header only": (["train", "--data", "header.csv", "--target", "price"], "no data rows"),
     "ragged rows": (["train", "--data", "ragged.csv", "--target", "price"], "line 3 has 2 fields"),
     "duplicate columns": (["train", "--data", "dupes.csv", "--target", "price"], "duplicate column names: 'a'"),
-    "nan in data": (["train", "--data", "nan.csv", "--target", "price"], "NaN or inf in 1 row(s); the first is row 1 (counting from 0)"),
+    "nan in data": (["train", "--data", "nan.csv", "--target", "price"], "nan.csv: line 3, column 'b' is missing ('nan')"),
     "negative lr": (["train", *GOOD, "--lr", "-1"], "--lr: must be a finite number > 0"),
     "zero batch": (["train", *GOOD, "--batch-size", "0"], "--batch-size: must be a whole number >= 1"),
     "batch too large": (["train", *GOOD, "--batch-size", "5000"], "`batch_size` (=5000) must be between 1 and"),

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -52,3 +54,68 @@ def test_model_files_round_trip_and_refuse_damage(tmp_path):
     with pytest.raises(ModelFileError, match="lacks"):
         load_model(tmp_path / "other.npz")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npz", "m.npz", "other.npz"]  # no temporaries left
+
+
+@pytest.mark.parametrize("blank", ["", "NA"])
+def test_a_numeric_columns_type_does_not_depend_on_its_first_row(tmp_path, blank):
+    # A blank first cell once made the column text, and it was dropped without a word.
+    (tmp_path / "first.csv").write_text(f"x,z,y\n{blank},1,1\n2,3,2\n")
+    (tmp_path / "later.csv").write_text(f"x,z,y\n2,3,2\n{blank},1,1\n")
+    what = "is empty" if not blank else "is missing ('NA')"
+    with pytest.raises(DataError, match=rf"first.csv: line 2, column 'x' {re.escape(what)}"):
+        load_table(tmp_path / "first.csv", target="y")
+    with pytest.raises(DataError, match=rf"later.csv: line 3, column 'x' {re.escape(what)}"):
+        load_table(tmp_path / "later.csv", target="y")
+    # Left out explicitly, the column is not read at all.
+    assert load_table(tmp_path / "first.csv", target="y", features=["z"]).feature_names == ("z",)
+
+
+def test_a_column_of_numbers_and_text_is_refused_in_either_order(tmp_path):
+    (tmp_path / "a.csv").write_text("x,y\noops,1\n2,2\n")
+    (tmp_path / "b.csv").write_text("x,y\n2,2\noops,1\n")
+    for name, line in (("a.csv", 2), ("b.csv", 3)):
+        with pytest.raises(DataError, match=rf"line {line}, column 'x' holds 'oops', not a number"):
+            load_table(tmp_path / name, target="y")
+
+
+def test_non_finite_cells_are_reported_by_their_line(tmp_path):
+    (tmp_path / "t.csv").write_text("a,b,y\n1,2,3\n4,nan,6\n7,8,inf\n")
+    with pytest.raises(DataError, match=r"line 3, column 'b' is missing \('nan'\)"):
+        load_table(tmp_path / "t.csv", target="y")
+    with pytest.raises(DataError, match=r"line 4, column 'y' holds 'inf', not a finite number"):
+        load_table(tmp_path / "t.csv", target="y", features=["a"])
+    np.save(tmp_path / "m.npy", np.array([[1.0, 2.0], [np.nan, 3.0]]))
+    with pytest.raises(DataError, match=r"row 1 \(counting from 0\), column 0 holds nan"):
+        load_table(tmp_path / "m.npy", target=1)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_name(tmp_path):
+    (tmp_path / "t.csv").write_bytes("y,x\n1,2\n3,5\n".encode("utf-8-sig"))
+    table = load_table(tmp_path / "t.csv", target="y")
+    assert table.target_name == "y" and table.feature_names == ("x",)
+
+
+@pytest.mark.parametrize("index_name", ["", "Unnamed: 0"])
+def test_a_pandas_index_column_is_left_out_with_a_note(tmp_path, index_name):
+    (tmp_path / "t.csv").write_text(f"{index_name},x,y\n0,1.5,1\n1,2.5,2\n2,0.5,0\n")
+    table = load_table(tmp_path / "t.csv", target="y")
+    assert table.feature_names == ("x",)
+    np.testing.assert_array_equal(table.X, [[1.5], [2.5], [0.5]])
+    assert len(table.notes) == 1 and "row index" in table.notes[0] and "\n" not in table.notes[0]
+    plain = load_table(tmp_path / "t.csv", target="y", features=["0", "x"])  # asked for by index: kept
+    assert plain.feature_names == (index_name, "x") and plain.notes == ()
+
+
+def test_a_npz_table_takes_y_as_its_target_without_being_told(tmp_path):
+    X, y = np.arange(6.0).reshape(3, 2), np.array([1.0, 2.0, 3.0])
+    np.savez(tmp_path / "d.npz", X=X, y=y, unused=np.zeros(5))
+    for target in (None, "y"):
+        table = load_table(tmp_path / "d.npz", target=target)
+        np.testing.assert_array_equal(table.y, y[:, None])
+        assert table.target_name == "y"
+    with pytest.raises(DataError, match=r"target of a .npz table is its array y.*got 'price'"):
+        load_table(tmp_path / "d.npz", target="price")
+    np.savez(tmp_path / "x_only.npz", X=X)
+    assert load_table(tmp_path / "x_only.npz").y is None
+    with pytest.raises(DataError, match="no array named y"):
+        load_table(tmp_path / "x_only.npz", target="y")
