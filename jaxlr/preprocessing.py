@@ -29,19 +29,29 @@ class Standardizer(NamedTuple):
     y_scale: np.ndarray
 
     @classmethod
-    def fit(cls, X, y=None, *, features: bool = True, target: str | None = None) -> "Standardizer":
-        """Statistics of X (and y).
+    def fit(cls, X, y=None, *, features: bool | str = True, target: str | None = None) -> "Standardizer":
+        """Statistics of X (and y), taken in float64 whatever the input's dtype.
 
         Args:
             X: array of shape (n, d).
             y: array of shape (n, k), needed when `target` is set.
-            features: standardize the features; False leaves them as they are.
+            features: True (or "scale") standardizes the features, "center"
+                only subtracts their means, False leaves them as they are.
+                Centring alone is what float32 training needs of columns
+                far from zero (a timestamp near 1.7e9 rounds to a multiple
+                of 128 in float32; its distance from the mean does not).
             target: None leaves y alone, "center" subtracts its mean, "scale"
                 also divides by its standard deviation.
         """
+        if features not in (True, False, "center", "scale"):
+            raise ValueError(f"`features` (={features!r}) must be True, False, 'center' or 'scale'.")
         X = np.asarray(X, np.float64)
         d = X.shape[1]
-        x_mean, x_scale = (X.mean(axis=0), _spread(X)) if features else (np.zeros(d), np.ones(d))
+        x_mean, x_scale = np.zeros(d), np.ones(d)
+        if features:
+            x_mean = X.mean(axis=0)
+            if features != "center":
+                x_scale = _spread(X)
         k = 1 if y is None else np.asarray(y).reshape(len(X), -1).shape[1]
         y_mean, y_scale = np.zeros(k), np.ones(k)
         if target is not None:

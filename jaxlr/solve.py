@@ -2,32 +2,46 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxlr import validate
 from jaxlr.metrics import mse, r2  # noqa: F401  (re-exported: they lived here)
 from jaxlr.model import Params
+from jaxlr.preprocessing import Standardizer
 
 
 def solve(X, y):
     """Least squares with an intercept, in closed form.
 
     Centres X and y, then solves by SVD (`jnp.linalg.lstsq`): stable where
-    the normal equations square the condition number. Runs in float64 when
-    `jax_enable_x64` is on.
+    the normal equations square the condition number. The solve runs in
+    float32, or in float64 when `jax_enable_x64` is on. NumPy input is first
+    centred and scaled on the host in its own precision (float64 for float64
+    input): rounded to float32 first, a timestamp near 1.7e9 would lose every
+    digit below 128 and the fit with it. JAX arrays are centred on their
+    device, in their own dtype.
 
     Args:
         X: array of shape (n, d).
         y: array of shape (n, k), or (n,).
 
     Returns:
-        Params minimising the mean squared error.
+        Params minimising the mean squared error, in the training dtype.
 
     Example:
         >>> X, y = synthetic_data(jax.random.key(0))
         >>> solve(X, y).w.ravel()  # about [2, -3.4]
     """
-    X, y = validate.training_arrays(X, y)
-    return _solve(X, y)
+    if isinstance(X, jax.Array) and isinstance(y, jax.Array):
+        return _solve(*validate.training_arrays(X, y))
+    X, y = validate.exact_arrays(X, y)
+    scaler = Standardizer.fit(X, y, target="scale")
+    params = _solve(*validate.training_arrays(scaler.transform(X), scaler.transform_target(y)))
+    # Back to the original units in float64: the intercept of a feature far
+    # from zero is a difference of large numbers.
+    w, b = scaler.to_original(params)
+    dtype = params.w.dtype
+    return Params(w=jnp.asarray(w.astype(dtype)), b=jnp.asarray(b.astype(dtype)))
 
 
 @jax.jit

@@ -80,26 +80,86 @@ def check_optimizer(optimizer):
     return optimizer
 
 
+def _is_real(dtype):
+    """bool, integers and floats, including JAX's narrow floats (bfloat16, float8)."""
+    return np.dtype(dtype).kind in "biuf" or jnp.issubdtype(dtype, jnp.floating)
+
+
 def _float_dtype(dtype):
     """The floating dtype training runs in: float64 only when x64 is on."""
     return jax.dtypes.canonicalize_dtype(np.result_type(dtype, np.float32))
 
 
-def as_array(name, value):
-    """`value` as a NumPy or JAX array of real numbers; bool and int are cast."""
+def real_array(name, value):
+    """`value` as a NumPy or JAX array of real numbers, in its own precision.
+
+    What is not already an array (a list, a pandas frame) is read through
+    NumPy; object columns, such as pandas' nullable ``Int64`` ones, are read
+    as float64 with their missing values as NaN.
+    """
     if not isinstance(value, (jax.Array, np.ndarray)):
         try:
             value = np.asarray(value)
         except (TypeError, ValueError) as err:
             raise TypeError(f"`{name}` could not be read as an array: {err}") from None
-    kind = np.dtype(value.dtype).kind
-    if kind not in "biuf":
+    if value.dtype == object:
+        value = _object_as_floats(name, value)
+    if not _is_real(value.dtype):
         raise TypeError(
             f"`{name}` has dtype {value.dtype}; jaxlr trains on real numbers "
-            "(bool and int are cast to float)."
+            "(bool, int and floats of any width; bool and int are cast to float)."
         )
+    return value
+
+
+def _object_as_floats(name, value):
+    # pandas' missing value (pd.NA) becomes NaN, which the finite check then
+    # names by its row; anything but a number or a missing value is refused.
+    def as_float(v):
+        if isinstance(v, numbers.Real):
+            return float(v)
+        if v is None or type(v).__name__ in ("NAType", "NaTType"):
+            return math.nan
+        raise TypeError(v)
+
+    try:
+        return np.asarray(np.frompyfunc(as_float, 1, 1)(value), dtype=np.float64)
+    except TypeError as err:
+        raise TypeError(
+            f"`{name}` has dtype object and holds {_describe(err.args[0])}, not a number; "
+            "convert it first, e.g. df.to_numpy(dtype=float)."
+        ) from None
+
+
+def in_training_precision(name, value):
+    """`value` cast to the dtype training runs in (see `training_arrays`).
+
+    A float64 value beyond float32's range is refused by name and row,
+    rather than turned into inf with a NumPy warning.
+    """
     dtype = _float_dtype(value.dtype)
-    return value.astype(dtype) if value.dtype != dtype else value
+    if value.dtype == dtype:
+        return value
+    if isinstance(value, jax.Array):
+        return value.astype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = value.astype(dtype)
+    if np.dtype(dtype).itemsize < value.dtype.itemsize and value.dtype.kind == "f" and not np.isfinite(cast.sum()):
+        overflowed = np.isinf(cast) & np.isfinite(value)
+        if overflowed.any():
+            index = np.unravel_index(int(np.argmax(overflowed)), value.shape)
+            where = f" in row {index[0]} (counting from 0)" if value.ndim else ""
+            raise ValueError(
+                f"`{name}` holds {value[index]:.4g}{where}, beyond the range of {np.dtype(dtype).name} "
+                f"(about ±{float(np.finfo(dtype).max):.2g}). Rescale it, or compute in float64 "
+                "(jax.config.update('jax_enable_x64', True); --x64 on the command line)."
+            )
+    return cast
+
+
+def as_array(name, value):
+    """`value` as a NumPy or JAX array of real numbers in the training dtype."""
+    return in_training_precision(name, real_array(name, value))
 
 
 def _check_finite(X, y):
@@ -169,7 +229,26 @@ def training_arrays(X, y):
     A 1-D y is read as one output and becomes (n, 1). The floating dtype is
     float32, or float64 when `jax_enable_x64` is on and the input is float64.
     """
-    X = as_array("X", X)
+    return _checked_pair(X, y, as_array)
+
+
+def exact_arrays(X, y):
+    """`training_arrays` without the cast: each keeps its own precision.
+
+    Host arrays come back as NumPy arrays of at least float32 (float64 input
+    stays float64 whether or not x64 is on), for statistics that must be
+    taken before anything is rounded to the training dtype.
+    """
+    X, y = real_array("X", X), real_array("y", y)
+    if isinstance(X, np.ndarray) and isinstance(y, np.ndarray):
+        dtype = np.result_type(X.dtype, y.dtype, np.float32)
+        X, y = X.astype(dtype, copy=False), y.astype(dtype, copy=False)
+    keep_host = lambda name, v: v if isinstance(v, np.ndarray) else in_training_precision(name, v)  # noqa: E731
+    return _checked_pair(X, y, keep_host)
+
+
+def _checked_pair(X, y, convert):
+    X = convert("X", X)
     if X.ndim != 2:
         hint = " Use X.reshape(-1, 1) for a single feature." if X.ndim == 1 else ""
         raise ValueError(f"`X` must be 2-D (examples, features), got shape {X.shape}.{hint}")
@@ -178,7 +257,7 @@ def training_arrays(X, y):
         raise ValueError(f"`X` (shape {X.shape}) has no examples.")
     if d == 0:
         raise ValueError(f"`X` (shape {X.shape}) has no features.")
-    y = as_array("y", y)
+    y = convert("y", y)
     if y.ndim == 1:
         y = y.reshape(-1, 1)
     if y.ndim != 2:
@@ -189,8 +268,22 @@ def training_arrays(X, y):
         raise ValueError(f"`y` (shape {y.shape}) has no outputs.")
     if y.dtype != X.dtype:
         y = y.astype(X.dtype)
+    _check_same_devices(X, y)
     _check_finite(X, y)
     return X, y
+
+
+def _check_same_devices(X, y):
+    """Refuses X and y committed to different devices, before JAX does it less clearly."""
+    if not (isinstance(X, jax.Array) and isinstance(y, jax.Array) and X.committed and y.committed):
+        return
+    x_devices, y_devices = X.sharding.device_set, y.sharding.device_set
+    if x_devices != y_devices:
+        names = lambda devices: ", ".join(sorted(str(d) for d in devices))  # noqa: E731
+        raise ValueError(
+            f"`X` is on {names(x_devices)} but `y` is on {names(y_devices)}; put them on the same "
+            "device(s), e.g. y = jax.device_put(y, X.sharding)."
+        )
 
 
 def check_params(params, num_inputs, num_outputs, *, name="params"):

@@ -63,3 +63,33 @@ def test_r2_of_a_constant_target():
 def test_r2_refuses_mismatched_shapes():
     with pytest.raises(ValueError, match="differ"):
         jaxlr.r2(np.ones((5, 1)), np.ones(5))
+
+
+def _timestamp_table(n=500):
+    # A feature near 1.7e9 whose spread (1000 s) is a few float32 steps (128) wide.
+    rng = np.random.default_rng(0)
+    t = 1.7e9 + np.arange(n) * 2.0
+    y = 0.01 * (t - 1.7e9) + 3.0 + 0.5 * rng.normal(size=n)
+    return t[:, None], y
+
+
+def test_solve_centres_float64_input_before_it_is_rounded_to_float32():
+    X, y = _timestamp_table()
+    params = jaxlr.solve(X, y)
+    assert params.w.dtype == jnp.float32
+    t = X[:, 0] - X[:, 0].mean()  # the reference, centred in float64
+    w = t @ (y - y.mean()) / (t @ t)
+    # Cast to float32 first, the slope came out 0.0037 against 0.00996.
+    np.testing.assert_allclose(params.w.ravel(), w, rtol=1e-4)
+
+
+def test_standardizer_can_centre_without_scaling():
+    X, y = _timestamp_table()
+    scaler = jaxlr.Standardizer.fit(X, features="center")
+    np.testing.assert_array_equal(scaler.x_scale, [1.0])
+    centred = scaler.transform(X)
+    assert abs(centred.mean()) < 1e-6 and centred.std() > 100
+    # Centred in float64, the float32 copy keeps the spacing of the rows (2 s).
+    np.testing.assert_allclose(np.diff(centred.astype(np.float32)[:, 0]), 2.0)
+    with pytest.raises(ValueError, match=r"`features` \(='centre'\) must be"):
+        jaxlr.Standardizer.fit(X, features="centre")

@@ -29,7 +29,7 @@ BAD_DATA = {
     "NaN in X": (with_nan(with_nan(X_OK, 3), 7), Y_OK, ValueError, r"`X` has NaN or inf in 2 row\(s\); the first is row 3"),
     "inf in y": (X_OK, with_nan(Y_OK, 5, value=-np.inf), ValueError, r"`y` has NaN or inf in 1 row\(s\); the first is row 5"),
     "strings": (X_OK.astype(str), Y_OK, TypeError, r"`X` has dtype <U\d+; jaxlr trains on real numbers"),
-    "objects": (X_OK.astype(object), Y_OK, TypeError, r"`X` has dtype object"),
+    "objects": (X_OK.astype(str).astype(object), Y_OK, TypeError, r"`X` has dtype object and holds .*, not a number"),
     "complex": (X_OK.astype(np.complex64), Y_OK, TypeError, r"`X` has dtype complex64"),
     "complex y": (X_OK, Y_OK.astype(np.complex64), TypeError, r"`y` has dtype complex64"),
 }
