@@ -403,7 +403,10 @@ def _streamed(args):
         raise UsageError("--stream needs --target as a 0-based column index.")
     features = None
     if args.features is not None:
-        features = [int(f) for f in args.features.split(",") if f.strip()]
+        features = [f.strip() for f in args.features.split(",") if f.strip()]
+        if not all(f.isdigit() for f in features):
+            raise UsageError(f"--stream needs --features as 0-based column indices, got {args.features!r}.")
+        features = [int(f) for f in features]
     stream = NpyStream(args.data, target=int(args.target), features=features, chunk_bytes=args.chunk_mb << 20)
     chunk_rows = max(1, (args.chunk_mb << 20) // stream.row_bytes)
 

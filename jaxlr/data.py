@@ -375,22 +375,33 @@ def _column_index(path, names, wanted, role):
     raise DataError(f"{role} column {wanted!r} is not in {path.name}; its columns are: {', '.join(names)}.")
 
 
+def _feature_columns(path, names, target_index, features, kinds, weight_index=None):
+    """The feature columns' indices: `features` (indices) if given, else every numeric column left.
+
+    One check for tables in memory and streamed ones: no column is both the
+    target (or the weight) and a feature.
+    """
+    if features is not None:
+        for index, role in ((target_index, "the target"), (weight_index, "a sample weight")):
+            if index in features:
+                raise DataError(f"column {names[index]!r} cannot be both {role} and a feature.")
+        chosen = list(features)
+    else:
+        # A mixed column is chosen too, so that its text cell is reported rather than the column dropped.
+        chosen = [j for j in range(len(names)) if kinds[j] in ("numeric", "mixed") and j not in (target_index, weight_index)]
+    if not chosen:
+        raise DataError(f"{path.name} has no numeric feature columns.")
+    return chosen
+
+
 def _select(path, names, column, target, features, kinds, weight=None):
     target_index = None if target is None else _column_index(path, names, target, "target")
     weight_index = None if weight is None else _column_index(path, names, weight, "sample weight")
     if weight_index is not None and weight_index == target_index:
         raise DataError(f"column {names[weight_index]!r} cannot be both the target and the sample weight.")
     if features is not None:
-        chosen = [_column_index(path, names, name, "feature") for name in features]
-        if target_index in chosen:
-            raise DataError(f"column {names[target_index]!r} cannot be both the target and a feature.")
-        if weight_index in chosen:
-            raise DataError(f"column {names[weight_index]!r} cannot be both a sample weight and a feature.")
-    else:
-        # A mixed column is chosen too, so that its text cell is reported rather than the column dropped.
-        chosen = [j for j in range(len(names)) if kinds[j] in ("numeric", "mixed") and j not in (target_index, weight_index)]
-    if not chosen:
-        raise DataError(f"{path.name} has no numeric feature columns.")
+        features = [_column_index(path, names, name, "feature") for name in features]
+    chosen = _feature_columns(path, names, target_index, features, kinds, weight_index)
     X = np.column_stack([column(j) for j in chosen])
     y = None if target_index is None else column(target_index)[:, None]
     weights = None
@@ -460,6 +471,18 @@ def _load_npz(path, target, features):
 # ------------------------------------------------------------------ streams
 
 
+def _npy_layout(path):
+    """(shape, fortran_order, dtype, header_end) from a .npy file's header."""
+    try:
+        with open(path, "rb") as file:
+            version = np.lib.format.read_magic(file)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(file)
+            return shape, fortran, dtype, file.tell()
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path.name} is not a readable .npy array: {err}") from None
+
+
 class NpyStream:
     """The rows of a `.npy` matrix on disk, read a chunk at a time.
 
@@ -482,27 +505,32 @@ class NpyStream:
             smaller ones need less memory (about three chunks at a time).
     """
 
-    def __init__(self, path, *, target=None, features=None, y=None, offset=None, chunk_bytes=64 << 20):
+    def __init__(self, path, *, target=None, features=None, y=None, offset=None, chunk_bytes=64 << 20, layout=None):
         self.path = Path(path)
         self.chunk_bytes = validate.check_int("chunk_bytes", chunk_bytes, low=1)
-        try:
-            with open(self.path, "rb") as file:
-                version = np.lib.format.read_magic(file)
-                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                shape, fortran, dtype = read(file)
-                self.offset = file.tell() if offset is None else offset
-        except (OSError, ValueError) as err:
-            raise DataError(f"{self.path.name} is not a readable .npy array: {err}") from None
-        if len(shape) != 2 or shape[0] == 0 or fortran or dtype.kind not in "biuf":
+        if layout is None:
+            shape, fortran, dtype, header_end = _npy_layout(self.path)
+            self.offset = header_end if offset is None else offset
+        else:  # a raw matrix (a memmap of a file with no .npy header): the caller knows its layout
+            shape, dtype = layout
+            fortran, self.offset = False, 0 if offset is None else offset
+        if len(shape) != 2 or shape[0] == 0 or fortran or not validate._is_real(dtype):
             raise DataError(f"{self.path.name} must hold a 2-D C-ordered numeric matrix, got {dtype} {shape}.")
         self.num_rows, self.num_columns = shape
-        self.file_dtype = dtype
+        self.file_dtype = np.dtype(dtype)
         self.dtype = validate._float_dtype(dtype)
-        columns = list(range(self.num_columns))
+        names = [str(j) for j in range(self.num_columns)]
         if target is not None:
             target = validate.check_int("target", target, low=0, high=self.num_columns - 1, high_name="the last column")
+        if features is not None:
+            if isinstance(features, (str, bytes)) or not hasattr(features, "__iter__"):
+                raise TypeError(f"`features` (={validate._describe(features)}) must be a list of column indices.")
+            features = [
+                validate.check_int("features", j, low=0, high=self.num_columns - 1, high_name="the last column")
+                for j in features
+            ]
+        self.x_columns = _feature_columns(self.path, names, target, features, ["numeric"] * len(names))
         self.y_columns = None if target is None else [target]
-        self.x_columns = list(features) if features is not None else [c for c in columns if c != target]
         if y is not None:
             y = validate.as_array("y", y)
             y = y.reshape(-1, 1) if y.ndim == 1 else y
@@ -517,10 +545,12 @@ class NpyStream:
 
     @classmethod
     def from_memmap(cls, X, y, *, chunk_bytes=64 << 20):
-        """The stream behind a memory-mapped matrix (`np.load(..., mmap_mode="r")`)."""
+        """The stream behind a memory-mapped matrix (`np.load(..., mmap_mode="r")` or `np.memmap`)."""
         if not (X.ndim == 2 and X.flags.c_contiguous and isinstance(X.base, mmap.mmap) and X.filename):
             raise ValueError("`X` is a view of a memmap; stream the whole file (NpyStream with `features`).")
-        return cls(X.filename, y=y, offset=X.offset, chunk_bytes=chunk_bytes)
+        # The layout is the memmap's own, not read again from the file: a raw
+        # matrix has no .npy header to read.
+        return cls(X.filename, y=y, offset=X.offset, chunk_bytes=chunk_bytes, layout=(X.shape, X.dtype))
 
     @property
     def row_bytes(self):

@@ -1,0 +1,88 @@
+"""Inputs of every shape a user may hand over: read correctly, or refused with a clear message."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxlr
+from jaxlr.data import DataError, NpyStream
+
+KEY = jax.random.key(0)
+X_OK = np.random.default_rng(0).normal(size=(20, 2))
+Y_OK = X_OK @ np.array([1.0, 2.0]) + 0.5
+
+
+def test_a_pandas_nullable_integer_frame_is_read_as_numbers():
+    pd = pytest.importorskip("pandas")
+    ints = np.arange(40).reshape(20, 2) % 7
+    frame = pd.DataFrame({"a": pd.array(ints[:, 0], dtype="Int64"), "b": pd.array(ints[:, 1], dtype="Int64")})
+    np.testing.assert_allclose(jaxlr.solve(frame, Y_OK).w, jaxlr.solve(ints.astype(float), Y_OK).w)
+    frame.loc[3, "b"] = pd.NA
+    with pytest.raises(ValueError, match=r"`X` has NaN or inf in 1 row\(s\); the first is row 3"):
+        jaxlr.fit(frame, Y_OK, key=KEY)
+
+
+def test_bfloat16_features_are_real_numbers():
+    X = jnp.asarray(X_OK, jnp.bfloat16)
+    params = jaxlr.solve(X, jnp.asarray(Y_OK, jnp.float32))
+    assert params.w.dtype == jnp.float32
+    np.testing.assert_allclose(params.w.ravel(), [1.0, 2.0], atol=0.05)
+
+
+def test_values_beyond_float32_are_one_error_without_numpy_warnings():
+    X = X_OK.copy()
+    X[4, 1] = 1e39
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a RuntimeWarning from the cast would fail here
+        with pytest.raises(ValueError, match=r"`X` holds 1e\+39 in row 4 \(counting from 0\), beyond the range of float32"):
+            jaxlr.fit(X, Y_OK, key=KEY)
+        # solve scales float64 input before the cast, so it can take it.
+        assert np.isfinite(np.asarray(jaxlr.solve(X, Y_OK).w)).all()
+
+
+def test_a_raw_memmap_streams_by_its_own_layout(tmp_path):
+    matrix = np.column_stack([X_OK, Y_OK]).astype(np.float32)
+    matrix.tofile(tmp_path / "raw.bin")  # no .npy header
+    X = np.memmap(tmp_path / "raw.bin", dtype=np.float32, mode="r", shape=(20, 3))
+    stream = NpyStream.from_memmap(X, Y_OK)
+    got_X, got_y = stream.read(0, 20)
+    np.testing.assert_array_equal(got_X, matrix)
+    np.testing.assert_allclose(got_y[:, 0], Y_OK, rtol=1e-6)
+    result = jaxlr.fit(X, Y_OK, key=KEY, epochs=1, batch_size=4)
+    assert result.params.w.shape == (3, 1)
+
+
+def test_streamed_columns_are_checked_like_a_tables(tmp_path):
+    np.save(tmp_path / "m.npy", np.column_stack([X_OK, Y_OK]).astype(np.float32))
+    with pytest.raises(ValueError, match=r"`features` \(=7\) must be between 0 and the last column \(=2\)"):
+        NpyStream(tmp_path / "m.npy", target=2, features=[0, 7])
+    with pytest.raises(DataError, match="column '2' cannot be both the target and a feature"):
+        NpyStream(tmp_path / "m.npy", target=2, features=[0, 2])
+    assert NpyStream(tmp_path / "m.npy", target=2, features=[1]).x_columns == [1]
+
+
+def test_x_and_y_on_different_devices_are_refused_by_name():
+    script = textwrap.dedent(
+        """
+        import jax, numpy as np, jaxlr
+        X = jax.device_put(np.ones((8, 2), np.float32), jax.devices()[0])
+        y = jax.device_put(np.ones((8, 1), np.float32), jax.devices()[1])
+        for call in (lambda: jaxlr.fit(X, y, key=jax.random.key(0)), lambda: jaxlr.solve(X, y)):
+            try:
+                call()
+            except ValueError as err:
+                print(err)
+        """
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2 and all("`X` is on cpu:0 but `y` is on cpu:1" in l for l in lines), lines
