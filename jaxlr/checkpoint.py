@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from jaxlr.persist import atomic_write
+from jaxlr.persist import NpzReader, atomic_write
 
 FORMAT_VERSION = 2
 _NAME = re.compile(r"^checkpoint-(\d{8})\.npz$")
@@ -91,8 +91,11 @@ def _listed(directory):
 
 
 def _load(path, state_like):
-    with np.load(path, allow_pickle=False) as archive:
-        fields = {name: archive[name] for name in archive.files}
+    num_leaves = jax.tree.structure(state_like).num_leaves
+    wanted = {"format_version", "epoch", "key_words", "settings", *(f"state_{i}" for i in range(num_leaves + 1))}
+    with NpzReader(path, "checkpoint") as archive:  # only the members wanted, each checked before it is read
+        fields = {name: archive.read(name, "biufU", ndim=0 if name in ("format_version", "epoch", "settings") else None)
+                  for name in archive.names & wanted}
     if int(fields["format_version"]) != FORMAT_VERSION:
         raise ValueError(f"format version {int(fields['format_version'])}, not {FORMAT_VERSION}")
     treedef = jax.tree.structure(state_like)
@@ -107,5 +110,12 @@ def _load(path, state_like):
         epoch=int(fields["epoch"]),
         state=jax.tree.unflatten(treedef, leaves),
         key_words=fields["key_words"],
-        settings=json.loads(str(fields["settings"])),
+        settings=_settings(fields["settings"]),
     )
+
+
+def _settings(field):
+    settings = json.loads(str(field))
+    if not isinstance(settings, dict):
+        raise ValueError("its settings are not a JSON object")
+    return settings
