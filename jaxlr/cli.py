@@ -10,6 +10,7 @@ status 2, writing no file; a diverging run exits with status 1.
 """
 
 import argparse
+import csv
 import io
 import json
 import math
@@ -446,9 +447,12 @@ def _predict(args):
     table = _noted(load_table(path, target=args.target))
     X = _match_features(table, model, path)
     predictions = model.predict(X)
-    lines = [",".join(model.target_names)]
-    lines += [",".join(repr(float(v)) for v in row) for row in predictions]
-    text = "\n".join(lines) + "\n"
+    buffer = io.StringIO()
+    # The csv module quotes a name such as "price,usd"; a plain join would split it.
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(model.target_names)
+    writer.writerows([repr(float(v)) for v in row] for row in predictions)
+    text = buffer.getvalue()
     report = {"command": "predict", "rows": int(X.shape[0]), "output": args.output}
     if table.y is not None:
         report.update(host_metrics(predictions, table.y))
@@ -596,16 +600,27 @@ def _plot(result, model, split):
 
 
 def _check_destinations(args):
-    """Refuses an output path whose directory is missing, before any work is done."""
+    """Refuses an output path whose directory is missing, or that is an input, before any work is done."""
+    inputs = {option: getattr(args, option, None) for option in ("data", "model")}
     for option in ("save", "plot", "output"):
         path = getattr(args, option, None)
         if path is None:
             continue
+        for source, given in inputs.items():
+            if given is not None and _same_file(path, given):
+                raise UsageError(f"--{option} {path!r} is the --{source} file; it would be overwritten.")
         if Path(path).is_dir():
             raise UsageError(f"--{option} {path!r} is a directory, not a file name.")
         parent = Path(path).parent
         if not parent.is_dir():
             raise UsageError(f"--{option} {path!r}: directory {str(parent)!r} does not exist.")
+
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return Path(a).resolve() == Path(b).resolve()
 
 
 def _write_outputs(args, model, plot):

@@ -12,6 +12,7 @@ A model file is a plain `.npz` that NumPy alone can read, without pickle:
 
 import json
 import os
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
@@ -64,13 +65,19 @@ def atomic_write(path, write):
 
     The bytes go to a temporary file in the same directory, are flushed to
     disk, and only then renamed over `path`: a crash or kill at any moment
-    leaves either the old file or the new one, never a torn one.
+    leaves either the old file or the new one, never a torn one. A file
+    replaced keeps its permission bits; a new one gets the umask's.
     """
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
+    try:
+        # A file replaced keeps its permissions (a private 0600 model stays private).
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()  # mkstemp makes it private; a new file should not be
     fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; a new file should not be
+        os.chmod(temporary, mode)
         with os.fdopen(fd, "wb") as file:
             write(file)
             file.flush()

@@ -76,10 +76,18 @@ class TrainingDiverged(FloatingPointError):
         self.state = state
         last = "none" if last_finite_loss is None else f"{last_finite_loss:.3g}"
         rate = f"`lr` (={lr})" if lr is not None else "the optimizer's learning rate"
+        advice = f"Lower {rate}, or standardize the features so that they share one scale."
+        if last_finite_loss is None or last_finite_loss > 1e-6 * float(np.finfo(np.float32).max):
+            # The loss of the starting params (or one near float32's limit) is
+            # about the data alone: no learning rate brings it back in range.
+            advice = (
+                "The data's values are too large for the loss to be computed in float32, whatever "
+                f"{rate}: centre and scale the target and the features (jaxlr.Standardizer; "
+                "--standardize on the command line), or compute in float64."
+            )
         super().__init__(
             f"training diverged at epoch {epoch}, batch {batch}: the loss or the parameters "
-            f"stopped being finite (last finite loss: {last}). Lower {rate}, or standardize "
-            "the features so that they share one scale."
+            f"stopped being finite (last finite loss: {last}). {advice}"
         )
 
 

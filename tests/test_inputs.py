@@ -86,3 +86,12 @@ def test_x_and_y_on_different_devices_are_refused_by_name():
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 2 and all("`X` is on cpu:0 but `y` is on cpu:1" in l for l in lines), lines
+
+
+def test_a_target_too_large_for_float32_is_not_blamed_on_the_learning_rate():
+    y = 1e19 + 1e16 * Y_OK  # its squares overflow float32 before any step
+    with pytest.raises(jaxlr.TrainingDiverged) as caught:
+        jaxlr.fit(X_OK, y, key=KEY, epochs=1, batch_size=4)
+    message = str(caught.value)
+    assert "too large for the loss to be computed in float32" in message and "Lower `lr`" not in message
+    assert "centre and scale the target" in message

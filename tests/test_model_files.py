@@ -171,3 +171,12 @@ def test_crafted_checkpoints_are_skipped_with_a_one_line_warning(tmp_path):
             warnings.simplefilter("always")
             assert checkpoint.latest(directory, state) is None, case
         assert len(caught) == 1 and "\n" not in str(caught[0].message), (case, [str(w.message) for w in caught])
+
+
+def test_saving_over_a_private_model_file_keeps_it_private(tmp_path):
+    path = tmp_path / "m.npz"
+    save_model(path, MODEL)
+    path.chmod(0o600)
+    save_model(path, MODEL._replace(settings={"lr": 0.2}))
+    assert (path.stat().st_mode & 0o777) == 0o600
+    assert load_model(path).settings == {"lr": 0.2}
