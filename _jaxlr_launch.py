@@ -1,20 +1,28 @@
-"""The `jaxlr` command's launcher, importing nothing heavy before it can catch a Ctrl-C.
+"""The `jaxlr` command's launcher, importing nothing heavy before it can handle a Ctrl-C.
 
 A console script imports its entry point's module before it calls anything,
-and importing jaxlr imports JAX (a second or more). An interrupt then would
-end in a long traceback; here it ends the command quietly, with status 130
-as an interrupt does everywhere else in the command.
+and importing jaxlr imports JAX (a second or more). Interrupted there, the
+import ends in a long traceback, or worse: a KeyboardInterrupt raised while
+a compiled extension initializes can leave the process to crash later.
+While jaxlr is imported, Ctrl-C ends the command at once, with the one line
+and the status 130 that an interrupt gets everywhere else in the command.
 """
 
 import os
+import signal
 import sys
 
 
+def _interrupted(signum, frame):
+    sys.stderr.write("jaxlr: interrupted\n")
+    sys.stderr.flush()
+    os._exit(130)
+
+
 def main():
+    previous = signal.signal(signal.SIGINT, _interrupted)
     try:
         from jaxlr.cli import run
-    except KeyboardInterrupt:
-        sys.stderr.write("jaxlr: interrupted\n")
-        sys.stderr.flush()
-        os._exit(130)  # a half-imported JAX is not worth tearing down
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return run()

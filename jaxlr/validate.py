@@ -144,16 +144,17 @@ def in_training_precision(name, value):
         return value.astype(dtype)
     with np.errstate(over="ignore", invalid="ignore"):
         cast = value.astype(dtype)
-    if np.dtype(dtype).itemsize < value.dtype.itemsize and value.dtype.kind == "f" and not np.isfinite(cast.sum()):
-        overflowed = np.isinf(cast) & np.isfinite(value)
-        if overflowed.any():
-            index = np.unravel_index(int(np.argmax(overflowed)), value.shape)
-            where = f" in row {index[0]} (counting from 0)" if value.ndim else ""
-            raise ValueError(
-                f"`{name}` holds {value[index]:.4g}{where}, beyond the range of {np.dtype(dtype).name} "
-                f"(about ±{float(np.finfo(dtype).max):.2g}). Rescale it, or compute in float64 "
-                "(jax.config.update('jax_enable_x64', True); --x64 on the command line)."
-            )
+        narrowed = np.dtype(dtype).itemsize < value.dtype.itemsize and value.dtype.kind == "f"
+        if narrowed and not np.isfinite(cast.sum()):
+            overflowed = np.isinf(cast) & np.isfinite(value)
+            if overflowed.any():
+                index = np.unravel_index(int(np.argmax(overflowed)), value.shape)
+                where = f" in row {index[0]} (counting from 0)" if value.ndim else ""
+                raise ValueError(
+                    f"`{name}` holds a value{where} beyond the range of {np.dtype(dtype).name} "
+                    f"(about ±{float(np.finfo(dtype).max):.2g}). Rescale it, or compute in float64 "
+                    "(jax.config.update('jax_enable_x64', True); --x64 on the command line)."
+                )
     return cast
 
 
@@ -177,7 +178,7 @@ def _check_finite(X, y):
         if bool(finite):
             _remember_checked(X, y)
             return
-    elif np.isfinite(np.sum(X)) and np.isfinite(np.sum(y)):
+    elif _finite_sums(X, y):
         # A finite sum proves every entry finite, in one pass without a
         # temporary; only a failing array pays for the row by row search.
         return
@@ -191,6 +192,11 @@ def _check_finite(X, y):
                 f"`{name}` has NaN or inf in {count} row(s); the first is row {first} (counting from 0). "
                 "Drop or impute them before training."
             )
+
+
+def _finite_sums(X, y):
+    with np.errstate(over="ignore", invalid="ignore"):  # a sum that overflows only sends us looking
+        return np.isfinite(np.sum(X)) and np.isfinite(np.sum(y))
 
 
 _checked: dict = {}  # (id(X), id(y)) -> weak references to X and y

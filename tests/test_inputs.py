@@ -41,7 +41,7 @@ def test_values_beyond_float32_are_one_error_without_numpy_warnings():
     X[4, 1] = 1e39
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a RuntimeWarning from the cast would fail here
-        with pytest.raises(ValueError, match=r"`X` holds 1e\+39 in row 4 \(counting from 0\), beyond the range of float32"):
+        with pytest.raises(ValueError, match=r"`X` holds a value in row 4 \(counting from 0\) beyond the range of float32"):
             jaxlr.fit(X, Y_OK, key=KEY)
         # solve scales float64 input before the cast, so it can take it.
         assert np.isfinite(np.asarray(jaxlr.solve(X, Y_OK).w)).all()

@@ -1,0 +1,101 @@
+"""The `jaxlr` command on awkward tables and files, in subprocesses (grouped: each run costs seconds)."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxlr.persist import load_model
+
+
+def run_cli(*args, cwd, cache_dir):
+    env = {**os.environ, "JAXLR_CACHE_DIR": str(cache_dir)}
+    return subprocess.run([sys.executable, "-m", "jaxlr", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env=env)  # fmt: skip
+
+
+def one_error(done, message):
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.startswith("jaxlr: error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert message in done.stderr, done.stderr
+
+
+def test_a_timestamp_table_from_pandas_with_a_bom_and_a_quoted_target(tmp_path):
+    cache = tmp_path / "cache"
+    # A feature near 1.7e9 that spans a few float32 steps; the target's name holds a comma.
+    rng = np.random.default_rng(0)
+    t = 1.7e9 + np.arange(400) * 2.0
+    y = 0.01 * (t - 1.7e9) + 3.0 + 0.5 * rng.normal(size=400)
+    rows = "".join(f"{i},{float(a)!r},{float(b)!r}\n" for i, (a, b) in enumerate(zip(t, y)))
+    (tmp_path / "ts.csv").write_bytes(('\ufeff,t,"price,usd"\n' + rows).encode())  # as DataFrame.to_csv with a BOM
+    done = run_cli("solve", "--data", "ts.csv", "--target", "price,usd", "--json", "--save", "m.npz",
+                   cwd=tmp_path, cache_dir=cache)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    notes = [line for line in done.stderr.splitlines() if line.startswith("jaxlr: note: ")]
+    assert len(notes) == 1 and "row index" in notes[0], done.stderr
+    report = json.loads(done.stdout)
+    assert report["features"] == ["t"]
+    centred = t - t.mean()
+    np.testing.assert_allclose(report["w"], [centred @ (y - y.mean()) / (centred @ centred)], rtol=1e-4)
+    assert report["train_r2"] > 0.9  # 0.36 when the timestamps were rounded to float32 first
+
+    (tmp_path / "new.csv").write_text("t\n1700000100.0\n1700000300.0\n")
+    for clobbered in ("m.npz", "new.csv", "./new.csv"):
+        before = (tmp_path / Path(clobbered).name).read_bytes()
+        done = run_cli("predict", "--model", "m.npz", "--data", "new.csv", "--output", clobbered,
+                       cwd=tmp_path, cache_dir=cache)  # fmt: skip
+        one_error(done, "would be overwritten")
+        assert (tmp_path / Path(clobbered).name).read_bytes() == before
+    done = run_cli("predict", "--model", "m.npz", "--data", "new.csv", "--output", "preds.csv",
+                   cwd=tmp_path, cache_dir=cache)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with open(tmp_path / "preds.csv", newline="") as file:
+        header, *values = list(csv.reader(file))
+    assert header == ["price,usd"]
+    expected = load_model(tmp_path / "m.npz").predict(np.array([[1700000100.0], [1700000300.0]]))
+    np.testing.assert_allclose(np.array(values, float), expected)
+
+
+def test_npz_without_target_overflow_and_streamed_columns(tmp_path):
+    cache = tmp_path / "cache"
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(50, 2))
+    y = X @ [1.0, -2.0] + 0.5
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    done = run_cli("solve", "--data", "d.npz", "--json", cwd=tmp_path, cache_dir=cache)
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_allclose(json.loads(done.stdout)["w"], [1.0, -2.0], rtol=1e-4)
+
+    rows = "".join(f"{a},{b},{c}\n" for (a, b), c in zip(X, y))
+    (tmp_path / "huge.csv").write_text("a,b,y\n" + rows.replace(f"{X[3, 1]},", "1e39,", 1))
+    done = run_cli("train", "--data", "huge.csv", "--target", "y", "--quiet", cwd=tmp_path, cache_dir=cache)
+    one_error(done, "beyond the range of float32")  # and no RuntimeWarning lines before it
+
+    np.save(tmp_path / "m.npy", np.column_stack([X, y]).astype(np.float32))
+    done = run_cli("train", "--data", "m.npy", "--stream", "--target", "2", "--features", "0,7",
+                   cwd=tmp_path, cache_dir=cache)  # fmt: skip
+    one_error(done, "`features` (=7) must be between 0 and the last column (=2)")
+    done = run_cli("train", "--data", "m.npy", "--stream", "--target", "2", "--features", "0,2",
+                   cwd=tmp_path, cache_dir=cache)  # fmt: skip
+    one_error(done, "column '2' cannot be both the target and a feature")
+
+
+def test_ctrl_c_while_the_command_starts_exits_130_in_one_line(tmp_path):
+    script = Path(sys.executable).parent / "jaxlr"
+    if not script.exists():
+        pytest.skip("jaxlr is not installed as a package here")
+    env = {**os.environ, "JAXLR_CACHE_DIR": str(tmp_path / "cache")}
+    process = subprocess.Popen([str(script), "train", "--epochs", "100000", "--quiet"], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(0.3)  # while JAX is being imported (a second or more)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert err == "jaxlr: interrupted\n", err
