@@ -232,8 +232,10 @@ class _Split:
             val_X, val_y = X[order[:num_val]], y[order[:num_val]]
             X, y = X[order[num_val:]], y[order[num_val:]]
             weight = None if weight is None else weight[order[num_val:]]
-        # Centred at least, in float64: training casts to float32 only after.
-        self.scaler = Standardizer.fit(X, features=True if args.standardize else "center")
+        # A table's features are centred at least, in float64: training casts
+        # to float32 only after. The lesson's own data is used as it comes.
+        features = True if args.standardize else ("center" if args.data is not None else False)
+        self.scaler = Standardizer.fit(X, features=features)
         self.mean, self.scale = self.scaler.x_mean, self.scaler.x_scale
         self.X, self.y, self.weight = self.scaler.transform(X), y, weight
         self.val_X = None if val_X is None else self.scaler.transform(val_X)

@@ -269,8 +269,8 @@ def load_table(path, *, target=None, features=None, weight=None):
             return values
 
         return _select(path, names, matrix_column, target, features, ["numeric"] * len(names), weight)
-    header, rows = _read_csv(path)
-    columns = [_CsvColumn(path, header[j], [row[j] for row in rows]) for j in range(len(header))]
+    header, rows, lines = _read_csv(path)
+    columns = [_CsvColumn(path, header[j], [row[j] for row in rows], lines) for j in range(len(header))]
     notes = ()
     if header[0] in ("", "Unnamed: 0") and len(header) > 1:
         requested = [str(c).strip() for c in [target, weight, *(features or [])] if c is not None]
@@ -285,17 +285,17 @@ def load_table(path, *, target=None, features=None, weight=None):
 
 # What pandas reads as a missing value, besides an empty cell.
 _MISSING = frozenset(
-    "#N/A #N/A_N/A #NA -1.#IND -1.#QNAN -NaN -nan 1.#IND 1.#QNAN <NA> N/A NA NULL NaN None n/a nan null".split()
+    "#N/A #NA -1.#IND -1.#QNAN -NaN -nan 1.#IND 1.#QNAN <NA> N/A NA NULL NaN None n/a nan null".split()
 ) | {"#N/A N/A"}
 
 
 class _CsvColumn:
     """One column of a CSV: its kind, judged from every cell, and its values."""
 
-    def __init__(self, path, name, cells):
-        self.path, self.name, self.cells = path, name, cells
+    def __init__(self, path, name, cells, lines):
+        self.path, self.name, self.cells, self.lines = path, name, cells, lines
         self._values = np.empty(len(cells))
-        self.first_text = self.first_missing = None
+        self.first_text = None
         numbers = 0
         for i, cell in enumerate(cells):
             text = cell.strip()
@@ -303,10 +303,8 @@ class _CsvColumn:
                 self._values[i] = float(text)
             except ValueError:
                 self._values[i] = np.nan
-                if not text or text in _MISSING:
-                    self.first_missing = i if self.first_missing is None else self.first_missing
-                else:
-                    self.first_text = i if self.first_text is None else self.first_text
+                if text and text not in _MISSING and self.first_text is None:
+                    self.first_text = i
             else:
                 numbers += 1
         # "numeric", "text", "mixed" (numbers and text), or "empty" (no value at all).
@@ -332,8 +330,7 @@ class _CsvColumn:
                     what = f"holds {cell!r}, not a finite number"
                 except ValueError:
                     what = f"holds {cell!r}, not a number"
-            # Line numbers count the header as line 1.
-            raise DataError(f"{self.path.name}: line {i + 2}, column {self.name!r} {what}.")
+            raise DataError(f"{self.path.name}: line {self.lines[i]}, column {self.name!r} {what}.")
         return values
 
 
@@ -341,25 +338,29 @@ def _read_csv(path):
     try:
         # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part of the first name.
         with open(path, newline="", encoding="utf-8-sig") as file:
-            lines = [row for row in csv.reader(file) if any(cell.strip() for cell in row)]
+            reader = csv.reader(file)
+            # Each row with the file's line it ends on (the header is line 1;
+            # blank lines are skipped but still counted).
+            numbered = [(row, reader.line_num) for row in reader if any(cell.strip() for cell in row)]
     except UnicodeDecodeError:
         raise DataError(f"{path.name} is not a text CSV file (use .npy or .npz for binary data).") from None
     except csv.Error as err:
         raise DataError(f"{path.name} could not be parsed as CSV: {err}") from None
-    if not lines:
+    if not numbered:
         raise DataError(f"{path.name} is empty.")
+    lines = [row for row, _ in numbered]
     header = [name.strip() for name in lines[0]]
     duplicates = sorted({name for name in header if header.count(name) > 1})
     if duplicates:
         raise DataError(f"{path.name} has duplicate column names: {', '.join(map(repr, duplicates))}.")
     if len(lines) == 1:
         raise DataError(f"{path.name} has a header row but no data rows.")
-    for number, row in enumerate(lines[1:], start=2):
+    for row, number in numbered[1:]:
         if len(row) != len(header):
             raise DataError(
                 f"{path.name}: line {number} has {len(row)} fields but the header has {len(header)}."
             )
-    return header, lines[1:]
+    return header, lines[1:], [number for _, number in numbered[1:]]
 
 
 def _column_index(path, names, wanted, role):
