@@ -2,7 +2,6 @@
 
 import csv
 import mmap
-import zipfile
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -434,13 +433,17 @@ def _load_npy(path):
 def _load_npz(path, target, features):
     if target is not None and str(target).strip() != "y":
         raise DataError(f"the target of a .npz table is its array y; leave out the target (got {str(target)!r}).")
+    from jaxlr.persist import ModelFileError, NpzReader
+
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            # Only the arrays a table uses are read: an archive may hold others of any size.
-            arrays = {name: archive[name] for name in ("X", "y", "feature_names") if name in archive.files}
-            held = sorted(archive.files)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise DataError(f"{path.name} is not a readable .npz archive: {err}") from None
+        with NpzReader(path, ".npz archive") as archive:
+            # Only the arrays a table uses are read, each checked against its
+            # declared size first: an archive may hold others of any size.
+            kinds = {"X": ("biuf", 2), "y": ("biuf", None), "feature_names": ("U", 1)}
+            arrays = {name: archive.read(name, kinds[name][0], ndim=kinds[name][1]) for name in kinds if name in archive.names}
+            held = sorted(archive.names)
+    except ModelFileError as err:
+        raise DataError(str(err)) from None
     if "X" not in arrays:
         raise DataError(f"{path.name} must hold an array named X (and y to train); it holds {held}.")
     X = arrays["X"]

@@ -120,3 +120,15 @@ def test_a_npz_table_takes_y_as_its_target_without_being_told(tmp_path):
     assert load_table(tmp_path / "x_only.npz").y is None
     with pytest.raises(DataError, match="no array named y"):
         load_table(tmp_path / "x_only.npz", target="y")
+
+
+def test_a_npz_table_is_read_member_by_member_and_checked(tmp_path):
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (10**12, 2)})
+    with zipfile.ZipFile(tmp_path / "crafted.npz", "w") as zf:
+        zf.writestr("X.npy", header.getvalue() + np.ones(4).tobytes())
+    with pytest.raises(DataError, match=r"X declares shape \(1000000000000, 2\)"):
+        load_table(tmp_path / "crafted.npz")
