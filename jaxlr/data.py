@@ -419,6 +419,16 @@ def _select(path, names, column, target, features, kinds, weight=None):
 
 
 def _load_npy(path):
+    shape, _, dtype, header_end = _npy_layout(path)
+    if dtype.hasobject or not validate._is_real(dtype):
+        raise DataError(f"{path.name} holds {dtype} values, not numbers.")
+    size = header_end + int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if size != path.stat().st_size:
+        # Checked before reading: NumPy would allocate whatever the header claims.
+        raise DataError(
+            f"{path.name} is damaged: its header declares {dtype} {shape} ({size} bytes with the header) "
+            f"but the file has {path.stat().st_size} bytes."
+        )
     try:
         matrix = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:

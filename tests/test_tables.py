@@ -132,3 +132,7 @@ def test_a_npz_table_is_read_member_by_member_and_checked(tmp_path):
         zf.writestr("X.npy", header.getvalue() + np.ones(4).tobytes())
     with pytest.raises(DataError, match=r"X declares shape \(1000000000000, 2\)"):
         load_table(tmp_path / "crafted.npz")
+    np.lib.format.write_array_header_1_0(header := io.BytesIO(), {"descr": "<f8", "fortran_order": False, "shape": (10**12, 2)})
+    (tmp_path / "crafted.npy").write_bytes(header.getvalue() + np.ones(4).tobytes())
+    with pytest.raises(DataError, match=r"crafted.npy is damaged: its header declares float64 \(1000000000000, 2\)"):
+        load_table(tmp_path / "crafted.npy", target=1)
