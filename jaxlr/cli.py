@@ -386,11 +386,15 @@ def _ProcessShare(table, mesh):
     from jaxlr import parallel
 
     rows = parallel.local_rows(table.X.shape[0])
-    X, y = table.X[rows].astype(np.float32), table.y[rows].astype(np.float32)
-    return _Whole(
+    # Centred in float64 with the whole table's means, as one process centres it.
+    mean = table.X.mean(axis=0) if table.X.shape[0] else np.zeros(table.X.shape[1])
+    X, y = (table.X[rows] - mean).astype(np.float32), table.y[rows].astype(np.float32)
+    share = _Whole(
         parallel.global_rows(X, mesh), parallel.global_rows(y, mesh), table.X.shape[0], X.shape[1],
-        lambda: iter([(X, y)]),
+        lambda: iter([(table.X[rows], y)]),
     )
+    share.mean = mean
+    return share
 
 
 def _streamed(args):
