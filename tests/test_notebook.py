@@ -1,31 +1,50 @@
-"""The notebook walkthrough runs top to bottom, and what is committed is a clean run."""
+"""The notebooks run top to bottom, what is committed is a clean run, and each checks its own results."""
 
 from pathlib import Path
 
 import nbformat
 import pytest
 
-NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "linear_regression_from_scratch.ipynb"
+NOTEBOOKS = Path(__file__).parents[1] / "notebooks"
+
+# name -> (figures its committed run must show, what its last cell prints once its checks pass)
+EXPECTED = {
+    "linear_regression_from_scratch": (3, "All checks passed"),
+    "from_lesson_to_practice": (2, "All checks passed"),
+}
 
 
-def test_committed_notebook_is_a_clean_complete_run():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    code_cells = [cell for cell in nb.cells if cell.cell_type == "code"]
-    assert code_cells
+def code_cells(nb):
+    return [cell for cell in nb.cells if cell.cell_type == "code"]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_committed_notebook_is_a_clean_complete_run(name):
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    cells = code_cells(nb)
+    assert cells
     # Executed in order, top to bottom, once.
-    assert [cell.execution_count for cell in code_cells] == list(range(1, len(code_cells) + 1))
-    for cell in code_cells:
+    assert [cell.execution_count for cell in cells] == list(range(1, len(cells) + 1))
+    for cell in cells:
         for output in cell.outputs:
             assert output.output_type != "error", cell.source
             assert not (output.output_type == "stream" and output.name == "stderr"), output.text
-    images = [o for c in code_cells for o in c.outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 2  # the scatter plot and the loss curve
+    figures, passed = EXPECTED[name]
+    images = [o for c in cells for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= figures
+    # It ends by checking its results, and the committed run passed those checks.
+    assert "assert " in cells[-1].source
+    assert passed in "".join(o.get("text", "") for o in cells[-1].outputs)
 
 
-def test_notebook_executes_without_error(tmp_path):
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_notebook_executes_and_its_checks_pass(name, tmp_path):
     nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    # Any exception in a cell, the closing assertion included, raises here.
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    last = nb.cells[-1]
-    assert "All parameters within 0.01 of the truth." in "".join(o.get("text", "") for o in last.outputs)
+    if name == "from_lesson_to_practice":
+        pytest.importorskip("sklearn")
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    # Any exception in a cell, a failed self-check (they are assertions) included, raises here.
+    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    _, passed = EXPECTED[name]
+    assert passed in "".join(o.get("text", "") for o in code_cells(nb)[-1].outputs)
