@@ -604,10 +604,13 @@ def _ProcessShare(table, mesh):
 
     rows = parallel.local_rows(table.X.shape[0])
     X, y = table.X[rows].astype(np.float32), table.y[rows].astype(np.float32)
-    return _Whole(
+    share = _Whole(
         parallel.global_rows(X, mesh), parallel.global_rows(y, mesh), table.X.shape[0], X.shape[1],
         lambda: iter([(X, y)]),
     )
+    # Every process reads the whole target: each starts at the same mean.
+    share.start = Params(np.zeros((X.shape[1], 1), np.float32), table.y.mean(axis=0).astype(np.float32))
+    return share
 
 
 def _streamed(args):
