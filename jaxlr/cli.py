@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxlr.callbacks import EarlyStopping, Progress, combine
@@ -356,11 +357,17 @@ class _Split:
         if args.val_fraction:
             from jaxlr.data import permutation
 
-            order = np.asarray(permutation(key, X.shape[0]))
-            val_X, val_y = X[order[:num_val]], y[order[:num_val]]
-            X, y = X[order[num_val:]], y[order[num_val:]]
-            weight = None if weight is None else weight[order[num_val:]]
-            owned = True  # a fresh copy: standardized in place
+            held = np.sort(np.asarray(permutation(key, X.shape[0]))[:num_val])
+            val_X, val_y = X[held], y[held]
+            kept = np.ones(X.shape[0], bool)
+            kept[held] = False
+            kept = np.flatnonzero(kept)
+            if owned:  # the training rows moved to the front of the table's own arrays: no second copy
+                X, y = _compact(X, kept), _compact(y, kept)
+                weight = None if weight is None else _compact(weight, kept)
+            else:
+                X, y, weight = X[kept], y[kept], None if weight is None else weight[kept]
+                owned = True  # a fresh copy: standardized in place
         scaling = None if args.target_scaling == "none" else args.target_scaling
         self.scaler = Standardizer.fit(X, y, features=args.standardize, target=scaling)
         self.mean, self.scale = self.scaler.x_mean, self.scaler.x_scale
@@ -377,9 +384,28 @@ class _Split:
         k = self.y.shape[1]
         self.start = Params(np.zeros((X.shape[1], k), dtype), self.y.mean(axis=0, dtype=np.float64).astype(dtype))
 
-    def train_metrics(self, model):
-        """Training MSE and R², in the target's units, a block of rows at a time."""
+    def to_device(self):
+        """Moves the training rows to the device, a piece at a time, and lets the host copy go."""
+        from jaxlr.data import to_device
+
+        # Both: `fit` checks a pair on the device in one pass; a host y would
+        # have it read X back to the host.
+        self.X, self.y = to_device(self.X), to_device(self.y)
+
+    def train_metrics(self, model, trained):
+        """Training MSE and R², in the target's units.
+
+        Args:
+            model: the model, for rows on the host.
+            trained: the params as trained (on the scaled target), for rows
+                on the device: the predictions are made there, in one product.
+        """
         running = RunningMetrics()
+        if isinstance(self.X, jax.Array):
+            w, b = (jnp.asarray(p, self.X.dtype) for p in trained)
+            scaled = np.asarray(self.X @ w + b, np.float64)
+            running.add(scaled * self.scaler.y_scale + self.scaler.y_mean, self.y_original)
+            return running.result("train_")
         for start in range(0, self.rows_trained, _BLOCK_ROWS):
             stop = start + _BLOCK_ROWS
             running.add(_on_standardized(model, self.X[start:stop]), self.y_original[start:stop])
@@ -391,6 +417,18 @@ class _Split:
 
 
 _BLOCK_ROWS = 1 << 16
+
+
+def _compact(array, kept):
+    """array[kept] for increasing indices `kept`, written over the array's own front rows (a view of them).
+
+    Each block's rows are gathered before they are written, and come from
+    rows at or after the block's start, which no earlier block overwrote.
+    """
+    for start in range(0, kept.shape[0], _BLOCK_ROWS):
+        rows = kept[start : start + _BLOCK_ROWS]
+        array[start : start + rows.shape[0]] = array[rows]
+    return array[: kept.shape[0]]
 
 
 def _check_finite(name, X, y):
@@ -476,6 +514,8 @@ def _train(args):
         table, is_seed_job = _load(args)
         split = _Split(table, args, split_key, owned=True)
         table = table._replace(X=None, y=None, weight=None)  # the split holds what training needs
+        if args.engine == "fused":
+            split.to_device()
     if "batch_size" in args.defaulted:
         args.batch_size = min(args.batch_size, split.rows_trained)
     show_lines = not (args.quiet or args.json)
@@ -520,7 +560,7 @@ def _train(args):
             "x64": args.x64, "checkpoint": args.checkpoint,
         },
     )  # fmt: skip
-    report = _report(model, split, args, elapsed)
+    report = _report(model, split, args, elapsed, params)
     moving = np.asarray(result.moving_losses)
     report["final_moving_loss"] = float(moving[-1]) if moving.size else None
     report["loss_units"] = "standardized target" if args.target_scaling == "scale" else "target"
@@ -590,7 +630,7 @@ class _Whole:
         self.rows_trained = rows
         self.host_chunks = chunks
 
-    def train_metrics(self, model):
+    def train_metrics(self, model, trained=None):
         """Training MSE and R² over rows that arrive in chunks, in one pass."""
         running = RunningMetrics()
         for X, y in self.host_chunks():
@@ -656,7 +696,7 @@ def _solve(args):
         {"command": "solve", "seed": args.seed, "standardize": args.standardize,
          "target_scaling": args.target_scaling, "val_fraction": args.val_fraction, "x64": args.x64},
     )  # fmt: skip
-    report = _report(model, split, args, elapsed)
+    report = _report(model, split, args, elapsed, params)
     if is_seed_job:
         report["true_w"], report["true_b"] = list(SEED_TRUE_W), [SEED_TRUE_B]
     _write_outputs(args, model, None)
@@ -763,7 +803,7 @@ def _match_features(table, model, path):
 # ------------------------------------------------------------------ reports
 
 
-def _report(model, split, args, elapsed):
+def _report(model, split, args, elapsed, trained):
     w, b = model.coefficients()
     report = {
         "command": model.settings["command"],
@@ -775,7 +815,7 @@ def _report(model, split, args, elapsed):
         "elapsed_s": round(elapsed, 4),
         "model": args.save,
     }
-    report.update(split.train_metrics(model))
+    report.update(split.train_metrics(model, trained))
     if split.val_X is not None:
         report.update(host_metrics(_on_standardized(model, split.val_X), split.val_y, "val_"))
     return report

@@ -99,6 +99,9 @@ def to_device(array, device=None, *, rows=None):
         # every piece has one shape and `_write_rows` compiles once.
         start = min(start, array.shape[0] - rows)
         buffer = _write_rows(buffer, jax.device_put(array[start : start + rows], device), start)
+        # Asynchronous dispatch would otherwise queue every piece's copy at
+        # once: a whole second copy of the array before the first write runs.
+        buffer.block_until_ready()
     return buffer
 
 
@@ -202,7 +205,7 @@ class Table(NamedTuple):
     """Columns read from a file.
 
     Attributes:
-        X: float64 array of shape (n, d).
+        X: array of shape (n, d): float64, or a `.npy` file's own float dtype.
         y: float64 array of shape (n, 1), or None when no target was asked for.
         feature_names: the d column names, in the order of X's columns.
         target_name: the target column's name, or None.
@@ -247,9 +250,13 @@ def load_table(path, *, target=None, features=None, weight=None):
             raise DataError(f"{path.name}: a .npz table has no columns to take weights from; use a CSV or .npy.")
         return _load_npz(path, target, features)
     if suffix == ".npy":
-        matrix = _load_npy(path)
+        # Mapped, not read: only the chosen columns are copied, in the file's
+        # float dtype, so a table costs its size once more, not twice in float64.
+        matrix = _load_npy(path, mmap_mode="r")
         names = [str(j) for j in range(matrix.shape[1])]
-        return _select(path, names, lambda j: matrix[:, j], target, features, [True] * len(names), weight)
+        column = lambda j: _npy_columns(matrix, [j], np.float64)[:, 0]  # noqa: E731
+        return _select(path, names, column, target, features, [True] * len(names), weight,
+                       columns=lambda chosen: _npy_columns(matrix, chosen))  # fmt: skip
     header, rows = _read_csv(path)
     first = rows[0]
     numeric = [_is_number(cell) for cell in first]
@@ -313,7 +320,31 @@ def _column_index(path, names, wanted, role):
     raise DataError(f"{role} column {wanted!r} is not in {path.name}; its columns are: {', '.join(names)}.")
 
 
-def _select(path, names, column, target, features, numeric, weight=None):
+def _npy_columns(matrix, chosen, dtype=None):
+    """Columns of a memory-mapped `.npy` matrix, as a new array (its own float dtype, else float64).
+
+    Rows are read a block at a time with plain file reads: pages read through
+    the map would stay counted against the process, a second copy of the file.
+    """
+    if dtype is None:
+        dtype = matrix.dtype if matrix.dtype.kind == "f" else np.float64
+    out = np.empty((matrix.shape[0], len(chosen)), dtype)
+    if not matrix.flags.c_contiguous:
+        out[:] = matrix[:, chosen]
+        return out
+    row_bytes = matrix.shape[1] * matrix.dtype.itemsize
+    block = max(1, (16 << 20) // row_bytes)
+    with open(matrix.filename, "rb") as file:
+        file.seek(matrix.offset)
+        for start in range(0, matrix.shape[0], block):
+            rows = np.empty((min(block, matrix.shape[0] - start), matrix.shape[1]), matrix.dtype)
+            if file.readinto(memoryview(rows).cast("B")) != rows.nbytes:
+                raise DataError(f"{Path(matrix.filename).name} ended before row {start + rows.shape[0]}: is it truncated?")
+            out[start : start + rows.shape[0]] = rows[:, chosen]
+    return out
+
+
+def _select(path, names, column, target, features, numeric, weight=None, columns=None):
     target_index = None if target is None else _column_index(path, names, target, "target")
     weight_index = None if weight is None else _column_index(path, names, weight, "sample weight")
     if weight_index is not None and weight_index == target_index:
@@ -328,7 +359,7 @@ def _select(path, names, column, target, features, numeric, weight=None):
         chosen = [j for j in range(len(names)) if numeric[j] and j not in (target_index, weight_index)]
     if not chosen:
         raise DataError(f"{path.name} has no numeric feature columns.")
-    X = np.column_stack([column(j) for j in chosen])
+    X = np.column_stack([column(j) for j in chosen]) if columns is None else columns(chosen)
     y = None if target_index is None else column(target_index)[:, None]
     weights = None
     if weight_index is not None:
@@ -344,9 +375,9 @@ def _select(path, names, column, target, features, numeric, weight=None):
     )
 
 
-def _load_npy(path):
+def _load_npy(path, mmap_mode=None):
     try:
-        matrix = np.load(path, allow_pickle=False)
+        matrix = np.load(path, allow_pickle=False, mmap_mode=mmap_mode)
     except (ValueError, OSError, EOFError) as err:
         raise DataError(f"{path.name} is not a readable .npy array: {err}") from None
     if matrix.ndim != 2 or matrix.shape[0] == 0:
