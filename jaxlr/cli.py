@@ -634,7 +634,9 @@ class _Whole:
         """Training MSE and R² over rows that arrive in chunks, in one pass."""
         running = RunningMetrics()
         for X, y in self.host_chunks():
-            running.add(model.predict(X), y)
+            for start in range(0, X.shape[0], _BLOCK_ROWS):  # float64 temporaries of a few MB
+                stop = start + _BLOCK_ROWS
+                running.add(model.predict(X[start:stop]), y[start:stop])
         return running.result("train_")
 
 

@@ -498,8 +498,9 @@ class NpyStream:
             file.seek(self.offset + start * self.row_bytes)
             if file.readinto(memoryview(buffer).cast("B")) != buffer.nbytes:
                 raise DataError(f"{self.path.name} ended before row {stop}: is it truncated?")
-        X = buffer[:, self.x_columns].astype(self.dtype)
-        y = self._y[start:stop] if self._y is not None else buffer[:, self.y_columns].astype(self.dtype)
+        # Fancy indexing copies already: no second copy for the dtype.
+        X = buffer[:, self.x_columns].astype(self.dtype, copy=False)
+        y = self._y[start:stop] if self._y is not None else buffer[:, self.y_columns].astype(self.dtype, copy=False)
         for name, part in (("X", X), ("y", y)):
             if not np.isfinite(part.sum()):
                 bad = ~np.isfinite(part).all(axis=1)
