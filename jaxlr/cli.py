@@ -331,13 +331,14 @@ def _configure_jax(args):
 class _Split:
     """Training and validation rows, standardized with the training rows' statistics.
 
-    The training rows are held once, in the training dtype, standardized in
-    place a block of rows at a time: with the copy `fit` puts on the device,
-    a table costs about twice its size in memory. The training targets are
-    kept in their own units too, for the metrics.
+    The training rows are copied once, a block at a time, into a buffer of
+    their own in the training dtype, and standardized there; on a CPU the
+    device then uses that buffer as it is. With the table it came from, a
+    table costs about twice its size in memory, at the peak. The training
+    targets are kept in their own units too, for the metrics.
     """
 
-    def __init__(self, table, args, key, *, owned=False):
+    def __init__(self, table, args, key):
         X, y, weight = table.X, table.y, table.weight
         if y is None:
             raise DataError("--target is required with --data.")
@@ -354,25 +355,28 @@ class _Split:
                 _warn(f"{X.shape[0]} rows are too few to hold out a validation split: training on all of them, "
                       "without early stopping.")  # fmt: skip
                 args.val_fraction, args.early_stopping = 0.0, 0
+        kept = None
         if args.val_fraction:
             from jaxlr.data import permutation
 
             held = np.sort(np.asarray(permutation(key, X.shape[0]))[:num_val])
             val_X, val_y = X[held], y[held]
-            kept = np.ones(X.shape[0], bool)
+            kept = np.ones(X.shape[0], bool)  # a mask, not indices: an eighth of the memory
             kept[held] = False
-            kept = np.flatnonzero(kept)
-            if owned:  # the training rows moved to the front of the table's own arrays: no second copy
-                X, y = _compact(X, kept), _compact(y, kept)
-                weight = None if weight is None else _compact(weight, kept)
-            else:
-                X, y, weight = X[kept], y[kept], None if weight is None else weight[kept]
-                owned = True  # a fresh copy: standardized in place
+            y, weight = y[kept], None if weight is None else weight[kept]
         scaling = None if args.target_scaling == "none" else args.target_scaling
-        self.scaler = Standardizer.fit(X, y, features=args.standardize, target=scaling)
-        self.mean, self.scale = self.scaler.x_mean, self.scaler.x_scale
         dtype = np.float64 if args.x64 else np.float32
-        self.X = self.scaler.transform(X, dtype=dtype, out=X if owned and X.dtype == dtype else None)
+        if X.dtype == dtype:
+            # The training rows go straight into their own buffer, standardized there.
+            train = _gather(X, kept, _aligned_empty((y.shape[0], X.shape[1]), dtype))
+            self.scaler = Standardizer.fit(train, y, features=args.standardize, target=scaling)
+            self.X = self.scaler.transform(train, dtype=dtype, out=train)
+        else:  # centred in the table's own precision (float64) before the cast
+            train = X if kept is None else X[kept]
+            self.scaler = Standardizer.fit(train, y, features=args.standardize, target=scaling)
+            self.X = self.scaler.transform(train, dtype=dtype, out=_aligned_empty(train.shape, dtype))
+        del train
+        self.mean, self.scale = self.scaler.x_mean, self.scaler.x_scale
         self.y = self.scaler.transform_target(y).astype(dtype)
         self.y_original, self.weight = y, weight
         self.val_X = None if val_X is None else self.scaler.transform(val_X)
@@ -389,8 +393,10 @@ class _Split:
         from jaxlr.data import to_device
 
         # Both: `fit` checks a pair on the device in one pass; a host y would
-        # have it read X back to the host.
-        self.X, self.y = to_device(self.X), to_device(self.y)
+        # have it read X back to the host. A large X goes whole (on a CPU, in
+        # place: it is aligned for that); `fit` pads only small ones.
+        self.X = jax.device_put(self.X) if self.X.nbytes > 16 << 20 else to_device(self.X)
+        self.y = to_device(self.y)
 
     def train_metrics(self, model, trained):
         """Training MSE and R², in the target's units.
@@ -419,16 +425,28 @@ class _Split:
 _BLOCK_ROWS = 1 << 16
 
 
-def _compact(array, kept):
-    """array[kept] for increasing indices `kept`, written over the array's own front rows (a view of them).
+def _gather(array, kept, out):
+    """The rows of `array` that the mask `kept` keeps (all when None), written into `out` a block at a time."""
+    filled = 0
+    for start in range(0, array.shape[0], _BLOCK_ROWS):
+        block = array[start : start + _BLOCK_ROWS]
+        if kept is not None:
+            block = block[kept[start : start + _BLOCK_ROWS]]
+        out[filled : filled + block.shape[0]] = block
+        filled += block.shape[0]
+    return out
 
-    Each block's rows are gathered before they are written, and come from
-    rows at or after the block's start, which no earlier block overwrote.
+
+def _aligned_empty(shape, dtype):
+    """An empty array whose data starts on a 64-byte boundary.
+
+    JAX's CPU client then uses it in place instead of copying it: the rows
+    put on the device cost no second copy.
     """
-    for start in range(0, kept.shape[0], _BLOCK_ROWS):
-        rows = kept[start : start + _BLOCK_ROWS]
-        array[start : start + rows.shape[0]] = array[rows]
-    return array[: kept.shape[0]]
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(nbytes + 64, np.uint8)
+    offset = -raw.ctypes.data % 64
+    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
 
 
 def _check_finite(name, X, y):
@@ -512,7 +530,7 @@ def _train(args):
         split = _ProcessShare(table, mesh)
     else:
         table, is_seed_job = _load(args)
-        split = _Split(table, args, split_key, owned=True)
+        split = _Split(table, args, split_key)
         table = table._replace(X=None, y=None, weight=None)  # the split holds what training needs
         if args.engine == "fused":
             split.to_device()
@@ -687,7 +705,7 @@ def _solve(args):
     _settle_defaults(args)
     table, is_seed_job = _load(args)
     _, split_key, _ = _keys(args)
-    split = _Split(table, args, split_key, owned=True)
+    split = _Split(table, args, split_key)
     table = table._replace(X=None, y=None, weight=None)
     start = time.perf_counter()
     params = solve(split.X, split.y)
