@@ -83,15 +83,6 @@ def test_a_model_worse_than_the_mean_is_one_warning_line_that_says_what_to_try(t
     assert "--standardize" in done.stderr and "--target-scaling scale" in done.stderr and "--lr" in done.stderr
 
 
-def test_the_early_stopping_report_says_when_it_did_not_stop(tables, cache_dir):
-    done = run_cli("train", "--data", "linear.csv", "--target", "y", "--epochs", "2", "--json",
-                   cwd=tables, cache_dir=cache_dir)  # fmt: skip
-    report = json.loads(done.stdout)
-    assert report["early_stopped"] is False and report["epochs_run"] == 2
-    done = run_cli("train", "--data", "linear.csv", "--target", "y", "--epochs", "2", cwd=tables, cache_dir=cache_dir)
-    assert "early stopping: did not stop, all 2 epochs ran" in done.stdout
-
-
 def test_help_shows_every_default_and_every_option_explains_itself():
     parser = cli._parser()
     commands = parser._subparsers._group_actions[0].choices
@@ -146,12 +137,13 @@ def test_divergence_advice_fits_the_run_and_plots_take_their_format_from_the_nam
     assert not (tables / "curve.jpg").exists()
 
 
-def test_progress_without_a_terminal_is_a_bounded_number_of_lines(tables, cache_dir):
+def test_progress_without_a_terminal_is_bounded_and_the_report_says_early_stopping_did_not_stop(tables, cache_dir):
     done = run_cli("train", "--data", "houses.csv", "--target", "price", "--epochs", "300", "--early-stopping",
-                   "0", cwd=tables, cache_dir=cache_dir)  # fmt: skip
+                   "1000", cwd=tables, cache_dir=cache_dir)  # fmt: skip
     assert done.returncode == 0, done.stderr
     progress = [line for line in done.stdout.splitlines() if line.startswith("Epoch ")]
     assert 10 <= len(progress) <= 21 and progress[-1].startswith("Epoch 300/300."), progress
+    assert "early stopping: did not stop, all 300 epochs ran; kept epoch " in done.stdout
 
 
 def test_python_warnings_become_one_line(monkeypatch, capsys):
@@ -257,3 +249,26 @@ def test_a_table_in_memory_trains_within_twice_its_size_and_a_streamed_one_as_th
                            cwd=big_table.parent, cache_dir=cache_dir)  # fmt: skip
     assert json.loads(out)["rows"] == 5_000_000
     assert peak <= 0.4e9 + 4 * chunk, f"streamed peak RSS {peak / 1e6:.0f} MB"  # the README's bound
+    peak, out = peak_bytes("solve", "--data", big_table.name, "--target", "9", "--json", cwd=big_table.parent,
+                           cache_dir=cache_dir)  # fmt: skip
+    np.testing.assert_allclose(json.loads(out)["w"], np.arange(1, 10), rtol=1e-5)
+    assert peak <= 2 * size + 0.4e9, f"solve: peak RSS {peak / 1e6:.0f} MB for a {size / 1e6:.0f} MB table"
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_a_large_table_is_solved_in_blocks_as_lstsq_solves_it(monkeypatch, x64):
+    import importlib
+
+    solve_module = importlib.import_module("jaxlr.solve")  # the module, not the function of that name
+    monkeypatch.setattr(solve_module, "_IN_BLOCKS_BYTES", 0)
+    monkeypatch.setattr(solve_module, "_BLOCK_BYTES", 8 * 4 * 50)  # blocks of 50 rows
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(1003, 3)) @ [[1.0, 0.9, 0.0], [0.0, 0.1, 0.0], [0.0, 0.0, 1e3]] + [5.0, -5.0, 1e4]
+    y = X @ [[2.0], [-1.0], [0.003]] + 7.0 + rng.normal(size=(1003, 1))
+    design = np.column_stack([X, np.ones(len(X))])
+    w, b = np.split(np.linalg.lstsq(design, y, rcond=None)[0], [3])
+    with jax.enable_x64(x64):
+        params = jaxlr.solve(X if x64 else X.astype(np.float32), y if x64 else y.astype(np.float32))
+    rtol = 1e-9 if x64 else 2e-3
+    np.testing.assert_allclose(np.asarray(params.w, np.float64), w, rtol=rtol)
+    np.testing.assert_allclose(np.asarray(params.b, np.float64), b[0], rtol=rtol)
