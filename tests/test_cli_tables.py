@@ -243,8 +243,8 @@ def test_a_table_in_memory_trains_within_twice_its_size_and_a_streamed_one_as_th
                            "4096", "--json", cwd=big_table.parent, cache_dir=cache_dir)  # fmt: skip
     assert json.loads(out)["val_r2"] > 0.99
     assert peak <= 2 * size + 0.4e9, f"peak RSS {peak / 1e6:.0f} MB for a {size / 1e6:.0f} MB table"
-    chunk = 16 << 20
-    peak, out = peak_bytes("train", "--data", big_table.name, "--target", "9", "--stream", "--chunk-mb", "16",
+    chunk = 64 << 20
+    peak, out = peak_bytes("train", "--data", big_table.name, "--target", "9", "--stream", "--chunk-mb", "64",
                            "--epochs", "1", "--batch-size", "4096", "--lr", "0.001", "--json",
                            cwd=big_table.parent, cache_dir=cache_dir)  # fmt: skip
     assert json.loads(out)["rows"] == 5_000_000
