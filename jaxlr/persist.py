@@ -133,7 +133,7 @@ def load_model(path):
         raise ModelFileError(f"model file {str(path)!r} does not exist.")
     with open(path, "rb") as file:
         if file.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
-            raise ModelFileError(f"{path.name} is not a jaxlr model file: a model file is a .npz archive.")
+            raise ModelFileError(f"{path.name} is not a readable jaxlr model file: a model file is a .npz archive.")
     try:
         with np.load(path, allow_pickle=False) as archive:
             fields = {name: archive[name] for name in archive.files}
