@@ -98,6 +98,9 @@ def to_device(array, device=None, *, rows=None):
         # every piece has one shape and `_write_rows` compiles once.
         start = min(start, array.shape[0] - rows)
         buffer = _write_rows(buffer, jax.device_put(array[start : start + rows], device), start)
+        # Asynchronous dispatch would otherwise queue every piece's copy at
+        # once: a whole second copy of the array before the first write runs.
+        buffer.block_until_ready()
     return buffer
 
 
@@ -201,7 +204,7 @@ class Table(NamedTuple):
     """Columns read from a file.
 
     Attributes:
-        X: float64 array of shape (n, d).
+        X: array of shape (n, d): float64, or a `.npy` file's own float dtype.
         y: float64 array of shape (n, 1), or None when no target was asked for.
         feature_names: the d column names, in the order of X's columns.
         target_name: the target column's name, or None.
@@ -254,20 +257,28 @@ def load_table(path, *, target=None, features=None, weight=None):
             raise DataError(f"{path.name}: a .npz table has no columns to take weights from; use a CSV or .npy.")
         return _load_npz(path, target, features)
     if suffix == ".npy":
-        matrix = _load_npy(path)
+        # Mapped, not read: only the chosen columns are copied, in the file's
+        # float dtype, so a table costs its size once more, not twice in float64.
+        matrix = _load_npy(path, mmap_mode="r")
         names = [str(j) for j in range(matrix.shape[1])]
 
-        def matrix_column(j):
-            values = matrix[:, j].astype(np.float64)
-            bad = ~np.isfinite(values)
-            if bad.any():
-                i = int(np.argmax(bad))
-                raise DataError(
-                    f"{path.name}: row {i} (counting from 0), column {j} holds {values[i]}, not a finite number."
-                )
+        def finite(values, chosen):
+            # Row blocks: a whole-table mask would cost a quarter of the table again.
+            for start in range(0, values.shape[0], 1 << 18):
+                bad = ~np.isfinite(values[start : start + (1 << 18)])
+                if bad.any():
+                    i, c = (int(v) for v in np.argwhere(bad)[0])
+                    raise DataError(
+                        f"{path.name}: row {start + i} (counting from 0), column {chosen[c]} holds "
+                        f"{values[start + i, c]}, not a finite number."
+                    )
             return values
 
-        return _select(path, names, matrix_column, target, features, ["numeric"] * len(names), weight)
+        def matrix_column(j):
+            return finite(_npy_columns(matrix, [j], np.float64), [j])[:, 0]
+
+        return _select(path, names, matrix_column, target, features, ["numeric"] * len(names), weight,
+                       columns=lambda chosen: finite(_npy_columns(matrix, chosen), chosen))  # fmt: skip
     header, rows, lines = _read_csv(path)
     columns = [_CsvColumn(path, header[j], [row[j] for row in rows], lines) for j in range(len(header))]
     notes = ()
@@ -394,7 +405,31 @@ def _feature_columns(path, names, target_index, features, kinds, weight_index=No
     return chosen
 
 
-def _select(path, names, column, target, features, kinds, weight=None):
+def _npy_columns(matrix, chosen, dtype=None):
+    """Columns of a memory-mapped `.npy` matrix, as a new array (its own float dtype, else float64).
+
+    Rows are read a block at a time with plain file reads: pages read through
+    the map would stay counted against the process, a second copy of the file.
+    """
+    if dtype is None:
+        dtype = matrix.dtype if matrix.dtype.kind == "f" else np.float64
+    out = np.empty((matrix.shape[0], len(chosen)), dtype)
+    if not matrix.flags.c_contiguous:
+        out[:] = matrix[:, chosen]
+        return out
+    row_bytes = matrix.shape[1] * matrix.dtype.itemsize
+    block = max(1, (16 << 20) // row_bytes)
+    with open(matrix.filename, "rb") as file:
+        file.seek(matrix.offset)
+        for start in range(0, matrix.shape[0], block):
+            rows = np.empty((min(block, matrix.shape[0] - start), matrix.shape[1]), matrix.dtype)
+            if file.readinto(memoryview(rows).cast("B")) != rows.nbytes:
+                raise DataError(f"{Path(matrix.filename).name} ended before row {start + rows.shape[0]}: is it truncated?")
+            out[start : start + rows.shape[0]] = rows[:, chosen]
+    return out
+
+
+def _select(path, names, column, target, features, kinds, weight=None, columns=None):
     target_index = None if target is None else _column_index(path, names, target, "target")
     weight_index = None if weight is None else _column_index(path, names, weight, "sample weight")
     if weight_index is not None and weight_index == target_index:
@@ -402,7 +437,7 @@ def _select(path, names, column, target, features, kinds, weight=None):
     if features is not None:
         features = [_column_index(path, names, name, "feature") for name in features]
     chosen = _feature_columns(path, names, target_index, features, kinds, weight_index)
-    X = np.column_stack([column(j) for j in chosen])
+    X = np.column_stack([column(j) for j in chosen]) if columns is None else columns(chosen)
     y = None if target_index is None else column(target_index)[:, None]
     weights = None
     if weight_index is not None:
@@ -418,7 +453,7 @@ def _select(path, names, column, target, features, kinds, weight=None):
     )
 
 
-def _load_npy(path):
+def _load_npy(path, mmap_mode=None):
     shape, _, dtype, header_end = _npy_layout(path)
     if dtype.hasobject or not validate._is_real(dtype):
         raise DataError(f"{path.name} holds {dtype} values, not numbers.")
@@ -430,7 +465,7 @@ def _load_npy(path):
             f"but the file has {path.stat().st_size} bytes."
         )
     try:
-        matrix = np.load(path, allow_pickle=False)
+        matrix = np.load(path, allow_pickle=False, mmap_mode=mmap_mode)
     except (ValueError, OSError, EOFError) as err:
         raise DataError(f"{path.name} is not a readable .npy array: {err}") from None
     if matrix.ndim != 2 or matrix.shape[0] == 0:
@@ -587,8 +622,9 @@ class NpyStream:
             file.seek(self.offset + start * self.row_bytes)
             if file.readinto(memoryview(buffer).cast("B")) != buffer.nbytes:
                 raise DataError(f"{self.path.name} ended before row {stop}: is it truncated?")
-        X = buffer[:, self.x_columns].astype(self.dtype)
-        y = self._y[start:stop] if self._y is not None else buffer[:, self.y_columns].astype(self.dtype)
+        # Fancy indexing copies already: no second copy for the dtype.
+        X = buffer[:, self.x_columns].astype(self.dtype, copy=False)
+        y = self._y[start:stop] if self._y is not None else buffer[:, self.y_columns].astype(self.dtype, copy=False)
         for name, part in (("X", X), ("y", y)):
             if not np.isfinite(part.sum()):
                 bad = ~np.isfinite(part).all(axis=1)

@@ -8,6 +8,10 @@ each process contributes only its own rows, and every process runs the same
 program on the global arrays.
 """
 
+import math
+import socket
+import time
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -23,6 +27,11 @@ def data_mesh(devices):
         return devices
     if isinstance(devices, (list, tuple)):
         return Mesh(np.array(devices), ("data",))
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > jax.device_count():
+        raise ValueError(
+            f"`devices` (={devices}) is more than the {jax.device_count()} device(s) JAX sees. On a CPU, "
+            f"set XLA_FLAGS=--xla_force_host_platform_device_count={devices} before importing jax."
+        )
     count = validate.check_int("devices", devices, low=1, high=jax.device_count(), high_name="the number of devices")
     return Mesh(np.array(jax.devices()[:count]), ("data",))
 
@@ -61,25 +70,140 @@ def host_value(array):
 # ------------------------------------------------------------------ several processes
 
 
-def initialize(coordinator, num_processes, process_id):
+def initialize(coordinator, num_processes, process_id, *, timeout=60.0):
     """Joins this process to a multi-process JAX run (`jax.distributed.initialize`).
 
     On CPUs the processes exchange gradients through gloo; on GPUs JAX uses
-    NCCL by itself.
+    NCCL by itself. The processes first meet at the coordinator's address,
+    each waiting at most `timeout` seconds for the others: JAX's own wait
+    would end the process with a crash report instead of naming who is missing.
 
     Args:
         coordinator: "host:port" of process 0, the same for every process.
         num_processes: how many processes take part.
         process_id: this process's index, from 0 to num_processes - 1.
+        timeout: seconds to wait for the other processes.
+
+    Raises:
+        TimeoutError: not every process arrived in time; the message names
+            the missing ones (or the coordinator).
     """
     num_processes = validate.check_int("num_processes", num_processes, low=1)
     process_id = validate.check_int(
         "process_id", process_id, low=0, high=num_processes - 1, high_name="num_processes - 1"
     )
-    if ":" not in str(coordinator):
+    timeout = validate.check_real("timeout", timeout, low=0.0)
+    host, _, port = str(coordinator).rpartition(":")
+    if not host or not port.isdigit():
         raise ValueError(f"`coordinator` (={coordinator!r}) must be HOST:PORT, e.g. 10.0.0.1:4321.")
+    if num_processes > 1:
+        meet(host, int(port), num_processes, process_id, timeout)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+    jax.distributed.initialize(
+        coordinator_address=coordinator, num_processes=num_processes, process_id=process_id,
+        initialization_timeout=max(1, math.ceil(timeout)),
+    )  # fmt: skip
+
+
+def meet(host, port, num_processes, process_id, timeout):
+    """Waits until every process of the run has reached process 0 at host:port.
+
+    Process 0 listens; every other process connects, says who it is, and
+    waits for the word to go. When `timeout` runs out first, every process
+    that can raises TimeoutError naming the processes that did not come.
+    The port is let go before JAX's coordination service takes it.
+    """
+    deadline = time.monotonic() + timeout
+    if process_id == 0:
+        _gather(port, num_processes, deadline, timeout, f"{host}:{port}")
+    else:
+        _report_to(host, port, num_processes, process_id, deadline, timeout)
+
+
+def _gather(port, num_processes, deadline, timeout, address):
+    arrived = {}
+    with socket.create_server(("", port)) as server:
+        try:
+            while len(arrived) < num_processes - 1:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                server.settimeout(left)
+                try:
+                    peer, _ = server.accept()
+                except socket.timeout:
+                    break
+                peer.settimeout(max(1.0, left))
+                try:
+                    words = peer.makefile("r").readline().split()
+                except OSError:
+                    peer.close()
+                    continue
+                if len(words) != 3 or words[0] != "jaxlr" or not all(w.isdigit() for w in words[1:]):
+                    peer.close()  # not one of ours
+                    continue
+                count, who = int(words[1]), int(words[2])
+                if count != num_processes or who in arrived or not 0 < who < num_processes:
+                    peer.sendall(b"refused\n")
+                    peer.close()
+                    problem = "says --num-processes " + str(count) if count != num_processes else "came twice"
+                    raise ValueError(f"process {who} {problem}; process 0 runs {num_processes} processes.")
+                arrived[who] = peer
+            missing = [i for i in range(1, num_processes) if i not in arrived]
+            word = b"go\n" if not missing else ("missing " + ",".join(map(str, missing)) + "\n").encode()
+            for peer in arrived.values():
+                peer.sendall(word)
+            for peer in arrived.values():  # they hang up first: the port is free at once
+                peer.settimeout(5.0)
+                try:
+                    peer.recv(1)
+                except OSError:
+                    pass
+        finally:
+            for peer in arrived.values():
+                peer.close()
+    if missing:
+        raise TimeoutError(
+            f"process(es) {_names(missing)} of {num_processes} did not join the run at {address} within "
+            f"{timeout:g} s; start each with the same --coordinator and --num-processes, or wait longer "
+            "(--peer-timeout)."
+        )
+
+
+def _report_to(host, port, num_processes, process_id, deadline, timeout):
+    address = f"{host}:{port}"
+    while True:
+        try:
+            connection = socket.create_connection((host, port), timeout=max(0.1, deadline - time.monotonic()))
+            break
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"the coordinator, process 0, did not answer at {address} within {timeout:g} s; "
+                    "start it with the same --coordinator, or wait longer (--peer-timeout)."
+                ) from None
+            time.sleep(0.1)
+    with connection:
+        connection.sendall(f"jaxlr {num_processes} {process_id}\n".encode())
+        # Process 0 answers by its own deadline; allow for its later start.
+        connection.settimeout(timeout + 10.0)
+        try:
+            word = connection.makefile("r").readline().strip()
+        except OSError:
+            word = ""
+    if word == "go":
+        return
+    if word.startswith("missing "):
+        missing = [int(i) for i in word.split()[1].split(",")]
+        raise TimeoutError(
+            f"process(es) {_names(missing)} of {num_processes} did not join the run at {address} within "
+            f"process 0's {timeout:g} s."
+        )
+    raise ValueError(f"process 0 at {address} refused process {process_id} or went away; see its error.")
+
+
+def _names(ids):
+    return ", ".join(map(str, ids))
 
 
 def local_rows(num_rows):

@@ -45,26 +45,40 @@ class Standardizer(NamedTuple):
         """
         if features not in (True, False, "center", "scale"):
             raise ValueError(f"`features` (={features!r}) must be True, False, 'center' or 'scale'.")
-        X = np.asarray(X, np.float64)
+        X = np.asarray(X)
         d = X.shape[1]
         x_mean, x_scale = np.zeros(d), np.ones(d)
         if features:
-            x_mean = X.mean(axis=0)
+            # In float64, a block of rows at a time: no float64 copy of a large table.
+            x_mean, spread = _moments(X)
             if features != "center":
-                x_scale = _spread(X)
+                x_scale = spread
         k = 1 if y is None else np.asarray(y).reshape(len(X), -1).shape[1]
         y_mean, y_scale = np.zeros(k), np.ones(k)
         if target is not None:
             if target not in ("center", "scale"):
                 raise ValueError(f"`target` (={target!r}) must be None, 'center' or 'scale'.")
-            y = np.asarray(y, np.float64).reshape(len(X), -1)
-            y_mean = y.mean(axis=0)
+            y_mean, y_spread = _moments(np.asarray(y).reshape(len(X), -1))
             if target == "scale":
-                y_scale = _spread(y)
+                y_scale = y_spread
         return cls(x_mean, x_scale, y_mean, y_scale)
 
-    def transform(self, X):
-        return (np.asarray(X, np.float64) - self.x_mean) / self.x_scale
+    def transform(self, X, *, dtype=np.float64, out=None):
+        """(X - x_mean) / x_scale, worked out in float64 and stored as `dtype`.
+
+        Args:
+            X: array of shape (n, d).
+            dtype: the result's dtype.
+            out: an array of shape (n, d) and that dtype to write into (X
+                itself, to standardize in place).
+        """
+        X = np.asarray(X)
+        if out is None:
+            out = np.empty(X.shape, dtype)
+        for start in range(0, X.shape[0], _BLOCK_ROWS):
+            block = X[start : start + _BLOCK_ROWS]
+            out[start : start + _BLOCK_ROWS] = (block.astype(np.float64) - self.x_mean) / self.x_scale
+        return out
 
     def transform_target(self, y):
         y = np.asarray(y, np.float64)
@@ -86,6 +100,15 @@ class Standardizer(NamedTuple):
         return Params(w * self.x_scale[:, None] / self.y_scale[None, :], b)
 
 
-def _spread(A: np.ndarray) -> np.ndarray:
-    spread = A.std(axis=0)
-    return np.where(spread > 0, spread, 1.0)  # a constant column stays as it is
+# Rows per block: the float64 temporaries of a large table stay a few MB.
+_BLOCK_ROWS = 1 << 14
+
+
+def _moments(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations, in float64, in two passes over row blocks."""
+    n = A.shape[0]
+    blocks = range(0, n, _BLOCK_ROWS)
+    mean = sum(A[i : i + _BLOCK_ROWS].astype(np.float64).sum(axis=0) for i in blocks) / n
+    square = sum(((A[i : i + _BLOCK_ROWS].astype(np.float64) - mean) ** 2).sum(axis=0) for i in blocks)
+    spread = np.sqrt(square / n)
+    return mean, np.where(spread > 0, spread, 1.0)  # a constant column stays as it is

@@ -35,6 +35,9 @@ def solve(X, y):
     if isinstance(X, jax.Array) and isinstance(y, jax.Array):
         return _solve(*validate.training_arrays(X, y))
     X, y = validate.exact_arrays(X, y)
+    if X.nbytes > _IN_BLOCKS_BYTES:
+        # A large host table: float64 least squares a block of rows at a time, no whole copy.
+        return _solve_in_blocks(X, y)
     scaler = Standardizer.fit(X, y, target="scale")
     params = _solve(*validate.training_arrays(scaler.transform(X), scaler.transform_target(y)))
     # Back to the original units in float64: the intercept of a feature far
@@ -42,6 +45,35 @@ def solve(X, y):
     w, b = scaler.to_original(params)
     dtype = params.w.dtype
     return Params(w=jnp.asarray(w.astype(dtype)), b=jnp.asarray(b.astype(dtype)))
+
+
+# Host tables larger than this are solved a block of rows at a time: the
+# device's SVD would hold a centred copy of X and its factor U besides X.
+_IN_BLOCKS_BYTES = 64 << 20
+_BLOCK_BYTES = 16 << 20
+
+
+def _solve_in_blocks(X, y):
+    """The same least squares, on the host in float64, with memory for a block of rows.
+
+    A QR factorisation of the centred rows [X | y], block by block (each
+    block is factored together with the R of the blocks before it): as stable
+    as one QR of the whole, and least squares needs only R. Its top-left
+    d x d part against its top-right d x k part gives w.
+    """
+    n, d = X.shape
+    k = y.shape[1]
+    rows = max(d + k, _BLOCK_BYTES // (8 * (d + k)))
+    blocks = range(0, n, rows)
+    x_mean = sum(X[i : i + rows].sum(axis=0, dtype=np.float64) for i in blocks) / n
+    y_mean = sum(y[i : i + rows].sum(axis=0, dtype=np.float64) for i in blocks) / n
+    R = np.zeros((0, d + k))
+    for i in blocks:
+        block = np.hstack([X[i : i + rows] - x_mean, y[i : i + rows] - y_mean])
+        R = np.linalg.qr(np.vstack([R, block]), mode="r")
+    w = np.linalg.lstsq(R[:d, :d], R[:d, d:], rcond=None)[0]
+    dtype = jax.dtypes.canonicalize_dtype(X.dtype)  # float32 unless x64 is on
+    return Params(w=jnp.asarray(w.astype(dtype)), b=jnp.asarray((y_mean - x_mean @ w).astype(dtype)))
 
 
 @jax.jit
