@@ -27,7 +27,8 @@ from jax.typing import ArrayLike
 from jaxlr import callbacks as callbacks_lib
 from jaxlr import checkpoint as checkpoint_lib
 from jaxlr import engines, losses, parallel, penalties, schedules, validate
-from jaxlr.data import NpyStream, key_words, permutation_from_words, to_device
+from jaxlr import shuffle as shuffle_lib
+from jaxlr.data import NpyStream, key_words, to_device
 from jaxlr.engines import core
 from jaxlr.engines import auto
 from jaxlr.engines import scan as scan_engine
@@ -456,12 +457,10 @@ class _Run(NamedTuple):
         """Epochs' row orders, shape (rows or count, N): the n real rows shuffled,
         padding last; rows past `count` (left unshuffled) only fill a bucket."""
         n = self.rows
-        words = self.words_of(first_epoch, count)
         orders = np.empty((rows or count, N), np.int32)
         orders[:, n:] = np.arange(n, N, dtype=np.int32)
         orders[count:, :n] = np.arange(n, dtype=np.int32)
-        for i in range(count):
-            orders[i, :n] = permutation_from_words(words[i], n)
+        orders[:count, :n] = shuffle_lib.permutations(self.words_of(first_epoch, count), n)
         return orders
 
 

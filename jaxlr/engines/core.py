@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlr import penalties, schedules
+from jaxlr import penalties, schedules, shuffle
 from jaxlr.losses import Loss
 from jaxlr.metrics import r2_from
 from jaxlr.model import Params, net
@@ -417,10 +417,9 @@ def order_length(data: Data, batch_size: int) -> int:
 
 
 def device_order(key: jax.Array, n: jax.Array, N: int) -> jax.Array:
-    """A random order of the n real rows, then the N - n padding rows, drawn on the device."""
-    bits = jax.random.bits(key, (N,), jnp.uint32) >> 1
-    bits = jnp.where(jnp.arange(N) < n, bits, jnp.uint32(0xFFFFFFFF))
-    return jnp.argsort(bits, stable=True).astype(jnp.int32)
+    """A random order of the n real rows, then the N - n padding rows, drawn on
+    the device: the order the host draws for the same key (`jaxlr.shuffle`)."""
+    return shuffle.device_permutation(jax.random.key_data(key), n, N)
 
 
 # ------------------------------------------------------------------ many epochs

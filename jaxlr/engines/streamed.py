@@ -12,6 +12,7 @@ from typing import Iterator
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlr import shuffle
 from jaxlr.data import to_device
 from jaxlr.engines import Block, core
 
@@ -26,15 +27,17 @@ def run(run, state) -> Iterator[Block]:
     for e in range(run.epochs):
         epoch = run.initial_epoch + e
         first_step = run.initial_step + e * run.steps_per_epoch
-        rng = np.random.Generator(np.random.SFC64(run.epoch_words(epoch).tolist()))
-        visit = [starts[i] for i in rng.permutation(len(starts))]
+        words = run.epoch_words(epoch)
+        visit = [starts[i] for i in shuffle.permutation_from_words(words, len(starts))]
         losses, moving, objectives, start = [], [], [], state
         upcoming = stream.read(visit[0], min(visit[0] + rows, n))
         for position in range(len(visit)):
             X_host, y_host = upcoming
             count = X_host.shape[0]
             N = core.padded_rows(count, B)
-            order = np.concatenate([rng.permutation(count), np.arange(count, N)]).astype(np.int32)
+            # Each chunk's rows by a key of its own: the epoch's words and the chunk's place in the visit.
+            within = shuffle.permutation_from_words(np.append(words, np.uint32(position)), count)
+            order = np.concatenate([within, np.arange(count, N, dtype=np.int32)])
             data = core.Data(to_device(X_host, rows=N), to_device(y_host, rows=N), None, np.int32(count))
             state, (chunk_losses, chunk_moving, chunk_objectives) = one_pass(state, data, run.numbers, order)
             if position + 1 < len(visit):  # read ahead while the device works
