@@ -11,8 +11,9 @@ from jaxlr import parallel
 from jaxlr.engines import Block, core
 
 # Host-drawn orders are built a block of epochs at a time: at most this many
-# row indices at once, so memory does not grow with the number of epochs.
-_ORDER_ENTRIES = 1 << 24
+# row indices at once (4 MB), so memory does not grow with the number of
+# epochs, while a small table still runs many epochs per call.
+_ORDER_ENTRIES = 1 << 20
 
 
 def run(run, state) -> Iterator[Block]:

@@ -1,0 +1,45 @@
+"""Memory that does not grow with the number of epochs."""
+
+import subprocess
+import sys
+import textwrap
+
+# In a fresh process, whose peak resident memory (VmHWM) is its own, reset
+# before each measured fit.
+_PEAK = textwrap.dedent(
+    """
+    import sys
+    import jax, numpy as np
+    import jaxlr
+
+    def peak_mb(fit, epochs):
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # the peak starts again from the memory in use now
+        fit(epochs)
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+
+    n, epochs = int(sys.argv[1]), int(sys.argv[2])
+    X = np.random.default_rng(0).standard_normal((n, 4), dtype=np.float32)
+    y = X[:, :1] + 0.5
+    for engine in ("fused", "loop"):
+        fit = lambda e: jaxlr.fit(X, y, key=jax.random.key(0), epochs=e, batch_size=n // 4, lr=0.01,
+                                  engine=engine, record_steps=False)
+        fit(1)
+        fit(epochs)  # everything compiled: what follows is what the epochs cost
+        print(engine, peak_mb(fit, 1), peak_mb(fit, epochs))
+    """
+)
+
+
+def test_peak_memory_does_not_grow_with_the_number_of_epochs():
+    # One epoch's order of 1M rows is 4 MB on the host and 4 MB on the
+    # device; 16 epochs' would be 128 MB. The rows themselves are 16 MB.
+    done = subprocess.run([sys.executable, "-c", _PEAK, "1000000", "16"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    peaks = {engine: (int(one), int(many)) for engine, one, many in (line.split() for line in done.stdout.splitlines())}
+    assert set(peaks) == {"fused", "loop"}
+    for engine, (one, many) in peaks.items():
+        assert many - one < 64, f"{engine}: peak {one} MB after 1 epoch, {many} MB after 16"
