@@ -185,10 +185,11 @@ def fit(
             training loss.
         shuffle: True shuffles every epoch; False keeps the rows in their
             stored order. Each epoch's order is a function of the key and the
-            epoch alone, drawn on the host ("host", NumPy's O(n) shuffle:
-            the default, and what the loop engine and `batches` use) or on the
-            device ("device": the default with `tol`, which may end the run at
-            any epoch; another permutation for the same key).
+            epoch alone (`jaxlr.shuffle`), the same wherever it is drawn: on
+            the host ("host": the default on a CPU, and what the loop engine
+            and `batches` use) or inside the program on the device
+            ("device": the default on an accelerator, and with `tol`, which
+            may end the run at any epoch).
         fit_intercept: False keeps b at its starting value (zero for fresh params).
         max_slope: caps the slope of the loss at each prediction (scikit-learn
             caps it at 1e12): a step far too large then stays finite instead
@@ -343,7 +344,10 @@ def _prepare(  # fmt: skip
     )  # fmt: skip
     packed = core.pack(numbers, dtype)
     if shuffle is True:
-        shuffle = "device" if spec.stops and engine == "fused" else "host"
+        # Host and device draw the same orders (`jaxlr.shuffle`): the device
+        # when the epochs' count is open (`tol`) or the rows sit on an
+        # accelerator, the host where it is cheaper, on a CPU.
+        shuffle = "device" if engine == "fused" and (spec.stops or _platform(device, mesh) != "cpu") else "host"
     draw = shuffle or "none"
 
     # The starting state: given, from a checkpoint, from the old keywords, or fresh.
@@ -561,6 +565,15 @@ def _placement(devices):
             f"set XLA_FLAGS=--xla_force_host_platform_device_count={devices} before importing jax."
         )
     return None, parallel.data_mesh(devices)
+
+
+def _platform(device, mesh) -> str:
+    """The platform the rows train on: "cpu", "gpu", "tpu", ..."""
+    if device is not None:
+        return device.platform
+    if mesh is not None:
+        return mesh.devices.flat[0].platform
+    return jax.default_backend()
 
 
 def _device_data(X, y, weight, batch_size, device, mesh, validation) -> core.Data:
