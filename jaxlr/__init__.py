@@ -13,9 +13,9 @@ command) and `estimator` (`SGDRegressor`, for scikit-learn).
 
 from typing import Any
 
-from jaxlr import checkpoint, losses, parallel, penalties, schedules
+from jaxlr import checkpoint, losses, parallel, penalties, schedules, shuffle
 from jaxlr.callbacks import EarlyStopping
-from jaxlr.data import NpyStream, batches, permutation, synthetic_data, to_device
+from jaxlr.data import NpyStream, aligned_empty, batches, permutation, synthetic_data, to_device
 from jaxlr.engines.core import FitState
 from jaxlr.metrics import mse, r2
 from jaxlr.model import Params, init_params, net, square_loss
@@ -55,6 +55,7 @@ __all__ = [
     "SweepResult",
     "TrainState",
     "TrainingDiverged",
+    "aligned_empty",
     "batches",
     "checkpoint",
     "fit",
@@ -71,6 +72,7 @@ __all__ = [
     "r2",
     "schedules",
     "sgd",
+    "shuffle",
     "solve",
     "square_loss",
     "sweep",

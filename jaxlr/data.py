@@ -66,6 +66,41 @@ def _synthetic_data(key, num_examples, true_w, true_b, noise):
     return X, X @ true_w + true_b[None, :] + noise * eps
 
 
+ALIGNMENT = 64
+"""Bytes to which jaxlr aligns the host arrays it allocates: on a CPU, JAX
+uses a NumPy array so aligned in place instead of copying it."""
+
+
+def aligned_empty(shape, dtype=np.float32) -> np.ndarray:
+    """An uninitialised C-ordered NumPy array whose data starts on a 64-byte boundary.
+
+    Example:
+        >>> X = jaxlr.aligned_empty((2_000_000, 100))   # fill it, then fit
+        >>> X[:] = np.load("X.npy", mmap_mode="r")
+    """
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(size + ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start : start + size].view(dtype).reshape(shape)
+
+
+def aligned(array, dtype=None) -> np.ndarray:
+    """`array` as a 64-byte-aligned C-ordered NumPy array of `dtype`: itself when it already is one."""
+    array = np.asarray(array)
+    dtype = array.dtype if dtype is None else np.dtype(dtype)
+    if array.dtype == dtype and is_aligned(array):
+        return array
+    out = aligned_empty(array.shape, dtype)
+    np.copyto(out, array, casting="unsafe")
+    return out
+
+
+def is_aligned(array) -> bool:
+    """Whether a NumPy array is C-ordered and starts on a 64-byte boundary."""
+    return isinstance(array, np.ndarray) and array.flags.c_contiguous and array.ctypes.data % ALIGNMENT == 0
+
+
 def to_device(array, device=None, *, rows=None):
     """Copies a host array to a JAX device in pieces of at most 64 MB.
 
@@ -436,7 +471,13 @@ def _select(path, names, column, target, features, kinds, weight=None, columns=N
     if features is not None:
         features = [_column_index(path, names, name, "feature") for name in features]
     chosen = _feature_columns(path, names, target_index, features, kinds, weight_index)
-    X = np.column_stack([column(j) for j in chosen]) if columns is None else columns(chosen)
+    if columns is None:
+        values = [column(j) for j in chosen]
+        X = aligned_empty((len(values[0]), len(values)), np.float64)  # aligned: JAX can use it in place
+        for j, part in enumerate(values):
+            X[:, j] = part
+    else:
+        X = columns(chosen)
     y = None if target_index is None else column(target_index)[:, None]
     weights = None
     if weight_index is not None:
@@ -507,7 +548,7 @@ def _load_npz(path, target, features):
     if features is not None:
         chosen = [_column_index(path, names, name, "feature") for name in features]
         X, names = X[:, chosen], [names[j] for j in chosen]
-    X = np.asarray(X, np.float64)
+    X = aligned(X, np.float64)
     y = None if y is None else np.asarray(y, np.float64)
     for name, array in (("X", X), ("y", y)):
         if array is not None and not np.isfinite(array).all():

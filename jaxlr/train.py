@@ -28,7 +28,7 @@ from jaxlr import callbacks as callbacks_lib
 from jaxlr import checkpoint as checkpoint_lib
 from jaxlr import engines, losses, parallel, penalties, schedules, validate
 from jaxlr import shuffle as shuffle_lib
-from jaxlr.data import NpyStream, key_words, to_device
+from jaxlr.data import NpyStream, is_aligned, key_words, to_device
 from jaxlr.engines import core
 from jaxlr.engines import auto
 from jaxlr.engines import scan as scan_engine
@@ -577,11 +577,18 @@ def _platform(device, mesh) -> str:
 
 
 def _device_data(X, y, weight, batch_size, device, mesh, validation) -> core.Data:
-    """The rows on the device, padded with zero-weight rows to a bucketed count."""
+    """The rows on the device, padded with zero-weight rows to a bucketed count.
+
+    A large table is not padded (that would copy it): the program then
+    compiles for its exact number of rows. A large 64-byte-aligned NumPy
+    table on a CPU is not even copied: JAX uses its memory in place.
+    """
     n = X.shape[0]
     global_rows = isinstance(X, jax.Array) and not X.is_fully_addressable
     N = core.padded_rows(n, batch_size)
-    if not global_rows:  # rows spread over processes are used as they are
+    if isinstance(X, np.ndarray) and X.nbytes > _KEEP_PADDED_BYTES:
+        X, y = _unpadded(X, device), _unpadded(y, device)
+    elif not global_rows:  # rows spread over processes are used as they are
         X, y = _padded(X, device, N), _padded(y, device, N)
     w = None if weight is None else core.pad_rows(weight, N)
     data = core.Data(X, y, w, core.on_device(np.int32(n)), validation)
@@ -617,6 +624,15 @@ def _padded(array, device, rows):
     copies = _padded_copies  # the callback may run at exit, after the module's globals are gone
     _padded_copies[key] = (weakref.ref(array, lambda _: copies.pop(key, None)), padded)
     return padded
+
+
+def _unpadded(array: np.ndarray, device):
+    """A host array on the device as it is: in place where JAX can (a CPU
+    device and 64-byte-aligned, C-ordered memory), else one copy."""
+    target = device if device is not None else jax.devices()[0]
+    if target.platform == "cpu" and is_aligned(array):
+        return jax.device_put(array, device)
+    return to_device(array, device)
 
 
 _KEEP_PADDED_BYTES = 16 << 20

@@ -143,7 +143,9 @@ def in_training_precision(name, value):
     if isinstance(value, jax.Array):
         return value.astype(dtype)
     with np.errstate(over="ignore", invalid="ignore"):
-        cast = value.astype(dtype)
+        from jaxlr.data import aligned  # the cast's copy aligned: on a CPU, JAX then uses it in place
+
+        cast = aligned(value, dtype)
         narrowed = np.dtype(dtype).itemsize < value.dtype.itemsize and value.dtype.kind == "f"
         if narrowed and not np.isfinite(cast.sum()):
             overflowed = np.isinf(cast) & np.isfinite(value)

@@ -82,3 +82,34 @@ def test_batches_are_host_arrays_that_the_step_takes(seed_data):
     X, y = seed_data
     X_batch, y_batch = next(jaxlr.batches(X, y, 4, key=jax.random.key(0)))
     assert isinstance(X_batch, np.ndarray) and X_batch.shape == (4, 2) and y_batch.shape == (4, 1)
+
+
+def test_a_large_aligned_table_trains_in_place_and_others_are_copied_once():
+    from jaxlr import train
+
+    X = jaxlr.aligned_empty((70_001, 64))  # 17.9 MB: past the size that is padded
+    assert X.ctypes.data % 64 == 0 and X.flags.c_contiguous and X.dtype == np.float32
+    X[:] = np.random.default_rng(0).standard_normal(X.shape, dtype=np.float32)
+    y = X[:, :1] * 2 + 1
+    placed = train._unpadded(X, None)
+    assert placed.unsafe_buffer_pointer() == X.ctypes.data  # JAX uses the memory as it is
+    raw = np.empty(X.nbytes + 64, np.uint8)
+    start = -raw.ctypes.data % 64 + 16  # 16 bytes past a 64-byte boundary, as NumPy's own allocations often are
+    unaligned = raw[start : start + X.nbytes].view(np.float32).reshape(X.shape)
+    unaligned[:] = X
+    assert train._unpadded(unaligned, None).unsafe_buffer_pointer() != unaligned.ctypes.data  # copied
+    # The unpadded table (70 001 rows, the last batch short) trains as the loop engine does.
+    settings = dict(key=jax.random.key(3), epochs=1, batch_size=4096, lr=0.01)
+    fused, loop = jaxlr.fit(X, y, **settings), jaxlr.fit(X, y, engine="loop", **settings)
+    np.testing.assert_allclose(fused.params.w, loop.params.w, atol=1e-5)
+    np.testing.assert_allclose(fused.losses, loop.losses, rtol=1e-4)
+
+
+def test_loaders_and_casts_allocate_aligned_arrays(tmp_path):
+    from jaxlr.data import is_aligned, load_table
+    from jaxlr.validate import as_array
+
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,y\n1,2,3\n4,5,6\n7,8,9\n")
+    assert is_aligned(load_table(path, target="y").X)
+    assert is_aligned(as_array("X", np.ones((5, 3), np.float64)))  # the float32 cast
