@@ -1,11 +1,11 @@
-"""python -m benchmarks {seed,scale,sweep,cold,practice,engines,all} [--size tiny] [--device gpu] [--batch-size N] [--json FILE]"""
+"""python -m benchmarks {seed,scale,sweep,cold,practice,engines,shuffle,all} [--size tiny] [--device gpu] [--batch-size N] [--json FILE]"""
 
 import argparse
 import datetime
 import json
 import sys
 
-from benchmarks import cold, engines, harness, practice, scale, seed, sweep
+from benchmarks import cold, engines, harness, practice, scale, seed, shuffle, sweep
 
 SIZES = {
     # case: (full size, tiny size used by the tests)
@@ -17,6 +17,7 @@ SIZES = {
     "practice": ({"num_rows": 200_000, "num_tables": 3, "num_settings": 16, "num_seeds": 5},
                  {"num_rows": 2000, "num_tables": 1, "num_settings": 2, "num_seeds": 2, "budget_s": 0.1}),
     "engines": ({}, {"num_rows": 2000, "features": (2,), "batches": (1, 64), "budget_s": 0.1, "accuracy": False}),
+    "shuffle": ({"sizes": (10_000, 2_000_000)}, {"sizes": (100, 1000)}),
 }
 GPU_SCALE = {"num_examples": 20_000_000, "num_features": 100, "batch_size": 4096}
 REFERENCE = {
@@ -26,8 +27,10 @@ REFERENCE = {
     "cold": 'python -c "import jax"',
     "practice": "scikit-learn SGDRegressor (each group's own: the vs_sklearn column)",
     "engines": "the fused engine at the same features and batch size (the vs_fused column)",
+    "shuffle": None,
 }
-MODULES = {"seed": seed, "scale": scale, "sweep": sweep, "cold": cold, "practice": practice, "engines": engines}
+MODULES = {"seed": seed, "scale": scale, "sweep": sweep, "cold": cold, "practice": practice, "engines": engines,
+           "shuffle": shuffle}
 
 
 def main(argv=None):

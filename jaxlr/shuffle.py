@@ -117,9 +117,16 @@ def permutations(words, n: int) -> np.ndarray:
     # The key schedule in Python integers: a few dozen operations on scalars,
     # which NumPy would dispatch one by one.
     schedule = [_round_constants(round_keys(row.tolist(), rounds, None), bits, rounds, None) for row in words]
-    per_round = [np.array([keys[r] for keys in schedule], np.uint32).T.reshape(3, count, 1) for r in range(rounds)]
-    mask = np.uint32((1 << bits) - 1)
-    x = np.arange(1 << bits, dtype=np.uint32)
+    # Up to 16 bits, uint16 arithmetic gives the same low bits at twice the
+    # speed: modulo 2**bits, only the constants' low bits matter.
+    dtype, width = (np.uint16, 0xFFFF) if bits <= 16 else (np.uint32, 0xFFFFFFFF)
+    if count == 1:  # scalars: no small arrays to build
+        per_round = [tuple(dtype(value & width) for value in constants) for constants in schedule[0]]
+    else:
+        per_round = [(np.array([keys[r] for keys in schedule], np.uint64) & width).astype(dtype).T.reshape(3, count, 1)
+                     for r in range(rounds)]  # fmt: skip
+    mask = dtype((1 << bits) - 1)
+    x = np.arange(1 << bits, dtype=dtype)
     x = np.tile(x, (count, 1)) if count > 1 else x[None]
     shifted = np.empty_like(x)
     for added, multiplier, shift in per_round:  # in place: each op is one pass over x
@@ -128,7 +135,9 @@ def permutations(words, n: int) -> np.ndarray:
         x &= mask
         np.right_shift(x, shift, out=shifted)
         x ^= shifted
-    return x[x < n].reshape(count, n).view(np.int32)
+    # np.compress, not x[x < n]: boolean indexing branches on each element, three times slower here.
+    kept = np.compress((x < n).ravel(), x.ravel())
+    return kept.reshape(count, n).astype(np.int32, copy=False)
 
 
 def permutation_from_words(words, n: int) -> np.ndarray:
