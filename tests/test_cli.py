@@ -175,7 +175,7 @@ ERRORS = {
     "resume alone": (["train", *GOOD, "--resume"], "--resume needs --checkpoint"),
     "missing save directory": (["train", *GOOD, "--save", "no/such/dir/m.npz"], "does not exist"),
     "missing model": (["predict", "--model", "none.npz", "--data", "table.csv"], "model file 'none.npz' does not exist"),
-    "model not an npz": (["predict", "--model", "table.csv", "--data", "table.csv"], "table.csv is not a readable jaxlr model file: a model file is a .npz archive"),
+    "model not an npz": (["predict", "--model", "table.csv", "--data", "table.csv"], "table.csv is not a readable jaxlr model file (File is not a zip file)"),
     "truncated model": (["predict", "--model", "truncated.npz", "--data", "table.csv"], "not a readable jaxlr model file"),
     "old model format": (["predict", "--model", "old.npz", "--data", "table.csv"], "format version 0"),
     "wrong features": (["predict", "--model", "model.npz", "--data", "other.csv"], "lacks the model's feature column(s) 'c'"),
