@@ -34,6 +34,12 @@ _LOSSES = {
 }
 
 
+_OVERFLOW = (
+    "Floating-point under-/overflow occurred at epoch #{epoch}. Scaling input data with "
+    "StandardScaler or MinMaxScaler might help."
+)
+
+
 class SGDRegressor(RegressorMixin, BaseEstimator):
     """Linear regression by stochastic gradient descent: scikit-learn's `SGDRegressor`, in JAX.
 
@@ -321,10 +327,12 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
                 state=state,
             )  # fmt: skip
         except TrainingDiverged as err:
-            raise ValueError(
-                f"Floating-point under-/overflow occurred at epoch #{err.epoch + 1}. Scaling input data with "
-                "StandardScaler or MinMaxScaler might help."
-            ) from None
+            raise ValueError(_OVERFLOW.format(epoch=err.epoch + 1)) from None
+        except ValueError:
+            with np.errstate(over="ignore"):
+                if not np.isfinite(np.asarray(self.eta0, dtype)):  # fit refuses a rate its precision cannot hold
+                    raise ValueError(_OVERFLOW.format(epoch=1)) from None
+            raise
         final = result.state
         epochs_before = 0 if state is None else int(state.epoch)
         self._state = final

@@ -59,18 +59,27 @@ class FitResult(NamedTuple):
     epoch_losses: Any = None
 
 
+# A loss this many times above the run's reference (the larger of its first
+# loss and the loss of predicting zero for every row) counts as diverged: a run
+# that is learning never gets there, and one that diverges can climb for many
+# steps in float32 before anything overflows.
+LOSS_GROWTH = 1e6
+
+
 class TrainingDiverged(FloatingPointError):
-    """Training stopped because a loss or the params were no longer finite.
+    """Training stopped because it diverged: a loss or the params stopped being
+    finite, the params outgrew the square root of their dtype's largest number,
+    or a loss grew past `LOSS_GROWTH` times the run's reference.
 
     Attributes:
         epoch, batch: where it happened (batch counts from 0 within the epoch).
         last_finite_loss: the loss of the last good step (None if there was none).
-        params: the last finite parameters, from just before that step.
+        params: the last good parameters, from just before that step.
         opt_state: the optimizer state that goes with them.
         state: the whole FitState of the last good step.
     """
 
-    def __init__(self, epoch, batch, last_finite_loss, state, lr):
+    def __init__(self, epoch, batch, last_finite_loss, state, lr, limit=None):
         self.epoch, self.batch = epoch, batch
         self.last_finite_loss = last_finite_loss
         self.params, self.opt_state = state.params, state.opt_state
@@ -86,9 +95,11 @@ class TrainingDiverged(FloatingPointError):
                 f"{rate}: centre and scale the target and the features (jaxlr.Standardizer; "
                 "--standardize on the command line), or compute in float64."
             )
+        what = "the loss or the parameters stopped being finite"
+        if limit is not None:
+            what = f"the loss grew past {limit:.3g}, {LOSS_GROWTH:.0e} times its first value or that of predicting zero"
         super().__init__(
-            f"training diverged at epoch {epoch}, batch {batch}: the loss or the parameters "
-            f"stopped being finite (last finite loss: {last}). {advice}"
+            f"training diverged at epoch {epoch}, batch {batch}: {what} (last good loss: {last}). {advice}"
         )
 
 
@@ -342,6 +353,8 @@ def _prepare(  # fmt: skip
         rate=rate, rule=RuleNumbers(), penalty=the_penalty, epsilon=epsilon, smoothing=smoothing,
         average_start=average_start or 1, stop=core.StopNumbers(tol=tol, patience=n_iter_no_change),
     )  # fmt: skip
+    if lr is not None and not _finite_in(lr, dtype):
+        raise ValueError(f"`lr` (={lr}) must be finite in {np.dtype(dtype).name}, the data's precision.")
     packed = core.pack(numbers, dtype)
     if shuffle is True:
         # Host and device draw the same orders (`jaxlr.shuffle`): the device
@@ -410,6 +423,8 @@ def _prepare(  # fmt: skip
         run = run._replace(host_rows=(np.asarray(X), np.asarray(y), weight))
     else:
         run = run._replace(data=_device_data(X, y, weight, batch_size, device, mesh, validation_data))
+    if engine != "streamed":
+        run = run._replace(zero_loss=functools.partial(_zero_loss, the_loss, y, weight, epsilon))
     if device is not None:
         state = jax.device_put(state, device)
     if mesh is not None:
@@ -445,6 +460,7 @@ class _Run(NamedTuple):
     stream: Any = None  # an NpyStream (streamed)
     validation_data: Any = None
     known_words: Any = None  # (first epoch, words of the epochs from it), drawn with the initial params
+    zero_loss: Callable[[], float] = lambda: 0.0  # the mean loss of predicting zero for every row
 
     def epoch_words(self, epoch: int) -> np.ndarray:
         return self.words_of(epoch, 1)[0]
@@ -471,20 +487,16 @@ class _Run(NamedTuple):
 def _drive(engine, run: _Run, state: FitState, log_every, callback, dtype, average_start) -> FitResult:
     """Runs `engine` block by block: the one place for divergence, logs and callbacks."""
     loss_parts, moving_parts, epoch_parts = [], [], []
+    first_loss = None
     for block in engine(run, state):
         state = block.state
+        if first_loss is None:
+            first_loss = _first_loss(block)
+        limit = None if first_loss is None else _loss_limit(run, first_loss)
         if not bool(parallel.host_value(state.ok)):
-            # Rare, so the fast program only notices; a replay of the block
-            # with the guard on finds the last finite state.
-            guarded = run._replace(
-                spec=run.spec._replace(guard=True), epochs=run.epochs - (block.first_epoch - run.initial_epoch),
-                initial_epoch=block.first_epoch, initial_step=block.first_step,
-            )  # fmt: skip
-            state = next(iter(engine(guarded, block.start))).state
-            done = int(parallel.host_value(state.step)) - block.first_step
-            epoch, batch = divmod(done, run.steps_per_epoch)
-            last = float(parallel.host_value(state.last_loss))
-            raise TrainingDiverged(block.first_epoch + epoch, batch, None if math.isnan(last) else last, state, run.lr)
+            _raise_diverged(engine, run, block, limit, grew=False)
+        if limit is not None and not _within(block, limit):
+            _raise_diverged(engine, run, block, limit, grew=True)
         loss_parts.append(block.losses)
         moving_parts.append(block.moving)
         epoch_parts.append(block.epoch_losses)
@@ -498,6 +510,41 @@ def _drive(engine, run: _Run, state: FitState, log_every, callback, dtype, avera
             if callback(block.first_epoch, epoch_result):
                 break
     return _result(state, loss_parts, moving_parts, epoch_parts, dtype, average_start)
+
+
+def _first_loss(block) -> Optional[float]:
+    losses = parallel.host_value(block.losses if np.shape(block.losses)[0] else block.epoch_losses)
+    finite = losses[np.isfinite(losses)]
+    return float(finite[0]) if finite.size else None
+
+
+def _loss_limit(run: _Run, first_loss: float) -> float:
+    """`LOSS_GROWTH` times the run's reference; the loss of predicting zero is
+    worked out only when the first loss alone would not do."""
+    return LOSS_GROWTH * max(first_loss, run.zero_loss())
+
+
+def _within(block, limit: float) -> bool:
+    losses = parallel.host_value(block.losses if np.shape(block.losses)[0] else block.epoch_losses)
+    return bool(np.all(core.loss_ok(losses[~np.isnan(losses)], limit)))
+
+
+def _raise_diverged(engine, run: _Run, block, limit, *, grew: bool):
+    """Replays `block` with the guard on (and the loss limit), to find the last good state."""
+    numbers = run.numbers
+    if limit is not None:
+        settings = core.unpack(jax.device_get(run.numbers))._replace(loss_limit=limit)
+        numbers = core.pack(settings, np.asarray(run.numbers[0]).dtype)
+    guarded = run._replace(
+        spec=run.spec._replace(guard=True), numbers=numbers, epochs=run.epochs - (block.first_epoch - run.initial_epoch),
+        initial_epoch=block.first_epoch, initial_step=block.first_step,
+    )  # fmt: skip
+    state = next(iter(engine(guarded, block.start))).state
+    done = int(parallel.host_value(state.step)) - block.first_step
+    epoch, batch = divmod(done, run.steps_per_epoch)
+    last = float(parallel.host_value(state.last_loss))
+    raise TrainingDiverged(block.first_epoch + epoch, batch, None if math.isnan(last) else last, state, run.lr,
+                           limit=limit if grew else None)  # fmt: skip
 
 
 def _result(state, loss_parts, moving_parts, epoch_parts, dtype, average_start) -> FitResult:
@@ -535,6 +582,19 @@ def _average_start(average) -> Optional[int]:
         return 1 if average else None
     average = validate.check_int("average", average, low=0)
     return average or None
+
+
+def _finite_in(value, dtype) -> bool:
+    with np.errstate(over="ignore"):
+        return bool(np.all(np.isfinite(np.asarray(value, dtype))))
+
+
+def _zero_loss(loss, y, weight, epsilon) -> float:
+    """The mean loss of predicting zero for every row (weighted as training weighs it)."""
+    y = np.asarray(parallel.host_value(y), np.float64)
+    entries = np.asarray(loss.function(np.zeros_like(y), y, epsilon), np.float64)
+    weight = np.ones(y.shape[0]) if weight is None else np.asarray(weight, np.float64)
+    return float(np.sum(weight[:, None] * entries) / entries.size)
 
 
 def _sample_weights(sample_weight, n, dtype) -> np.ndarray:
@@ -806,11 +866,13 @@ def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01
     if unknown:
         raise TypeError(f"sweep() got an unexpected keyword argument {unknown[0]!r}")
     epochs = validate.check_int("epochs", epochs, low=1)
-    # `fit` checks and prepares everything; the sweep then vmaps its program.
-    given = dict(key=key, epochs=epochs, lr=float(rates[0]), batch_size=batch_size, init=params,
+    # `fit` checks and prepares everything (the rates are set below); the sweep then vmaps its program.
+    given = dict(key=key, epochs=epochs, lr=1.0, batch_size=batch_size, init=params,
                  smoothing=smoothing, devices=device, **settings)  # fmt: skip
     _, run, state, *_ = _prepare(X, y, **{**_FIT_DEFAULTS, **given})
     dtype = run.data.X.dtype
+    if not _finite_in(rates, dtype):
+        raise ValueError(f"`lrs` must be finite in {np.dtype(dtype).name}, the data's precision; got {rates.max():.3g}.")
     m = rates.size
     floats, ints = run.numbers
     floats = np.repeat(np.asarray(floats)[None], m, axis=0)
@@ -819,9 +881,21 @@ def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01
     orders = run.orders(0, epochs, core.order_length(run.data, batch_size))
     final, (losses, moving, _) = _sweep_program(run.spec)(states, run.data, (floats, ints), orders, np.int32(epochs))
     steps = run.steps_per_epoch
-    losses = losses[:, :, :steps].reshape(m, -1)
+    losses = np.asarray(losses[:, :, :steps].reshape(m, -1))
+    first = losses[:, 0]
+    limits = np.full(m, math.inf)
+    if np.isfinite(first).any():
+        limits[:] = LOSS_GROWTH * max(float(np.nanmax(np.where(np.isfinite(first), first, np.nan))), run.zero_loss())
+    grew = ~np.all(core.loss_ok(losses, limits[:, None]) | np.isnan(losses), axis=1)
+    if grew.any() or not bool(jnp.all(final.ok)):
+        # Rare: the runs again with the guard on (and the loss limit), so that
+        # each diverged run keeps its last good params.
+        floats[:, core.LOSS_LIMIT_AT] = limits
+        guarded = _sweep_program(run.spec._replace(guard=True))
+        final, (losses, moving, _) = guarded(states, run.data, (floats, ints), orders, np.int32(epochs))
+        losses = np.asarray(losses[:, :, :steps].reshape(m, -1))
     moving = moving[:, :, :steps].reshape(m, -1)
-    return SweepResult(jnp.asarray(rates.astype(dtype)), final.params, losses, moving, ~final.ok)
+    return SweepResult(jnp.asarray(rates.astype(dtype)), final.params, jnp.asarray(losses), moving, ~final.ok)
 
 
 @functools.lru_cache(maxsize=8)

@@ -246,3 +246,72 @@ def test_a_sweep_of_a_multi_output_model_equals_its_fits():
         np.testing.assert_allclose(result.params.w[i], alone.params.w, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(result.params.b[i], alone.params.b, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(result.losses[i], alone.losses, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("engine", ["fused", "loop"])
+def test_a_blow_up_on_the_last_step_is_caught_and_the_params_are_the_last_good_ones(engine):
+    # One step of an absurd rate: the loss it saw was finite, the params it
+    # left are not usable (their predictions overflow a squared loss).
+    X, y = jaxlr.synthetic_data(jax.random.key(0), num_examples=100)
+    settings = dict(key=jax.random.key(1), batch_size=100, engine=engine)
+    start = jaxlr.fit(X, y, epochs=0, **settings).params
+    with pytest.raises(jaxlr.TrainingDiverged) as caught:
+        jaxlr.fit(X, y, lr=1e30, epochs=1, **settings)
+    np.testing.assert_array_equal(caught.value.params.w, start.w)
+    np.testing.assert_array_equal(caught.value.params.b, start.b)
+    assert (caught.value.epoch, caught.value.batch) == (0, 0)
+
+
+def test_a_sweep_flags_a_blow_up_on_its_last_step_and_keeps_the_last_good_params():
+    X, y = jaxlr.synthetic_data(jax.random.key(0), num_examples=100)
+    result = jaxlr.sweep(X, y, key=jax.random.key(1), lrs=[1e30, 0.01], epochs=1, batch_size=100)
+    assert np.asarray(result.diverged).tolist() == [True, False]
+    start = jaxlr.fit(X, y, key=jax.random.key(1), epochs=0, batch_size=100).params
+    np.testing.assert_array_equal(result.params.w[0], start.w)
+    alone = jaxlr.fit(X, y, key=jax.random.key(1), lr=0.01, epochs=1, batch_size=100).params
+    np.testing.assert_allclose(result.params.w[1], alone.w, rtol=1e-6)
+
+
+def test_a_rate_beyond_the_datas_precision_is_refused_by_name():
+    X, y = jaxlr.synthetic_data(jax.random.key(0), num_examples=100)
+    with pytest.raises(ValueError, match=r"`lr` \(=1e\+39\) must be finite in float32"):
+        jaxlr.fit(X, y, key=jax.random.key(1), lr=1e39)
+    with pytest.raises(ValueError, match="`lrs` must be finite in float32"):
+        jaxlr.sweep(X, y, key=jax.random.key(1), lrs=[0.1, 1e39])
+
+
+@pytest.mark.parametrize("engine", ["fused", "loop"])
+def test_a_loss_that_grows_a_millionfold_but_stays_finite_is_divergence(engine):
+    # The lesson's settings on unscaled features (scikit-learn's linnerud
+    # table): the loss climbs by ~10^22 in ten steps and never overflows.
+    datasets = pytest.importorskip("sklearn.datasets")
+    table = datasets.load_linnerud()
+    X, y = table.data.astype(np.float32), table.target.astype(np.float32)
+    with pytest.raises(jaxlr.TrainingDiverged, match="grew past") as caught:
+        jaxlr.fit(X, y, key=jax.random.key(0), engine=engine)
+    error = caught.value
+    first = float(np.mean(0.5 * y**2))  # predicting zero for every row: above the first step's loss here
+    assert error.last_finite_loss <= jaxlr.train.LOSS_GROWTH * first
+    # The params are those just before the first step past the limit.
+    steps_before = error.epoch * 5 + error.batch
+    assert int(error.state.step) == steps_before and steps_before > 0
+    assert np.all(np.abs(np.asarray(error.params.w)) < 1e10)
+
+
+@pytest.mark.parametrize("engine", ["fused", "loop"])
+def test_the_diverged_error_carries_the_optimizer_state_of_its_params(engine):
+    # Adam with eps=0 divides 0 by 0 on an all-zero feature at the first step.
+    X, y = jaxlr.synthetic_data(jax.random.key(0), num_examples=64)
+    X = np.asarray(X).copy()
+    X[:, 1] = 0.0
+    optimizer = optax.adam(0.01, eps=0.0)
+    settings = dict(key=jax.random.key(1), batch_size=8, engine=engine)
+    with pytest.raises(jaxlr.TrainingDiverged) as caught:
+        jaxlr.fit(X, y, optimizer=optimizer, epochs=2, **settings)
+    error = caught.value
+    start = jaxlr.fit(X, y, optimizer=optimizer, epochs=0, **settings)
+    assert (error.epoch, error.batch) == (0, 0)
+    np.testing.assert_array_equal(error.params.w, start.params.w)
+    assert jax.tree.structure(error.opt_state) == jax.tree.structure(start.opt_state)
+    for got, want in zip(jax.tree.leaves(error.opt_state), jax.tree.leaves(start.opt_state)):
+        np.testing.assert_array_equal(got, want)

@@ -100,6 +100,7 @@ class Numbers(NamedTuple):
     smoothing: float = 0.01
     average_start: int = 1  # the update count t from which the average runs
     stop: StopNumbers = StopNumbers()
+    loss_limit: float = math.inf  # a loss above it counts as diverged (see `jaxlr.train.LOSS_GROWTH`)
 
 
 class StopState(NamedTuple):
@@ -258,8 +259,21 @@ def next_average(moving, value, smoothing):
     return (1 - smoothing) * moving + smoothing * value
 
 
-def all_finite(tree) -> jax.Array:
-    return functools.reduce(jnp.logical_and, [jnp.isfinite(jnp.sum(leaf)) for leaf in jax.tree.leaves(tree)])
+def sound(params) -> jax.Array:
+    """Whether every entry of `params` is finite and at most the square root of
+    the largest number of its dtype: beyond that, the squared loss of a
+    prediction on features of order one overflows, so the run has diverged
+    even where the last loss it saw was finite."""
+    checks = []
+    for leaf in jax.tree.leaves(params):
+        bound = math.sqrt(float(jnp.finfo(leaf.dtype).max))
+        checks.append(jnp.all(jnp.abs(leaf) <= bound))  # False for NaN too
+    return functools.reduce(jnp.logical_and, checks)
+
+
+def loss_ok(losses, limit) -> jax.Array:
+    """Per loss: finite and not above `limit` (NumPy in, NumPy out)."""
+    return (losses <= limit) & (losses < math.inf)
 
 
 def train_step(spec: Spec, numbers: Numbers, state: FitState, X, y, weight, count, real, lr=None):
@@ -281,10 +295,10 @@ def train_step(spec: Spec, numbers: Numbers, state: FitState, X, y, weight, coun
     step = state.step + 1
     average = averaged(numbers, state.average, params, step) if spec.average else state.average
     has_rows = count > 0
-    finite = jnp.isfinite(value)
+    finite = loss_ok(value, numbers.loss_limit)
     if spec.guard:
         # The params, not only the loss: a last step can overflow them with a finite loss.
-        finite = finite & all_finite(params)
+        finite = finite & sound(params)
     moving = state.moving
     if spec.smooth:
         moving = next_average(jnp.where(jnp.isnan(moving), value, moving), value, numbers.smoothing)
@@ -394,7 +408,7 @@ def run_epoch(spec: Spec, numbers: Numbers, state: FitState, data: Data, order: 
         is_real = index < real_steps
         state = state._replace(
             step=fixed.step + real_steps.astype(fixed.step.dtype),
-            ok=fixed.ok & jnp.all(jnp.isfinite(losses) | ~is_real),
+            ok=fixed.ok & jnp.all(loss_ok(losses, numbers.loss_limit) | ~is_real),
             last_loss=losses[jnp.maximum(real_steps - 1, 0)],
         )  # fmt: skip
     return state, outputs
@@ -553,16 +567,20 @@ def end_epoch(spec: Spec, numbers: Numbers, state: FitState, data: Data, objecti
         stop = stop_update(numbers, state.stop, score, lr_now, spec.schedule == "adaptive")
     judged = state._replace(epoch=state.epoch + 1, stop=stop)
     # Once an epoch, the params themselves: a last step can overflow them with a finite loss.
-    ok = state.ok & all_finite(state.params)
+    ok = state.ok & sound(state.params)
     return jax.tree.map(lambda a, b: jnp.where(ok, a, b), judged, state)._replace(ok=ok)
+
+
+LOSS_LIMIT_AT = 13  # where `pack` puts the loss limit among the floats
 
 
 def pack(numbers: Numbers, dtype: Any) -> tuple[jax.Array, jax.Array]:
     """`numbers` as one float and one int array on the device: a fit with the
     same numbers as an earlier one copies nothing to the device."""
-    floats = [*numbers.rate, *numbers.rule, *numbers.penalty, numbers.epsilon, numbers.smoothing, numbers.stop.tol]
+    floats = [*numbers.rate, *numbers.rule, *numbers.penalty, numbers.epsilon, numbers.smoothing, numbers.stop.tol,
+              numbers.loss_limit]
     ints = [numbers.average_start, numbers.stop.patience]
-    with np.errstate(over="ignore"):  # a rate beyond float32 becomes inf: training then diverges, and says so
+    with np.errstate(over="ignore"):  # a limit beyond float32 becomes inf
         packed = np.array(floats, dtype)
     return on_device(packed), on_device(np.array(ints, np.int32))
 
@@ -586,6 +604,7 @@ def unpack(packed) -> Numbers:
     return Numbers(
         rate=schedules.Rate(*f[0:4]), rule=RuleNumbers(*f[4:8]), penalty=penalties.Penalty(*f[8:10]),
         epsilon=f[10], smoothing=f[11], average_start=i[0], stop=StopNumbers(tol=f[12], patience=i[1]),
+        loss_limit=f[13],
     )  # fmt: skip
 
 

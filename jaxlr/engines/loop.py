@@ -20,7 +20,8 @@ def run(run, state) -> Iterator[Block]:
     dtype = X.dtype
     # On the device once: NumPy arrays would be copied over at every call.
     numbers = jax.device_put(run.numbers)
-    smoothing = np.asarray(core.unpack(jax.device_get(run.numbers)).smoothing, dtype)
+    settings = core.unpack(jax.device_get(run.numbers))
+    smoothing, limit = np.asarray(settings.smoothing, dtype), np.asarray(settings.loss_limit, dtype)
     moving_last = np.asarray(state.moving, dtype)
     # Losses are read back only every `read_every` steps (and at an epoch's
     # end): to notice divergence early without a sync on every step.
@@ -50,16 +51,17 @@ def run(run, state) -> Iterator[Block]:
                 moving_last = smoothed[-1]
                 read.append(np.column_stack([taken, smoothed]))
                 values = []
-                if not np.isfinite(taken[:, 0]).all():
+                if not core.loss_ok(taken[:, 0], limit).all():
                     break
         state = state._replace(**dict(zip(fields, carried)))
         taken = np.concatenate(read) if read else np.zeros((0, 2), dtype)
         if "step" not in fields:
             state = state._replace(step=np.int32(first_step + len(taken)))
         losses, objectives, moving = taken[:, 0], taken[:, -2], taken[:, -1]
-        finite_moving = moving[np.isfinite(losses)]
+        good = core.loss_ok(losses, limit)
+        finite_moving = moving[good]
         state = state._replace(moving=np.asarray(finite_moving[-1] if len(finite_moving) else state.moving, dtype))
-        finite = bool(np.isfinite(losses).all())
+        finite = bool(good.all())
         if not run.spec.guard:
             # What the guarded step tracks as it goes, worked out from the losses.
             last = losses[-1] if len(losses) else state.last_loss
