@@ -290,8 +290,8 @@ def test_a_loss_that_grows_a_millionfold_but_stays_finite_is_divergence(engine):
     with pytest.raises(jaxlr.TrainingDiverged, match="grew past") as caught:
         jaxlr.fit(X, y, key=jax.random.key(0), engine=engine)
     error = caught.value
-    first = float(np.mean(0.5 * y**2))  # predicting zero for every row: above the first step's loss here
-    assert error.last_finite_loss <= jaxlr.train.LOSS_GROWTH * first
+    first = float(jaxlr.fit(X, y, key=jax.random.key(0), lr=1e-30, epochs=1, engine=engine).losses[0])
+    assert first < error.last_finite_loss <= jaxlr.train.LOSS_GROWTH * first
     # The params are those just before the first step past the limit.
     steps_before = error.epoch * 5 + error.batch
     assert int(error.state.step) == steps_before and steps_before > 0
