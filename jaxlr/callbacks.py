@@ -42,6 +42,31 @@ class EarlyStopping:
         self.epochs_seen = 0
         self.stopped = False
 
+    def checkpoint_settings(self) -> dict:
+        """What a checkpoint records of this rule: a run resumes only under the same."""
+        return {"early_stopping": self.patience}
+
+    def checkpoint_state(self) -> dict:
+        """The rule's memory as arrays, for a checkpoint: a resumed run then
+        stops where, and keeps what, an uninterrupted one would."""
+        state = {
+            "best": np.array(np.nan if self.best is None else self.best),
+            "best_epoch": np.array(-1 if self.best_epoch is None else self.best_epoch),
+            "waited": np.array(self.waited), "epochs_seen": np.array(self.epochs_seen), "stopped": np.array(self.stopped),
+        }  # fmt: skip
+        if self.best_params is not None:
+            state["best_w"], state["best_b"] = (parallel.host_value(p) for p in self.best_params)
+        return state
+
+    def restore_checkpoint_state(self, state: dict) -> None:
+        from jaxlr.model import Params
+
+        self.best = None if np.isnan(state["best"]) else float(state["best"])
+        self.best_epoch = None if int(state["best_epoch"]) < 0 else int(state["best_epoch"])
+        self.waited, self.epochs_seen = int(state["waited"]), int(state["epochs_seen"])
+        self.stopped = bool(state["stopped"])
+        self.best_params = Params(state["best_w"], state["best_b"]) if "best_w" in state else None
+
     def __call__(self, epoch: int, result: Any) -> bool:
         self.epochs_seen += 1
         w, b = (parallel.host_value(p).astype(np.float64) for p in result.params)

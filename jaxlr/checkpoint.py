@@ -1,13 +1,17 @@
 """Checkpoints: a training run saved after its epochs, resumable exactly after a crash.
 
-A checkpoint is `checkpoint-EEEEEEEE.npz` in its directory, E being the number
-of epochs done. It holds the params, the optimizer state's leaves, the moving
-average, and the run's key: since epoch e shuffles with a key derived from the
+A checkpoint is `checkpoint-RRRRRRRRRRRR-EEEEEEEE.npz` in its directory, R
+naming the run (a digest of its key and settings) and E the number of epochs
+done. It holds the params, the optimizer state's leaves, the moving average,
+the run's key and settings, and the state of callbacks that keep one (early
+stopping's best params): since epoch e shuffles with a key derived from the
 run's key and e alone, the epoch count is the whole RNG position. Each is
-written atomically (temporary file, fsync, rename) and the previous one is
-kept, so a kill at any moment leaves at least one good checkpoint.
+written atomically (temporary file, fsync, rename) and the run's previous one
+is kept, so a kill at any moment leaves at least one good checkpoint. A run
+only ever deletes its own files: several runs can share a directory.
 """
 
+import hashlib
 import json
 import re
 import warnings
@@ -20,13 +24,15 @@ import numpy as np
 
 from jaxlr.persist import NpzReader, atomic_write
 
-FORMAT_VERSION = 2
-_NAME = re.compile(r"^checkpoint-(\d{8})\.npz$")
+FORMAT_VERSION = 3
+_NAME = re.compile(r"^checkpoint-([0-9a-f]{12})-(\d{8})\.npz$")
+_ANY = re.compile(r"^checkpoint-.*\.npz$")  # this format's or an older one's
 _KEEP = 2
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that does not belong to the run resuming from it."""
+    """A checkpoint that does not belong to the run resuming from it, or a
+    directory that would make a run redo or discard work."""
 
 
 class Checkpoint(NamedTuple):
@@ -38,17 +44,26 @@ class Checkpoint(NamedTuple):
             state, step count, moving average, averaged params, stopping rule.
         key_words: the raw words of the run's key.
         settings: what the run was trained with, as JSON-able values.
+        extras: arrays by name: the state of callbacks that keep one.
     """
 
     epoch: int
     state: Any
     key_words: np.ndarray
     settings: dict
+    extras: dict = {}
+
+
+def run_name(key_words, settings: dict) -> str:
+    """The run's name in its files: a digest of its key and settings."""
+    text = json.dumps(settings, sort_keys=True).encode() + np.asarray(key_words, np.uint32).tobytes()
+    return hashlib.sha256(text).hexdigest()[:12]
 
 
 def save(directory, checkpoint):
-    """Writes `checkpoint` into `directory` and keeps only the newest two."""
+    """Writes `checkpoint` into `directory` and keeps only its run's newest two."""
     directory = Path(directory)
+    run = run_name(checkpoint.key_words, checkpoint.settings)
     arrays = {
         "format_version": np.array(FORMAT_VERSION),
         "epoch": np.array(checkpoint.epoch),
@@ -57,15 +72,17 @@ def save(directory, checkpoint):
     }
     for i, leaf in enumerate(jax.tree.leaves(checkpoint.state)):
         arrays[f"state_{i}"] = np.asarray(leaf)
-    path = directory / f"checkpoint-{checkpoint.epoch:08d}.npz"
+    for name, value in checkpoint.extras.items():
+        arrays[f"extra_{name}"] = np.asarray(value)
+    path = directory / f"checkpoint-{run}-{checkpoint.epoch:08d}.npz"
     atomic_write(path, lambda file: np.savez(file, **arrays))
-    for old in _listed(directory)[_KEEP:]:
+    for old in _listed(directory, run)[_KEEP:]:
         old.unlink(missing_ok=True)
     return path
 
 
-def latest(directory, state_like):
-    """The newest readable checkpoint in `directory`, or None if there is none.
+def latest(directory, state_like, run: str):
+    """The newest readable checkpoint of `run` in `directory`, or None if there is none.
 
     A damaged newest checkpoint (a torn or truncated file) is skipped with a
     warning, and the one before it is used.
@@ -73,8 +90,9 @@ def latest(directory, state_like):
     Args:
         state_like: a `FitState` of the right structure and shapes, to
             rebuild the saved one.
+        run: the run's name (`run_name`).
     """
-    for path in _listed(Path(directory)):
+    for path in _listed(Path(directory), run):
         try:
             return _load(path, state_like)
         except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as err:
@@ -82,11 +100,35 @@ def latest(directory, state_like):
     return None
 
 
-def _listed(directory):
-    """Checkpoint files in `directory`, newest first."""
+def files(directory, run=None) -> list:
+    """The checkpoint files in `directory` (of `run` only, if given), newest first."""
+    return _listed(Path(directory), run)
+
+
+def describe(path) -> tuple:
+    """(key words, settings) of the run that wrote the checkpoint at `path`,
+    or (None, None) when they cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            settings = json.loads(str(archive["settings"]))
+            return np.asarray(archive["key_words"]), settings if isinstance(settings, dict) else None
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile):
+        return None, None
+
+
+def discard(directory, run: str) -> None:
+    """Deletes `run`'s checkpoints from `directory` (and no other run's)."""
+    for path in _listed(Path(directory), run):
+        path.unlink(missing_ok=True)
+
+
+def _listed(directory, run=None):
+    """Checkpoint files in `directory` (any format; of `run` only if given), newest first."""
     if not directory.is_dir():
         return []
-    found = [p for p in directory.iterdir() if _NAME.match(p.name)]
+    if run is None:
+        return sorted((p for p in directory.iterdir() if _ANY.match(p.name)), key=lambda p: p.stat().st_mtime, reverse=True)
+    found = [p for p in directory.iterdir() if (m := _NAME.match(p.name)) and m.group(1) == run]
     return sorted(found, key=lambda p: p.name, reverse=True)
 
 
@@ -95,7 +137,7 @@ def _load(path, state_like):
     wanted = {"format_version", "epoch", "key_words", "settings", *(f"state_{i}" for i in range(num_leaves + 1))}
     with NpzReader(path, "checkpoint") as archive:  # only the members wanted, each checked before it is read
         fields = {name: archive.read(name, "biufU", ndim=0 if name in ("format_version", "epoch", "settings") else None)
-                  for name in archive.names & wanted}
+                  for name in archive.names & wanted | {n for n in archive.names if n.startswith("extra_")}}
     if int(fields["format_version"]) != FORMAT_VERSION:
         raise ValueError(f"format version {int(fields['format_version'])}, not {FORMAT_VERSION}")
     treedef = jax.tree.structure(state_like)
@@ -111,6 +153,7 @@ def _load(path, state_like):
         state=jax.tree.unflatten(treedef, leaves),
         key_words=fields["key_words"],
         settings=_settings(fields["settings"]),
+        extras={name[len("extra_"):]: value for name, value in fields.items() if name.startswith("extra_")},
     )
 
 

@@ -9,11 +9,14 @@ so new values never compile anything; an optax object is used as it is.
 
 from __future__ import annotations
 
+import collections
 import functools
-from typing import Any, Callable, NamedTuple, Union
+import types
+from typing import Any, Callable, Hashable, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxlr import validate
 from jaxlr.model import Params, net, square_loss
@@ -120,12 +123,88 @@ Rule = Union[str, Any]  # a name from RULES, or an optax.GradientTransformation
 
 
 def check_rule(rule: Rule) -> Rule:
-    """`rule` if it is a known name or an optax transformation; None means "sgd"."""
+    """`rule` if it is a known name or an optax transformation; None means "sgd".
+
+    An optax transformation equal in value to one seen before (the same
+    functions closing over the same numbers: ``optax.adam(0.01)`` built
+    afresh) comes back as that earlier object, so that it reuses its
+    compiled programs instead of compiling (and keeping) new ones.
+    """
     if rule is None:
         return "sgd"
     if isinstance(rule, str):
         return validate.check_choice("optimizer", rule, RULES)
-    return validate.check_optimizer(rule)
+    rule = validate.check_optimizer(rule)
+    key = rule_value(rule)
+    if key is None:
+        return rule
+    seen = _seen_rules.pop(key, rule)
+    _seen_rules[key] = seen  # most recently used last
+    while len(_seen_rules) > _SEEN_RULES:
+        _seen_rules.popitem(last=False)
+    return seen
+
+
+_SEEN_RULES = 64
+_seen_rules: collections.OrderedDict = collections.OrderedDict()
+
+
+def rule_value(rule: Rule) -> Hashable:
+    """What `rule` does, as a hashable value that is the same in every process:
+    its name; or for an optax transformation, its functions (module, name and
+    line) and the values they close over, followed through nested
+    transformations. None when some closed-over value has no such form."""
+    if isinstance(rule, str):
+        return rule
+    try:
+        return _value_of(rule, set())
+    except _NoValue:
+        return None
+
+
+class _NoValue(Exception):
+    pass
+
+
+_EMPTY = ("empty cell",)
+
+
+def _contents(cell):
+    try:
+        return cell.cell_contents
+    except ValueError:  # a name the function binds later (itself, when recursive)
+        return _EMPTY
+
+
+def _value_of(obj, seen: set):
+    if obj is _EMPTY:
+        return obj
+    if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes)):
+        return (type(obj).__name__, obj)
+    if isinstance(obj, np.generic):
+        return (obj.dtype.str, obj.item())
+    if isinstance(obj, (np.ndarray, jax.Array)) and not isinstance(obj, jax.core.Tracer):
+        value = np.asarray(obj)
+        if value.size > 1024:
+            raise _NoValue
+        return ("array", value.dtype.str, value.shape, value.tobytes())
+    if id(obj) in seen:
+        return ("again",)
+    seen = seen | {id(obj)}
+    if isinstance(obj, (tuple, list)):
+        return (type(obj).__qualname__, tuple(_value_of(item, seen) for item in obj))
+    if isinstance(obj, dict):
+        return ("dict", tuple(sorted((repr(k), _value_of(v, seen)) for k, v in obj.items())))
+    if isinstance(obj, functools.partial):
+        return ("partial", _value_of(obj.func, seen), _value_of(obj.args, seen), _value_of(obj.keywords, seen))
+    if isinstance(obj, types.FunctionType):
+        code = obj.__code__
+        cells = tuple(_value_of(_contents(cell), seen) for cell in obj.__closure__ or ())
+        return ("function", obj.__module__, obj.__qualname__, code.co_firstlineno, cells,
+                _value_of(obj.__defaults__, seen), _value_of(obj.__kwdefaults__, seen))  # fmt: skip
+    if isinstance(obj, (types.BuiltinFunctionType, type)):
+        return ("named", getattr(obj, "__module__", None), obj.__qualname__)
+    raise _NoValue
 
 
 def _transformation(rule: Rule, numbers: RuleNumbers):

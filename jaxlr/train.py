@@ -11,9 +11,11 @@ checkpoints, whatever the engine.
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import json
 import math
+import time
 import warnings
 import weakref
 from pathlib import Path
@@ -34,7 +36,7 @@ from jaxlr.engines import auto
 from jaxlr.engines import scan as scan_engine
 from jaxlr.engines.core import FitState, init_fit_state
 from jaxlr.model import Params, init_params
-from jaxlr.optim import Rule, RuleNumbers, check_rule
+from jaxlr.optim import Rule, RuleNumbers, check_rule, rule_value
 
 __all__ = ["FitResult", "FitState", "SweepResult", "TrainingDiverged", "fit", "moving_average", "sweep"]
 
@@ -146,8 +148,9 @@ def fit(
     verbose: bool = False,
     callback: Union[None, Callable, Sequence[Callable]] = None,
     checkpoint: Union[None, str, Path] = None,
-    checkpoint_every: int = 1,
-    resume: bool = False,
+    checkpoint_every: Optional[int] = None,
+    resume: Union[bool, str] = False,
+    overwrite: bool = False,
     **deprecated: Any,
 ) -> FitResult:
     """Trains a linear model by mini-batch SGD (or momentum, Nesterov, Adam, or optax).
@@ -234,12 +237,20 @@ def fit(
             them, called after each epoch with that epoch's FitResult;
             returning True stops training. The fused engine then runs one
             epoch per program.
-        checkpoint: a directory to save the run in every `checkpoint_every`
-            epochs (and after the last), atomically, keeping the previous one.
-        checkpoint_every: epochs between checkpoints.
-        resume: continue from the newest good checkpoint in `checkpoint`, if
-            any: the run then trains only the epochs still missing and ends
-            with the params an uninterrupted run would have.
+        checkpoint: a directory to save the run in, atomically, keeping its
+            previous checkpoint. A directory that already holds checkpoints
+            is refused unless `resume` or `overwrite` says what to do with them.
+        checkpoint_every: epochs between checkpoints; None (the default)
+            saves when at least `CHECKPOINT_SECONDS` have passed since the
+            last save, which keeps saving a small share of the run. Always
+            after the last epoch, and when training stops early.
+        resume: True continues this run (same key and settings) from its
+            newest good checkpoint in `checkpoint`, which must exist: the run
+            then trains only the epochs still missing and ends with the params
+            an uninterrupted run would have. "if_present" does so when there
+            is one, and starts afresh when there is none.
+        overwrite: start afresh even though `checkpoint` holds checkpoints of
+            this run (they are deleted; other runs' files are kept).
 
     Returns:
         FitResult.
@@ -262,7 +273,7 @@ def _prepare(  # fmt: skip
     key, epochs, lr, batch_size, optimizer, loss, epsilon, penalty, alpha, l1_ratio, schedule, power_t,
     average, sample_weight, tol, n_iter_no_change, validation, shuffle, fit_intercept, record_steps, max_slope,
     init, state, engine, devices, log_every, smoothing, verbose, callback, checkpoint,
-    checkpoint_every, resume, **deprecated
+    checkpoint_every, resume, overwrite, **deprecated
 ):
     """Checks `fit`'s arguments and gathers what its driver needs (see `fit`)."""
     deprecated = _take_deprecated(deprecated)
@@ -301,6 +312,9 @@ def _prepare(  # fmt: skip
     if shuffle == "device" and engine == "loop":
         raise ValueError("`shuffle` (='device') is for the fused engine; the loop shuffles on the host.")
     weight = None if sample_weight is None else _sample_weights(sample_weight, n, dtype)
+    # Callbacks with a state of their own (early stopping) have it saved in checkpoints.
+    keepers = tuple(cb for cb in (callback if isinstance(callback, (list, tuple)) else [callback])
+                    if hasattr(cb, "checkpoint_state"))  # fmt: skip
     callback = callbacks_lib.combine(callback)
     device, mesh = _placement(devices)
     if mesh is not None:
@@ -317,8 +331,11 @@ def _prepare(  # fmt: skip
         if weight is not None:
             raise ValueError("`sample_weight` is not available for data streamed from disk.")
         engine = "streamed" if engine == "fused" else engine
+    resume = validate.check_choice("resume", resume, (False, True, "if_present"))
     if resume and checkpoint is None:
         raise ValueError("`resume` needs `checkpoint`, the directory to resume from.")
+    if overwrite and checkpoint is None:
+        raise ValueError("`overwrite` needs `checkpoint`, the directory whose checkpoints it replaces.")
     if state is not None and any(name in deprecated for name in ("params", "opt_state", "initial_epoch")):
         raise ValueError("give `state` or the old `params`/`opt_state`/`initial_epoch`, not both.")
 
@@ -386,34 +403,46 @@ def _prepare(  # fmt: skip
         state = state._replace(opt_state=deprecated["opt_state"])
     end_epoch = (first_epoch if given_state is None else int(state.epoch)) + epochs
 
-    saving = None
+    saving, found = None, None
     if checkpoint is not None:
-        checkpoint_every = validate.check_int("checkpoint_every", checkpoint_every, low=1)
-        Path(checkpoint).mkdir(parents=True, exist_ok=True)
+        every = None if checkpoint_every is None else validate.check_int("checkpoint_every", checkpoint_every, low=1)
         saving = _Saving(
-            directory=checkpoint, every=checkpoint_every, key_words=key_words(key),
+            directory=Path(checkpoint), every=every, key_words=key_words(key), keepers=keepers,
             settings={"examples": n, "features": d, "outputs": k, "batch_size": batch_size, "lr": lr,
                       "optimizer": _rule_name(rule), "loss": the_loss.name, "penalty": list(the_penalty),
-                      "schedule": schedule if isinstance(schedule, str) else "custom"},
+                      "schedule": schedule if isinstance(schedule, str) else "custom", "epsilon": epsilon,
+                      "power_t": power_t, "average": average_start, "tol": tol, "n_iter_no_change": n_iter_no_change,
+                      "shuffle": draw, "fit_intercept": bool(fit_intercept), "max_slope": spec.max_slope,
+                      "smoothing": smoothing, "sample_weight": weight is not None, "validation": validation is not None,
+                      "callbacks": [cb.checkpoint_settings() for cb in keepers]},
         )  # fmt: skip
-    if resume:
-        found = checkpoint_lib.latest(checkpoint, jax.tree.map(np.asarray, state))
-        if found is not None:
-            saving.check_matches(found, checkpoint)
-            state = jax.tree.map(jnp.asarray, found.state)
-    if given_state is None and not resume:
+        found = saving.start(resume, overwrite, jax.tree.map(np.asarray, state))
+    finished = False
+    if found is not None:
+        if found.epoch > end_epoch:
+            raise ValueError(
+                f"`epochs` (={epochs}) is fewer than the {found.epoch} epochs the checkpoint in "
+                f"{str(checkpoint)!r} holds: ask for at least {found.epoch} to resume this run."
+            )
+        state = jax.tree.map(jnp.asarray, found.state)
+        finished = saving.restore(found)
+    if given_state is None and found is None:
         initial_epoch, initial_step = first_epoch, 0
     else:
         initial_epoch, initial_step, done = (int(v) for v in jax.device_get((state.epoch, state.step, state.stop.done)))
-        if done:
+        if done or finished:
             end_epoch = initial_epoch  # a run its stopping rule ended is finished
     epochs = max(0, end_epoch - initial_epoch)
 
-    callback = callbacks_lib.combine([callback, saving and saving.callback(end_epoch)])
+    per_call = None if callback is None else 1
+    if saving is not None:
+        per_call = per_call or saving.every or "auto"
+        saving.directory.mkdir(parents=True, exist_ok=True)
+    callback = callbacks_lib.combine([callback, saving and saving.callback(initial_epoch, end_epoch)])
     run = _Run(
         spec=spec, numbers=packed, epochs=epochs, initial_epoch=initial_epoch, initial_step=initial_step,
         steps_per_epoch=-(-n // batch_size), rows=n, draw=draw, shuffle_key=shuffle_key, mesh=mesh,
-        keep_steps=bool(record_steps), one_epoch_per_call=callback is not None, lr=lr, known_words=known_words,
+        keep_steps=bool(record_steps), epochs_per_call=per_call, lr=lr, known_words=known_words,
     )  # fmt: skip
     validation_data = None if validation is None else _validation_data(validation, d, k, dtype, device)
     run = run._replace(validation_data=core.Data(None, None, None, None, validation_data))
@@ -453,7 +482,7 @@ class _Run(NamedTuple):
     shuffle_key: Any
     mesh: Any
     keep_steps: bool
-    one_epoch_per_call: bool
+    epochs_per_call: Any  # None: as many as fit; "auto": as many as take about CHECKPOINT_SECONDS
     lr: Any
     data: Any = None  # core.Data on the device (fused)
     host_rows: Any = None  # (X, y, weight) in host memory (loop)
@@ -507,7 +536,8 @@ def _drive(engine, run: _Run, state: FitState, log_every, callback, dtype, avera
                     _print_log_line(epoch, i, row[i])
         if callback is not None:
             epoch_result = _result(state, [block.losses], [block.moving], [block.epoch_losses], dtype, average_start)
-            if callback(block.first_epoch, epoch_result):
+            last_epoch = block.first_epoch + max(1, np.shape(block.epoch_losses)[0]) - 1
+            if callback(last_epoch, epoch_result):
                 break
     return _result(state, loss_parts, moving_parts, epoch_parts, dtype, average_start)
 
@@ -726,7 +756,14 @@ def _check_state(state, rule, d, k, dtype) -> FitState:
 
 
 def _rule_name(rule) -> str:
-    return rule if isinstance(rule, str) else repr(jax.tree.structure(rule.init(Params(jnp.zeros((1, 1)), jnp.zeros(1)))))
+    """The rule as checkpoints record it: its name, or for an optax
+    transformation a digest of what it does (functions and hyperparameters)."""
+    if isinstance(rule, str):
+        return rule
+    value = rule_value(rule)
+    if value is None:  # closes over something without a value: its state's structure at least
+        return repr(jax.tree.structure(rule.init(Params(jnp.zeros((1, 1)), jnp.zeros(1)))))
+    return "optax " + hashlib.sha256(repr(value).encode()).hexdigest()[:16]
 
 
 @jax.jit
@@ -768,13 +805,75 @@ def _fold_words(shuffle_key, epochs):
 # ------------------------------------------------------------------ checkpoints
 
 
+# With `checkpoint_every=None`, the least time between two checkpoints: a
+# save (write, fsync, rename) costs milliseconds, so a few percent at most.
+CHECKPOINT_SECONDS = 1.0
+
+
 class _Saving(NamedTuple):
     """What `fit` needs to write and to check checkpoints."""
 
-    directory: Any
-    every: int
+    directory: Path
+    every: Optional[int]
     key_words: np.ndarray
     settings: dict
+    keepers: tuple = ()  # callbacks whose state is saved too
+
+    @property
+    def run(self) -> str:
+        return checkpoint_lib.run_name(self.key_words, _as_saved(self.settings))
+
+    def start(self, resume, overwrite, state_like):
+        """The checkpoint to resume from, or None to start afresh; refuses
+        what would quietly redo or discard work."""
+        shown = str(self.directory)
+        own = checkpoint_lib.files(self.directory, self.run)
+        if resume:
+            found = checkpoint_lib.latest(self.directory, state_like, self.run) if own else None
+            if found is not None:
+                self.check_matches(found, self.directory)
+                return found
+            if resume == "if_present" or overwrite:
+                return None
+            if not self.directory.is_dir():
+                raise checkpoint_lib.CheckpointError(
+                    f"`checkpoint` (={shown!r}) does not exist, so there is nothing to resume; "
+                    "pass resume='if_present' to start afresh when there is nothing to resume."
+                )
+            others = checkpoint_lib.files(self.directory)
+            if own:
+                raise checkpoint_lib.CheckpointError(f"`checkpoint` (={shown!r}) holds no readable checkpoint of this run.")
+            if not others:
+                raise checkpoint_lib.CheckpointError(
+                    f"`checkpoint` (={shown!r}) holds no checkpoint, so there is nothing to resume; "
+                    "pass resume='if_present' to start afresh when there is nothing to resume."
+                )
+            raise checkpoint_lib.CheckpointError(
+                f"`checkpoint` (={shown!r}) holds no checkpoint of this run, only of {self._whose(others[0])}."
+            )
+        others = checkpoint_lib.files(self.directory)
+        if others and not overwrite:
+            whose = "this run" if own else self._whose(others[0])
+            raise checkpoint_lib.CheckpointError(
+                f"`checkpoint` (={shown!r}) already holds checkpoints of {whose}: pass resume=True to continue "
+                "this run, or overwrite=True to start it afresh (other runs' checkpoints are kept)."
+            )
+        if overwrite:
+            checkpoint_lib.discard(self.directory, self.run)
+        return None
+
+    def _whose(self, path) -> str:
+        """Which other run wrote the checkpoint at `path`, told by how it differs from this one."""
+        words, settings = checkpoint_lib.describe(path)
+        if settings is None:
+            return f"a run of another format ({path.name})"
+        ours = _as_saved(self.settings)
+        differ = sorted(name for name in set(ours) | set(settings) if settings.get(name) != ours.get(name))
+        if differ:
+            return f"a run with other settings ({_differences(differ, settings, ours)})"
+        if not np.array_equal(words, self.key_words):
+            return "a run with another `key`"
+        return "this run"
 
     def check_matches(self, found, directory):
         if not np.array_equal(found.key_words, self.key_words):
@@ -782,27 +881,57 @@ class _Saving(NamedTuple):
                 f"the checkpoint in {str(directory)!r} was written by a run with another `key`."
             )
         settings = _as_saved(self.settings)
-        differ = sorted(name for name in settings if found.settings.get(name) != settings[name])
+        differ = sorted(name for name in set(settings) | set(found.settings) if found.settings.get(name) != settings.get(name))
         if differ:
-            was = ", ".join(f"{name}={found.settings.get(name)!r}" for name in differ)
             raise checkpoint_lib.CheckpointError(
-                f"the checkpoint in {str(directory)!r} was written with other settings ({was})."
+                f"the checkpoint in {str(directory)!r} was written with other settings "
+                f"({_differences(differ, found.settings, settings)})."
             )
 
-    def callback(self, end_epoch):
-        """A fit callback that saves every `every` epochs and after the last."""
+    def restore(self, found) -> bool:
+        """Gives the keepers their saved state; True when one of them had stopped the run."""
+        for i, keeper in enumerate(self.keepers):
+            prefix = f"{i}_"
+            keeper.restore_checkpoint_state(
+                {name[len(prefix):]: value for name, value in found.extras.items() if name.startswith(prefix)}
+            )
+        return any(bool(getattr(keeper, "stopped", False)) for keeper in self.keepers)
+
+    def callback(self, first_epoch: int, end_epoch: int):
+        """A fit callback that saves every `every` epochs (or `CHECKPOINT_SECONDS`),
+        after the last, and when training stops."""
+        last_save = [time.monotonic()]
 
         def save(epoch, result):
             done = epoch + 1
-            if done % self.every == 0 or done == end_epoch or bool(result.state.stop.done):
+            stopped = bool(result.state.stop.done) or any(bool(getattr(k, "stopped", False)) for k in self.keepers)
+            if self.every is None:
+                due = time.monotonic() - last_save[0] >= CHECKPOINT_SECONDS
+            else:
+                due = (done - first_epoch) % self.every == 0
+            if due or done >= end_epoch or stopped:
+                extras = {f"{i}_{name}": value for i, keeper in enumerate(self.keepers)
+                          for name, value in keeper.checkpoint_state().items()}  # fmt: skip
                 saved = checkpoint_lib.Checkpoint(
                     epoch=done, state=jax.tree.map(parallel.host_value, result.state),
-                    key_words=self.key_words, settings=self.settings,
+                    key_words=self.key_words, settings=self.settings, extras=extras,
                 )  # fmt: skip
                 checkpoint_lib.save(self.directory, saved)
+                last_save[0] = time.monotonic()
             return False
 
         return save
+
+
+def _differences(names, theirs: dict, ours: dict) -> str:
+    parts = []
+    for name in names:
+        was, now = theirs.get(name), ours.get(name)
+        if len(repr(was)) + len(repr(now)) > 80:
+            parts.append(f"{name} differs")
+        else:
+            parts.append(f"{name}={was!r}, now {now!r}")
+    return "; ".join(parts)
 
 
 def _as_saved(settings: dict) -> dict:

@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent(
     import sys, jax, optax, jaxlr
     X, y = jaxlr.synthetic_data(jax.random.key(0), num_examples=2000)
     jaxlr.fit(X, y, key=jax.random.key(1), epochs={epochs}, batch_size=4, engine="loop",
-              optimizer=optax.adam(1e-3), checkpoint=sys.argv[1])
+              optimizer=optax.adam(1e-3), checkpoint=sys.argv[1], checkpoint_every=1)
     """
 )
 
@@ -46,7 +46,7 @@ def test_resume_after_kill_9_is_bit_identical(tmp_path, uninterrupted):
     process = subprocess.Popen([sys.executable, str(script), str(directory)], stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
-        while not (directory / "checkpoint-00000005.npz").exists():
+        while not list(directory.glob("checkpoint-*-00000005.npz")):
             assert process.poll() is None, process.stderr.read().decode()
             assert time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.02)
@@ -60,7 +60,7 @@ def test_resume_after_kill_9_is_bit_identical(tmp_path, uninterrupted):
     assert 1 <= len(saved) <= 2 and all(name.endswith(".npz") for name in saved)
 
     resumed = _fit(checkpoint=directory, resume=True)
-    done_before = int(saved[-1][11:19])
+    done_before = int(saved[-1][-12:-4])
     assert 5 <= done_before < EPOCHS
     assert resumed.losses.shape[0] == (EPOCHS - done_before) * 500
     np.testing.assert_array_equal(resumed.params.w, uninterrupted.params.w)
@@ -72,10 +72,10 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, uninte
     directory = tmp_path / "ckpt"
     X, y = _data()
     jaxlr.fit(X, y, key=jax.random.key(1), epochs=7, batch_size=4, engine="loop",
-              optimizer=optax.adam(1e-3), checkpoint=directory)  # fmt: skip
-    newest = directory / "checkpoint-00000007.npz"
+              optimizer=optax.adam(1e-3), checkpoint=directory, checkpoint_every=1)  # fmt: skip
+    [newest] = directory.glob("checkpoint-*-00000007.npz")
     newest.write_bytes(newest.read_bytes()[:100])  # torn, as by a crash mid-write
-    with pytest.warns(UserWarning, match="checkpoint-00000007.npz is unreadable"):
+    with pytest.warns(UserWarning, match="checkpoint-.*-00000007.npz is unreadable"):
         resumed = _fit(checkpoint=directory, resume=True)
     assert resumed.losses.shape[0] == (EPOCHS - 6) * 500
     np.testing.assert_array_equal(resumed.params.w, uninterrupted.params.w)
@@ -88,10 +88,13 @@ def test_checkpoints_every_n_epochs_and_the_moving_average_carries_on(tmp_path, 
     directory = tmp_path / engine
     first = jaxlr.fit(X, y, key=jax.random.key(2), epochs=3, batch_size=8, engine=engine,
                       checkpoint=directory, checkpoint_every=2)  # fmt: skip
-    assert sorted(p.name for p in directory.iterdir()) == ["checkpoint-00000002.npz", "checkpoint-00000003.npz"]
+    assert sorted(p.name[-12:] for p in directory.iterdir()) == ["00000002.npz", "00000003.npz"]
     rest = jaxlr.fit(X, y, key=jax.random.key(2), epochs=5, batch_size=8, engine=engine,
                      checkpoint=directory, resume=True)  # fmt: skip
-    np.testing.assert_allclose(rest.params.w, whole.params.w, rtol=1e-6)
+    # Bit for bit, as the README promises, whatever the engine.
+    np.testing.assert_array_equal(rest.params.w, whole.params.w)
+    np.testing.assert_array_equal(rest.params.b, whole.params.b)
+    np.testing.assert_array_equal(rest.losses, whole.losses[-rest.losses.shape[0]:])
     np.testing.assert_allclose(rest.moving_losses, whole.moving_losses[-rest.moving_losses.shape[0]:], rtol=1e-5)
     assert first.losses.shape[0] + rest.losses.shape[0] == whole.losses.shape[0]
 
@@ -99,16 +102,130 @@ def test_checkpoints_every_n_epochs_and_the_moving_average_carries_on(tmp_path, 
 def test_resuming_with_another_key_or_settings_is_refused(tmp_path):
     X, y = _data()
     jaxlr.fit(X, y, key=jax.random.key(2), epochs=1, checkpoint=tmp_path)
-    with pytest.raises(jaxlr.checkpoint.CheckpointError, match="another `key`"):
+    with pytest.raises(jaxlr.checkpoint.CheckpointError, match="only of a run with another `key`"):
         jaxlr.fit(X, y, key=jax.random.key(3), epochs=2, checkpoint=tmp_path, resume=True)
-    with pytest.raises(jaxlr.checkpoint.CheckpointError, match=r"other settings \(batch_size=4\)"):
+    with pytest.raises(jaxlr.checkpoint.CheckpointError, match=r"other settings \(batch_size=4, now 8\)"):
         jaxlr.fit(X, y, key=jax.random.key(2), epochs=2, batch_size=8, checkpoint=tmp_path, resume=True)
+    with pytest.raises(jaxlr.checkpoint.CheckpointError, match=r"other settings \(lr=0.001, now 0.002\)"):
+        jaxlr.fit(X, y, key=jax.random.key(2), epochs=2, lr=0.002, checkpoint=tmp_path, resume=True)
+    with pytest.raises(jaxlr.checkpoint.CheckpointError, match=r"other settings \(epsilon=0.1, now 0.2\)"):
+        jaxlr.fit(X, y, key=jax.random.key(2), epochs=2, epsilon=0.2, checkpoint=tmp_path, resume=True)
     with pytest.raises(ValueError, match="`resume` needs `checkpoint`"):
         jaxlr.fit(X, y, key=jax.random.key(2), resume=True)
 
 
-def test_resume_without_a_checkpoint_starts_fresh(tmp_path):
+def test_resuming_under_other_optimizer_hyperparameters_or_type_is_refused(tmp_path):
     X, y = _data()
-    fresh = jaxlr.fit(X, y, key=jax.random.key(2), epochs=1, checkpoint=tmp_path / "new", resume=True)
+    settings = dict(key=jax.random.key(2), batch_size=50, checkpoint=tmp_path)
+    jaxlr.fit(X, y, epochs=1, optimizer=optax.adam(0.01), **settings)
+    saved = sorted(p.name for p in tmp_path.iterdir())
+    for other in (optax.adam(0.5), optax.sgd(0.01), "adam"):
+        with pytest.raises(jaxlr.checkpoint.CheckpointError, match=r"only of a run with other settings \(.*optimizer"):
+            jaxlr.fit(X, y, epochs=2, optimizer=other, resume=True, **settings)
+    assert sorted(p.name for p in tmp_path.iterdir()) == saved  # nothing written, nothing lost
+    # The same hyperparameters in a fresh object are the same run.
+    again = jaxlr.fit(X, y, epochs=2, optimizer=optax.adam(0.01), resume=True, **settings)
+    assert again.losses.shape[0] == 2000 // 50
+
+
+def test_resume_needs_a_checkpoint_unless_told_to_start_afresh(tmp_path):
+    X, y = _data()
+    for missing in (tmp_path / "misspelt", tmp_path):
+        with pytest.raises(jaxlr.checkpoint.CheckpointError, match="nothing to resume"):
+            jaxlr.fit(X, y, key=jax.random.key(2), epochs=1, checkpoint=missing, resume=True)
+    assert not (tmp_path / "misspelt").exists()
+    fresh = jaxlr.fit(X, y, key=jax.random.key(2), epochs=1, checkpoint=tmp_path / "new", resume="if_present")
     plain = jaxlr.fit(X, y, key=jax.random.key(2), epochs=1)
     np.testing.assert_array_equal(fresh.params.w, plain.params.w)
+
+
+def test_a_directory_holding_checkpoints_is_not_overwritten_without_being_told(tmp_path):
+    X, y = _data()
+    jaxlr.fit(X, y, key=jax.random.key(2), epochs=2, checkpoint=tmp_path, checkpoint_every=1)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(jaxlr.checkpoint.CheckpointError, match="already holds checkpoints of this run"):
+        jaxlr.fit(X, y, key=jax.random.key(2), epochs=3, checkpoint=tmp_path)
+    with pytest.raises(jaxlr.checkpoint.CheckpointError, match="already holds checkpoints of a run with another `key`"):
+        jaxlr.fit(X, y, key=jax.random.key(5), epochs=3, checkpoint=tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    # overwrite=True starts this run afresh and keeps the other run's files.
+    jaxlr.fit(X, y, key=jax.random.key(5), epochs=1, checkpoint=tmp_path, overwrite=True)
+    jaxlr.fit(X, y, key=jax.random.key(2), epochs=1, checkpoint=tmp_path, overwrite=True)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) == 2 and all(name.endswith("-00000001.npz") for name in names)
+
+
+def test_fewer_epochs_than_the_checkpoint_holds_is_refused_and_a_finished_run_keeps_its_moving_loss(tmp_path):
+    X, y = _data()
+    done = jaxlr.fit(X, y, key=jax.random.key(2), epochs=3, checkpoint=tmp_path)
+    with pytest.raises(ValueError, match=r"`epochs` \(=2\) is fewer than the 3 epochs"):
+        jaxlr.fit(X, y, key=jax.random.key(2), epochs=2, checkpoint=tmp_path, resume=True)
+    again = jaxlr.fit(X, y, key=jax.random.key(2), epochs=3, checkpoint=tmp_path, resume=True)
+    assert again.losses.shape == (0,)
+    np.testing.assert_array_equal(again.params.w, done.params.w)
+    assert float(again.state.moving) == float(done.moving_losses[-1])
+
+
+def _run_settings(seed):
+    return dict(key=jax.random.key(seed), batch_size=16, lr=0.01, engine="fused")
+
+
+def test_two_runs_in_one_directory_each_resume_their_own_state(tmp_path):
+    X, y = _data()
+    whole = {seed: jaxlr.fit(X, y, epochs=5, **_run_settings(seed)) for seed in (1, 2)}
+    jaxlr.fit(X, y, epochs=3, checkpoint=tmp_path, checkpoint_every=1, **_run_settings(1))
+    jaxlr.fit(X, y, epochs=4, checkpoint=tmp_path, checkpoint_every=1, resume="if_present", **_run_settings(2))
+    assert len(list(tmp_path.iterdir())) == 4  # each run keeps its own newest two
+    for seed in (1, 2):
+        rest = jaxlr.fit(X, y, epochs=5, checkpoint=tmp_path, resume=True, **_run_settings(seed))
+        np.testing.assert_array_equal(rest.params.w, whole[seed].params.w)
+
+
+CONCURRENT = textwrap.dedent(
+    """
+    import sys, jax, jaxlr
+    X, y = jaxlr.synthetic_data(jax.random.key(0), num_examples=2000)
+    jaxlr.fit(X, y, key=jax.random.key(int(sys.argv[2])), epochs=int(sys.argv[3]), batch_size=4, engine="loop",
+              checkpoint=sys.argv[1], checkpoint_every=1, resume="if_present")
+    """
+)
+
+
+def test_two_concurrent_runs_in_one_directory_each_resume_their_own_state(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(CONCURRENT)
+    directory = tmp_path / "ckpt"
+    runs = [subprocess.Popen([sys.executable, str(script), str(directory), str(seed), "6"]) for seed in (1, 2)]
+    assert [run.wait(timeout=300) for run in runs] == [0, 0]
+    names = sorted(p.name for p in directory.iterdir())
+    assert [name[-12:] for name in names] == ["00000005.npz", "00000006.npz"] * 2
+    X, y = _data()
+    for seed in (1, 2):
+        settings = dict(key=jax.random.key(seed), batch_size=4, engine="loop")
+        rest = jaxlr.fit(X, y, epochs=7, checkpoint=directory, resume=True, **settings)
+        whole = jaxlr.fit(X, y, epochs=7, **settings)
+        assert rest.losses.shape[0] == 500
+        np.testing.assert_array_equal(rest.params.w, whole.params.w)
+
+
+@pytest.mark.parametrize("stop_after", [3, 9])
+def test_early_stopping_resumes_to_the_same_model(tmp_path, stop_after):
+    # Stopped by its rule at epoch 8 (best: 5) when uninterrupted; interrupted
+    # before that (3), or after (9: the resumed run must not train on).
+    from jaxlr.callbacks import EarlyStopping
+
+    X, y = jaxlr.synthetic_data(jax.random.key(0), num_examples=300)
+    X_val, y_val = jaxlr.synthetic_data(jax.random.key(9), num_examples=50)
+    settings = dict(key=jax.random.key(1), batch_size=8, lr=0.05)
+    whole_rule = EarlyStopping(2, X_val, y_val)
+    whole = jaxlr.fit(X, y, epochs=40, callback=whole_rule, **settings)
+    assert whole_rule.stopped and int(whole.state.epoch) < 40
+
+    first_rule = EarlyStopping(2, X_val, y_val)
+    jaxlr.fit(X, y, epochs=min(stop_after, 40), callback=first_rule, checkpoint=tmp_path, checkpoint_every=1, **settings)
+    rule = EarlyStopping(2, X_val, y_val)
+    resumed = jaxlr.fit(X, y, epochs=40, callback=rule, checkpoint=tmp_path, resume=True, **settings)
+    assert rule.stopped and (rule.best_epoch, rule.epochs_seen) == (whole_rule.best_epoch, whole_rule.epochs_seen)
+    np.testing.assert_array_equal(rule.best_params.w, whole_rule.best_params.w)
+    np.testing.assert_array_equal(resumed.params.w, whole.params.w)
+    assert int(resumed.state.epoch) == int(whole.state.epoch)

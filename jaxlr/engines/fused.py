@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Iterator
 
 import jax
@@ -20,12 +22,20 @@ def run(run, state) -> Iterator[Block]:
     data = run.data
     N = core.order_length(data, run.spec.batch_size)
     per_call = max(1, min(run.epochs, _ORDER_ENTRIES // N)) if run.draw == "host" else run.epochs
-    if run.one_epoch_per_call:
-        per_call = 1
+    adapt = run.epochs_per_call == "auto"
+    if run.epochs_per_call is not None:
+        per_call = 1 if adapt else min(per_call, run.epochs_per_call)
     budget = None if run.draw == "host" else per_call
     train = core.program(run.spec, run.keep_steps, run.draw, budget)
-    done = 0
+    done, calls = 0, 0
     while done < run.epochs:
+        if adapt and calls == 2:
+            # Timed on the second call (the first compiles): from now on, calls
+            # of about AUTO_SECONDS, a power of two epochs each (few programs).
+            per_call = _epochs_for(AUTO_SECONDS / max(seconds, 1e-6), run.epochs - done)
+            budget = None if run.draw == "host" else per_call
+            train = core.program(run.spec, run.keep_steps, run.draw, budget)
+        began = time.perf_counter()
         count = min(per_call, run.epochs - done)
         first_epoch, first_step = run.initial_epoch + done, run.initial_step + done * run.steps_per_epoch
         orders = None
@@ -48,7 +58,16 @@ def run(run, state) -> Iterator[Block]:
         if step_losses is not None:
             losses = step_losses[:ran_or_diverging, : run.steps_per_epoch].reshape(-1)
             moving = step_moving[:ran_or_diverging, : run.steps_per_epoch].reshape(-1)
+        seconds, calls = time.perf_counter() - began, calls + 1
         yield Block(state, start, first_epoch, first_step, losses, moving, epoch_losses)
         if ran < count:  # stopped by the rule, or diverged
             return
         done += count
+
+
+# With epochs_per_call="auto" (checkpoints by time), the length of a call.
+AUTO_SECONDS = 1.0
+
+
+def _epochs_for(epochs: float, left: int) -> int:
+    return max(1, min(1 << max(0, math.ceil(math.log2(max(epochs, 1.0)))), 1 << 20, max(left, 1)))
