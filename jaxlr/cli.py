@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlr.callbacks import EarlyStopping, Progress, combine
+from jaxlr.callbacks import EarlyStopping, Progress
 from jaxlr.data import DataError, load_table, synthetic_data
 from jaxlr.metrics import RunningMetrics, host_metrics
 from jaxlr.model import Params
@@ -282,7 +282,11 @@ def _parser():
                        "stops early (" + _default("early_stopping") + ")")  # fmt: skip
     train.add_argument("--plot", metavar="FILE", help="write the loss curve and predicted against actual here, "
                        "as PNG, PDF or SVG by the file's extension")  # fmt: skip
-    train.add_argument("--checkpoint", metavar="DIR", help="save the run here after every epoch (atomically)")
+    train.add_argument("--checkpoint", metavar="DIR",
+                       help="save the run here (atomically); a directory holding checkpoints needs --resume, "
+                            "--resume-if-present or --overwrite")
+    train.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
+                       help="save every N epochs (default: at most once a second, and after the last epoch)")
     train.add_argument("--stream", action="store_true", help="read a .npy table from disk in chunks (data larger than memory)")
     train.add_argument("--chunk-mb", type=_positive_int, default=64, help="chunk size for --stream, in MB")
     train.add_argument("--coordinator", metavar="HOST:PORT", help="train across processes: the address of process 0")
@@ -292,7 +296,12 @@ def _parser():
                        help="this process's index, 0 to P-1; process 0 reports and writes the files (with --coordinator)")
     train.add_argument("--peer-timeout", type=_positive, default=DEFAULT_PEER_TIMEOUT, metavar="SECONDS",
                        help="how long a process waits for the others to start (with --coordinator)")
-    train.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --checkpoint")
+    train.add_argument("--resume", action="store_true",
+                       help="continue this run from its newest good checkpoint in --checkpoint (which must hold one)")
+    train.add_argument("--resume-if-present", action="store_true",
+                       help="like --resume, but start afresh when --checkpoint holds no checkpoint of this run")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start afresh, deleting this run's checkpoints in --checkpoint (other runs' are kept)")
     train.set_defaults(command=_train)
 
     closed = sub.add_parser("solve", parents=[data, common], formatter_class=Formatter,
@@ -532,8 +541,11 @@ def _settle_defaults(args):
 
 def _train(args):
     _settle_defaults(args)
-    if args.resume and not args.checkpoint:
-        raise UsageError("--resume needs --checkpoint DIR.")
+    for option in ("resume", "resume_if_present", "overwrite", "checkpoint_every"):
+        if getattr(args, option) and not args.checkpoint:
+            raise UsageError(f"--{option.replace('_', '-')} needs --checkpoint DIR.")
+    if sum(map(bool, (args.resume, args.resume_if_present, args.overwrite))) > 1:
+        raise UsageError("give one of --resume, --resume-if-present and --overwrite.")
     if args.early_stopping and not args.val_fraction:
         raise UsageError("--early-stopping needs --val-fraction to measure improvement.")
     plot_ready = _check_plotting(args.plot)
@@ -572,8 +584,9 @@ def _train(args):
             alpha=args.alpha, l1_ratio=args.l1_ratio, schedule=args.schedule, power_t=args.power_t,
             average=args.average, sample_weight=split.weight,
             verbose=show_lines and is_seed_job,
-            callback=combine([stopper, bar if bar.bar is not None else None, lines]),
-            checkpoint=args.checkpoint, resume=args.resume, devices=mesh,
+            callback=[stopper, bar if bar.bar is not None else None, lines],
+            checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, overwrite=args.overwrite,
+            resume="if_present" if args.resume_if_present else args.resume, devices=mesh,
             init=None if is_seed_job else split.start,
         )  # fmt: skip
         jax.block_until_ready(result)
@@ -596,9 +609,13 @@ def _train(args):
     )  # fmt: skip
     report = _report(model, split, args, elapsed, params)
     moving = np.asarray(result.moving_losses)
-    report["final_moving_loss"] = float(moving[-1]) if moving.size else None
+    # A resumed run that had nothing left to train reports where its checkpoint stood.
+    last_moving = float(moving[-1]) if moving.size else float(np.asarray(result.state.moving))
+    report["final_moving_loss"] = None if math.isnan(last_moving) else last_moving
     report["loss_units"] = "standardized target" if args.target_scaling == "scale" else "target"
     report["epochs_run"] = args.epochs if stopper is None else stopper.epochs_seen
+    # The epoch this command started training at: 0, or where a resumed checkpoint stood.
+    report["first_epoch"] = int(np.asarray(result.state.epoch)) - len(np.asarray(result.epoch_losses))
     if stopper is not None:
         report["best_epoch"] = stopper.best_epoch
         report["early_stopped"] = stopper.stopped
