@@ -521,11 +521,13 @@ def _drive(engine, run: _Run, state: FitState, log_every, callback, dtype, avera
         state = block.state
         if first_loss is None:
             first_loss = _first_loss(block)
-        limit = None if first_loss is None else _loss_limit(run, first_loss)
         if not bool(parallel.host_value(state.ok)):
-            _raise_diverged(engine, run, block, limit, grew=False)
-        if limit is not None and not _within(block, limit):
-            _raise_diverged(engine, run, block, limit, grew=True)
+            _raise_diverged(engine, run, block, None if first_loss is None else _loss_limit(run, first_loss), grew=False)
+        # The loss of predicting zero is worked out only when the first loss alone would not do.
+        if first_loss is not None and not _within(block, LOSS_GROWTH * first_loss):
+            limit = _loss_limit(run, first_loss)
+            if not _within(block, limit):
+                _raise_diverged(engine, run, block, limit, grew=True)
         loss_parts.append(block.losses)
         moving_parts.append(block.moving)
         epoch_parts.append(block.epoch_losses)
@@ -549,8 +551,8 @@ def _first_loss(block) -> Optional[float]:
 
 
 def _loss_limit(run: _Run, first_loss: float) -> float:
-    """`LOSS_GROWTH` times the run's reference; the loss of predicting zero is
-    worked out only when the first loss alone would not do."""
+    """`LOSS_GROWTH` times the run's reference, the larger of its first loss
+    and the loss of predicting zero for every row."""
     return LOSS_GROWTH * max(first_loss, run.zero_loss())
 
 
@@ -1013,9 +1015,14 @@ def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01
     losses = np.asarray(losses[:, :, :steps].reshape(m, -1))
     first = losses[:, 0]
     limits = np.full(m, math.inf)
+    grew = np.zeros(m, bool)
     if np.isfinite(first).any():
-        limits[:] = LOSS_GROWTH * max(float(np.nanmax(np.where(np.isfinite(first), first, np.nan))), run.zero_loss())
-    grew = ~np.all(core.loss_ok(losses, limits[:, None]) | np.isnan(losses), axis=1)
+        first_loss = float(np.nanmax(np.where(np.isfinite(first), first, np.nan)))
+        for reference in (lambda: first_loss, lambda: max(first_loss, run.zero_loss())):  # the second only if needed
+            limits[:] = LOSS_GROWTH * reference()
+            grew = ~np.all(core.loss_ok(losses, limits[:, None]) | np.isnan(losses), axis=1)
+            if not grew.any():
+                break
     if grew.any() or not bool(jnp.all(final.ok)):
         # Rare: the runs again with the guard on (and the loss limit), so that
         # each diverged run keeps its last good params.

@@ -148,8 +148,10 @@ def test_npz_and_npy_tables(tmp_path, cache_dir):
     assert done.stdout.splitlines()[0] == "3" and len(done.stdout.splitlines()) == 5
 
 
-def test_divergence_is_one_line_and_exit_status_1(tmp_path, cache_dir):
-    done = run_cli("train", "--lr", "10", "--save", "model.npz", cwd=tmp_path, cache_dir=cache_dir)
+@pytest.mark.parametrize("settings", [["--lr", "10"], ["--lr", "1e30", "--epochs", "1", "--batch-size", "10000"]],
+                         ids=["early", "on the last step"])
+def test_divergence_is_one_line_and_exit_status_1(tmp_path, cache_dir, settings):
+    done = run_cli("train", *settings, "--save", "model.npz", cwd=tmp_path, cache_dir=cache_dir)
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("jaxlr: error: training diverged at epoch 0")
     assert not (tmp_path / "model.npz").exists()

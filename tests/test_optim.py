@@ -1,3 +1,4 @@
+import os
 import jax
 import numpy as np
 import optax
@@ -71,3 +72,32 @@ def test_make_step_refuses_a_bad_learning_rate_and_optimizer():
         jaxlr.make_step(-0.1)
     with pytest.raises(TypeError, match="optax.GradientTransformation"):
         jaxlr.make_step(optimizer="adam")
+
+
+def test_fresh_optax_objects_equal_in_value_share_one_compiled_program():
+    # A new optax.adam(0.01) per fit must neither compile again nor keep
+    # growing memory (each compiled program holds megabytes).
+    from jaxlr.engines import core
+
+    X, y = jaxlr.synthetic_data(jax.random.key(0), num_examples=64)
+
+    def one_fit():
+        jaxlr.fit(X, y, key=jax.random.key(1), epochs=1, batch_size=8, optimizer=optax.adam(0.01))
+
+    if not os.path.exists("/proc/self/statm"):
+        pytest.skip("reads the resident set size from /proc")
+
+    def rss_mb():
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    for _ in range(20):
+        one_fit()
+    misses, rss = core.program.cache_info().misses, rss_mb()
+    for _ in range(200):
+        one_fit()
+        assert core.program.cache_info().misses == misses
+    assert rss_mb() - rss < 30
+    # Other hyperparameters are another program.
+    jaxlr.fit(X, y, key=jax.random.key(1), epochs=1, batch_size=8, optimizer=optax.adam(0.02))
+    assert core.program.cache_info().misses == misses + 1

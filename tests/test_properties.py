@@ -41,7 +41,8 @@ def test_a_step_keeps_shapes_and_the_loss_is_never_negative(problem):
     X, y, batch_size, seed = problem
     state = jaxlr.init_state(jaxlr.init_params(jax.random.key(seed), X.shape[1], y.shape[1]))
     step = jaxlr.make_step(0.01)
-    new_state, loss = step(state, X[:batch_size].astype(np.float32), y[:batch_size].astype(np.float32))
+    # The problem's own dtype (int32 rows too): the step must keep the params' dtype whatever comes in.
+    new_state, loss = step(state, X[:batch_size], y[:batch_size])
     assert jax.tree.map(jnp.shape, new_state) == jax.tree.map(jnp.shape, state)
     assert jax.tree.map(lambda a: a.dtype, new_state) == jax.tree.map(lambda a: a.dtype, state)
     assert float(loss) >= 0.0
@@ -71,3 +72,38 @@ def test_solve_agrees_with_numpy_lstsq(seed, d, k):
     coef = np.linalg.lstsq(np.hstack([X, np.ones((n, 1))]), y, rcond=None)[0]
     np.testing.assert_allclose(params.w, coef[:-1], rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(params.b, coef[-1], rtol=1e-3, atol=1e-3)
+
+
+@st.composite
+def risky_runs(draw):
+    n = 24  # one shape: the examples share their compiled programs
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    X = (rng.normal(size=(n, 2)) * draw(st.sampled_from([1.0, 1e3]))).astype(np.float32)
+    y = (X @ [1.0, -2.0] + rng.normal(size=n) * draw(st.sampled_from([1.0, 1e3]))).astype(np.float32)
+    lr = 10.0 ** draw(st.floats(-4, 37))
+    return X, y, lr
+
+
+def _sound(params):
+    bound = np.sqrt(np.finfo(np.float32).max)
+    return all(np.all(np.abs(np.asarray(p)) <= bound) for p in params)
+
+
+@SLOW
+@given(risky_runs())
+def test_no_fit_or_sweep_returns_unusable_params_without_saying_so(run):
+    # Any rate from harmless to absurd, on scaled or unscaled rows: either the
+    # run raises (sweep: flags the run), or its params are finite and usable.
+    X, y, lr = run
+    settings = dict(key=jax.random.key(0), epochs=2, batch_size=4)  # the loop engine's guard has tests of its own
+    try:
+        result = jaxlr.fit(X, y, lr=lr, **settings)
+    except jaxlr.TrainingDiverged as error:
+        assert _sound(error.params)
+    else:
+        assert _sound(result.params)
+    swept = jaxlr.sweep(X, y, lrs=[lr, 1e-3], **settings)
+    for i in range(2):
+        assert _sound(jax.tree.map(lambda p: p[i], swept.params))
+        if not swept.diverged[i]:
+            assert np.all(np.abs(np.asarray(swept.losses[i])) < np.inf)
