@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -229,3 +230,25 @@ def test_early_stopping_resumes_to_the_same_model(tmp_path, stop_after):
     np.testing.assert_array_equal(rule.best_params.w, whole_rule.best_params.w)
     np.testing.assert_array_equal(resumed.params.w, whole.params.w)
     assert int(resumed.state.epoch) == int(whole.state.epoch)
+
+
+def test_checkpoints_are_fsynced_renamed_versioned_and_never_unpickled(tmp_path, monkeypatch):
+    import os
+
+    X, y = _data()
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (calls.append(("replace", Path(b).name)), real_replace(a, b))[1])
+    jaxlr.fit(X, y, key=jax.random.key(2), epochs=1, checkpoint=tmp_path)
+    monkeypatch.undo()
+    [path] = tmp_path.iterdir()
+    assert calls[0] == "fsync" and calls[1] == ("replace", path.name)  # written whole, then named
+    with np.load(path) as archive:
+        fields = dict(archive)
+    assert int(fields["format_version"]) == jaxlr.checkpoint.FORMAT_VERSION
+    # Another format version, or a pickled object inside: skipped as unreadable, never loaded.
+    for name, value in (("format_version", np.array(1)), ("state_0", np.array([object()], dtype=object))):
+        np.savez(path, **{**fields, name: value})
+        with pytest.warns(UserWarning, match="unreadable"), pytest.raises(jaxlr.checkpoint.CheckpointError):
+            jaxlr.fit(X, y, key=jax.random.key(2), epochs=2, checkpoint=tmp_path, resume=True)

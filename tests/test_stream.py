@@ -76,6 +76,18 @@ def test_a_memmap_streams_too_and_chunks_change_order_each_epoch(tmp_path):
     result = jaxlr.fit(stream, None, key=jax.random.key(0), epochs=4, batch_size=10, lr=0.05)
     np.testing.assert_allclose(np.asarray(result.params.w).ravel(), [1.0, -2.0, 0.5], atol=1e-3)
     assert result.losses.shape == (4 * 500,)
+    # With a rate too small to move the params, a step's loss names its batch:
+    # each epoch must visit the chunks in another order, and the rows of a
+    # chunk in another order too.
+    still = jaxlr.fit(stream, None, key=jax.random.key(0), epochs=2, batch_size=10, lr=1e-30)
+    steps = stream.chunk_rows(10) // 10
+    epochs = np.asarray(still.losses).reshape(2, -1, steps)  # (epoch, chunk visited, step)
+    # A chunk's mean loss does not depend on the order of its rows: it names the chunk.
+    means = epochs.mean(axis=2)
+    visits = [[int(np.argmin(np.abs(means[0] - m))) for m in epoch] for epoch in means]
+    np.testing.assert_allclose(means[1], means[0][visits[1]], rtol=1e-5)
+    assert sorted(visits[1]) == visits[0] and visits[1] != visits[0]
+    assert not any(np.array_equal(epochs[1][j], epochs[0][visits[1][j]]) for j in range(len(visits[1])))
     with pytest.raises(ValueError, match="view of a memmap"):
         jaxlr.fit(mapped[:, :2], y, key=jax.random.key(0))
     with pytest.raises(ValueError, match="engine='fused'"):

@@ -185,9 +185,18 @@ def test_divergence_stops_training_and_keeps_the_last_finite_params(seed_data, e
         jaxlr.fit(X, y, key=jax.random.key(42), lr=10.0, engine=engine)
     error = caught.value
     assert error.epoch == 0 and error.batch > 0
-    assert np.isfinite(error.last_finite_loss)
-    assert np.all(np.isfinite(error.params.w)) and np.all(np.isfinite(error.params.b))
     assert "lr` (=10.0)" in str(error) and "standardize" in str(error)
+    # The params are those of the lesson's own loop stopped before the batch
+    # that diverged: the same batches, one `make_step` update each.
+    init_key, shuffle_key = jax.random.split(jax.random.key(42))
+    state = jaxlr.init_state(jaxlr.init_params(init_key, 2, 1))
+    step = jaxlr.make_step(10.0)
+    batches = jaxlr.batches(X, y, 4, key=jax.random.fold_in(shuffle_key, 0))
+    for _, (X_b, y_b) in zip(range(error.batch), batches):
+        state, loss = step(state, X_b, y_b)
+    np.testing.assert_allclose(error.params.w, state.params.w, rtol=1e-4)
+    np.testing.assert_allclose(error.params.b, state.params.b, rtol=1e-4)
+    np.testing.assert_allclose(error.last_finite_loss, float(loss), rtol=1e-4)
 
 
 def test_both_engines_stop_at_the_same_step(seed_data):
@@ -315,3 +324,13 @@ def test_the_diverged_error_carries_the_optimizer_state_of_its_params(engine):
     assert jax.tree.structure(error.opt_state) == jax.tree.structure(start.opt_state)
     for got, want in zip(jax.tree.leaves(error.opt_state), jax.tree.leaves(start.opt_state)):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("engine, shuffle", [("fused", "host"), ("fused", "device"), ("loop", True)])
+def test_each_epoch_has_an_order_of_its_own(engine, shuffle):
+    # A rate too small to move the params: a step's loss names its batch.
+    X, y = jaxlr.synthetic_data(jax.random.key(0), num_examples=64)
+    result = jaxlr.fit(X, y, key=jax.random.key(1), epochs=3, batch_size=8, lr=1e-30, engine=engine, shuffle=shuffle)
+    epochs = np.asarray(result.losses).reshape(3, 8)
+    np.testing.assert_allclose(epochs.mean(axis=1), epochs[0].mean(), rtol=1e-5)  # the same rows each epoch
+    assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])

@@ -117,5 +117,10 @@ def test_nothing_is_traced_before_the_checks_pass():
     traces = []
     step_loss = lambda yhat, y: (traces.append(1), jaxlr.square_loss(yhat, y))[1]  # noqa: E731
     with pytest.raises(ValueError):
-        jaxlr.make_step(lr=-1.0, loss=step_loss)
+        jaxlr.fit(X_OK, Y_OK, key=jax.random.key(0), loss=step_loss, lr=-1.0)
+    with pytest.raises(ValueError):
+        jaxlr.sweep(X_OK, Y_OK, key=jax.random.key(0), loss=step_loss, lrs=[0.1, -1.0])
     assert traces == []
+    # And the list does fill when the settings are good: the check above can fail.
+    jaxlr.fit(X_OK, Y_OK, key=jax.random.key(0), loss=step_loss, epochs=1)
+    assert traces
