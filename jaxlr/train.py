@@ -256,8 +256,11 @@ def fit(
         FitResult.
 
     Raises:
-        TrainingDiverged: a loss or the params stopped being finite; the error
-            carries the last finite params.
+        TrainingDiverged: training diverged (see `TrainingDiverged`); the error
+            carries the last good params.
+        jaxlr.checkpoint.CheckpointError: `checkpoint` holds nothing to resume
+            (with resume=True), another run's or this run's checkpoints
+            (without `resume` or `overwrite`), or a checkpoint of other settings.
 
     Example:
         >>> X, y = synthetic_data(jax.random.key(0))
