@@ -248,7 +248,7 @@ def run_epoch(spec, numbers, state, data, order):
     new = state._replace(
         params=state.params._replace(w=Z[0, :d], b=Z[0, d]), moving=moving, average=average,
         step=state.step + real_steps.astype(state.step.dtype),
-        ok=state.ok & jnp.all(jnp.isfinite(step_losses) | ~is_real),
+        ok=state.ok & jnp.all(core.loss_ok(step_losses, numbers.loss_limit) | ~is_real),
         last_loss=step_losses[jnp.maximum(real_steps - 1, 0)],
     )  # fmt: skip
     if s == 2:
