@@ -252,3 +252,14 @@ def test_checkpoints_are_fsynced_renamed_versioned_and_never_unpickled(tmp_path,
         np.savez(path, **{**fields, name: value})
         with pytest.warns(UserWarning, match="unreadable"), pytest.raises(jaxlr.checkpoint.CheckpointError):
             jaxlr.fit(X, y, key=jax.random.key(2), epochs=2, checkpoint=tmp_path, resume=True)
+
+
+def test_by_default_checkpoints_are_saved_by_time_and_after_the_last_epoch(tmp_path, monkeypatch):
+    X, y = _data()
+    settings = dict(key=jax.random.key(2), epochs=4, batch_size=50)
+    monkeypatch.setattr(jaxlr.train, "CHECKPOINT_SECONDS", float("inf"))  # never due: only the last epoch
+    jaxlr.fit(X, y, checkpoint=tmp_path / "slow", **settings)
+    assert [p.name[-12:] for p in (tmp_path / "slow").iterdir()] == ["00000004.npz"]
+    monkeypatch.setattr(jaxlr.train, "CHECKPOINT_SECONDS", 0.0)  # always due: every epoch (the newest two kept)
+    jaxlr.fit(X, y, checkpoint=tmp_path / "fast", engine="loop", **settings)
+    assert sorted(p.name[-12:] for p in (tmp_path / "fast").iterdir()) == ["00000003.npz", "00000004.npz"]
