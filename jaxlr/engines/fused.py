@@ -27,7 +27,7 @@ def run(run, state) -> Iterator[Block]:
         per_call = 1 if adapt else min(per_call, run.epochs_per_call)
     budget = None if run.draw == "host" else per_call
     train = core.program(run.spec, run.keep_steps, run.draw, budget)
-    done, calls = 0, 0
+    done, calls, seconds = 0, 0, 0.0
     while done < run.epochs:
         if adapt and calls == 2:
             # Timed on the second call (the first compiles): from now on, calls
