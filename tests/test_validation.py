@@ -115,7 +115,7 @@ def test_a_key_that_is_not_a_prng_key_is_refused(key):
 
 def test_nothing_is_traced_before_the_checks_pass():
     traces = []
-    step_loss = lambda yhat, y: (traces.append(1), jaxlr.square_loss(yhat, y))[1]  # noqa: E731
+    step_loss = lambda yhat, y: (traces.append(1), 0.5 * (yhat - y) ** 2)[1]  # noqa: E731
     with pytest.raises(ValueError):
         jaxlr.fit(X_OK, Y_OK, key=jax.random.key(0), loss=step_loss, lr=-1.0)
     with pytest.raises(ValueError):
