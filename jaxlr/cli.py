@@ -389,7 +389,11 @@ class _Split:
         else:  # centred in the table's own precision (float64) before the cast
             train = X if kept is None else X[kept]
             self.scaler = Standardizer.fit(train, y, features=features, target=scaling)
-            self.X = self.scaler.transform(train, dtype=dtype, out=_aligned_empty(train.shape, dtype))
+            with np.errstate(over="ignore"):
+                self.X = self.scaler.transform(train, dtype=dtype, out=_aligned_empty(train.shape, dtype))
+            if not np.isfinite(self.X).all():
+                raise DataError(f"{args.data} has a feature value beyond the range of float32 even after "
+                                "centring: use --standardize, or --x64.")  # fmt: skip
         del train
         self.mean, self.scale = self.scaler.x_mean, self.scaler.x_scale
         self.y = self.scaler.transform_target(y).astype(dtype)

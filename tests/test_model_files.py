@@ -160,7 +160,8 @@ def test_crafted_checkpoints_are_skipped_with_a_one_line_warning(tmp_path):
     (tmp_path / "good").mkdir()
     path = checkpoint.save(tmp_path / "good", saved)
     good = members_of(path)
-    loaded = checkpoint.latest(tmp_path / "good", state)
+    run = checkpoint.run_name(saved.key_words, saved.settings)
+    loaded = checkpoint.latest(tmp_path / "good", state, run)
     assert loaded.epoch == 3 and loaded.settings == {"lr": 0.1}
     for case, override in CRAFTED_CHECKPOINT.items():
         directory = tmp_path / case.replace(" ", "_")
@@ -169,7 +170,7 @@ def test_crafted_checkpoints_are_skipped_with_a_one_line_warning(tmp_path):
         (directory / path.name).write_bytes(archive(members))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            assert checkpoint.latest(directory, state) is None, case
+            assert checkpoint.latest(directory, state, run) is None, case
         assert len(caught) == 1 and "\n" not in str(caught[0].message), (case, [str(w.message) for w in caught])
 
 
