@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from typing import Optional
 
-# On a CPU, where the scan engine beat the fused one in every measured run:
-# (most features, most rows per batch). Elsewhere the fused engine was faster
-# or the two were within the machine's noise, and the fused one is kept.
-CPU_SCAN_WINS: tuple[tuple[int, int], ...] = ()
+# On a CPU, where the scan engine beat the fused one in each of three runs of
+# `python -m benchmarks engines` (2-core Xeon, 2026-11-26; RESULTS.md): as
+# (fewest features, most rows per batch). At 100 features and batch 1 scan
+# took 0.84-0.92 x fused's time; at 10 features, or batches of 8 and more,
+# fused was faster (scan 2-12 x its time), so it is kept there.
+CPU_SCAN_WINS: tuple[tuple[int, int], ...] = ((100, 1),)
 
 # On an accelerator a sequential step costs a kernel launch or more (~10 µs)
 # whatever its size, while the scan engine does an epoch in O(log steps)
@@ -32,9 +34,9 @@ def choose(backend: str, features: int, batch_size: int, *, supported: Optional[
         return "fused", f"the scan engine does not apply ({supported})"
     if backend != "cpu":
         return ACCELERATOR_ENGINE, f"on {backend}, sequential steps wait on each other's launches; scan does not"
-    for most_features, most_batch in CPU_SCAN_WINS:
-        if features <= most_features and batch_size <= most_batch:
+    for fewest_features, most_batch in CPU_SCAN_WINS:
+        if features >= fewest_features and batch_size <= most_batch:
             return "scan", (
-                f"on cpu, scan measured faster for up to {most_features} features at batches of up to {most_batch}"
+                f"on cpu, scan measured faster from {fewest_features} features at batches of up to {most_batch}"
             )
     return "fused", f"on cpu, fused measured as fast or faster for {features} features at batch size {batch_size}"
