@@ -124,3 +124,17 @@ def test_nothing_is_traced_before_the_checks_pass():
     # And the list does fill when the settings are good: the check above can fail.
     jaxlr.fit(X_OK, Y_OK, key=jax.random.key(0), loss=step_loss, epochs=1)
     assert traces
+
+
+def test_an_optimizer_state_of_other_shapes_is_refused_by_name():
+    import warnings
+
+    X, y = np.ones((8, 2), np.float32), np.ones(8, np.float32)
+    other = jaxlr.fit(np.ones((8, 3), np.float32), y, key=jax.random.key(0), optimizer="adam", epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with pytest.raises(ValueError, match=r"`opt_state` holds an optimizer state of shape \(3, 1\)"):
+            jaxlr.fit(X, y, key=jax.random.key(0), optimizer="adam", opt_state=other.opt_state)
+    with pytest.raises(ValueError, match=r"`state` holds an optimizer state of shape \(3, 1\)"):
+        jaxlr.fit(X, y, key=jax.random.key(0), optimizer="adam",
+                  state=other.state._replace(params=jaxlr.Params(np.zeros((2, 1), np.float32), np.zeros(1, np.float32))))
