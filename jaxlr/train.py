@@ -403,7 +403,7 @@ def _prepare(  # fmt: skip
     if deprecated.get("opt_state") is not None:
         if rule == "sgd":
             raise ValueError("`opt_state` was given without the `optimizer` it belongs to.")
-        _check_opt_state(deprecated["opt_state"], rule, d, k, dtype, "opt_state")
+        _check_opt_state(deprecated["opt_state"], state.opt_state, d, k, "opt_state")
         state = state._replace(opt_state=deprecated["opt_state"])
     end_epoch = (first_epoch if given_state is None else int(state.epoch)) + epochs
 
@@ -756,13 +756,13 @@ def _check_state(state, rule, d, k, dtype) -> FitState:
         raise TypeError(f"`state` (={validate._describe(state)}) must be a jaxlr.FitState, e.g. a FitResult's .state.")
     validate.check_params(state.params, d, k)
     like = init_fit_state(Params(jnp.zeros((d, k), dtype), jnp.zeros(k, dtype)), rule)
-    _check_opt_state(state.opt_state, rule, d, k, dtype, "state")
+    _check_opt_state(state.opt_state, like.opt_state, d, k, "state")
     return jax.tree.map(lambda a, b: jnp.asarray(a, jnp.asarray(b).dtype), state, like)
 
 
-def _check_opt_state(opt_state, rule, d, k, dtype, name):
-    """An optimizer state of `rule`'s structure, each array of the shape d features and k outputs need."""
-    like = init_fit_state(Params(jnp.zeros((d, k), dtype), jnp.zeros(k, dtype)), rule).opt_state
+def _check_opt_state(opt_state, like, d, k, name):
+    """`opt_state` of the structure of `like` (a fresh state of the rule for d features and k outputs), each
+    array of its shape."""
     if str(jax.tree.structure(like)) != str(jax.tree.structure(opt_state)):
         raise ValueError(f"`{name}` holds the state of another optimizer than `optimizer`.")
     for want, got in zip(jax.tree.leaves(like), jax.tree.leaves(opt_state)):
