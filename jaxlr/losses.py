@@ -80,6 +80,21 @@ def resolve(loss: Union[str, LossFunction]) -> Loss:
     return Loss(getattr(loss, "__name__", "custom"), _with_epsilon(loss))
 
 
+def check_entries(loss: Loss, rows: int, outputs: int, dtype) -> None:
+    """Refuses, before anything is traced, a loss that does not return one loss
+    per entry: a mean would be taken again, and its shape breaks the program."""
+    example = jax.ShapeDtypeStruct((rows, outputs), dtype)
+    try:
+        out = jax.eval_shape(lambda yhat, y: loss.function(yhat, y, jnp.asarray(0.1, dtype)), example, example)
+    except Exception as err:  # the user's function failed on arrays of the data's shape
+        raise ValueError(f"`loss` (={loss.name!r}) failed on predictions of shape {(rows, outputs)}: {err}") from err
+    if getattr(out, "shape", None) != (rows, outputs):
+        raise ValueError(
+            f"`loss` (={loss.name!r}) must return one loss per entry, of the predictions' shape "
+            f"{(rows, outputs)}, not {getattr(out, 'shape', type(out).__name__)}: leave the mean to training."
+        )
+
+
 def _with_epsilon(function: LossFunction) -> LossFunction:
     import inspect
 

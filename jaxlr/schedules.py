@@ -55,7 +55,9 @@ def optimal_t0(alpha: float) -> float:
 def rate(schedule: Schedule, numbers: Rate, t: jax.Array, drops: jax.Array) -> jax.Array:
     """The learning rate of update number t (counting from 1), after `drops` adaptive cuts."""
     if callable(schedule):
-        return jnp.asarray(schedule(t - 1))
+        # A schedule may ignore its argument (optax.constant_schedule): one rate per step still.
+        t = jnp.asarray(t)
+        return jnp.broadcast_to(jnp.asarray(schedule(t - 1)), t.shape)
     t = jnp.asarray(t, jnp.asarray(numbers.eta0).dtype)
     if schedule == "optimal":
         return 1.0 / (numbers.alpha * (numbers.t0 + t - 1.0))

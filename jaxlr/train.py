@@ -85,7 +85,8 @@ class TrainingDiverged(FloatingPointError):
         self.epoch, self.batch = epoch, batch
         self.last_finite_loss = last_finite_loss
         self.params, self.opt_state = state.params, state.opt_state
-        self.state = state
+        # The last good state, to continue from (with a lower rate, say): it is sound, so it says so.
+        self.state = state._replace(ok=jnp.asarray(True))
         last = "none" if last_finite_loss is None else f"{last_finite_loss:.3g}"
         rate = f"`lr` (={lr})" if lr is not None else "the optimizer's learning rate"
         advice = f"Lower {rate}, or standardize the features so that they share one scale."
@@ -300,9 +301,23 @@ def _prepare(  # fmt: skip
     schedule = schedules.check(schedule)
     power_t = validate.check_real("power_t", power_t, low=-math.inf, low_open=True)
     the_loss = losses.resolve(loss)
+    losses.check_entries(the_loss, batch_size, k, dtype)
     epsilon = validate.check_real("epsilon", epsilon, low=0.0, low_open=False)
     the_penalty = penalties.make(penalty, alpha, l1_ratio)
     alpha = float(alpha)
+    if not isinstance(rule, str):
+        # The schedule's rate scales the named rules' steps and the L1 step; an
+        # optax transformation keeps its rate to itself, so neither could apply.
+        if schedule != "constant":
+            raise ValueError(
+                f"`schedule` (={_shown(schedule)}) cannot apply to an optax `optimizer`, which carries its own "
+                "learning rate: give the schedule to the optimizer (optax.sgd(optax.exponential_decay(...)))."
+            )
+        if the_penalty.l1 > 0:
+            raise ValueError(
+                f"`penalty` (={penalty!r}) takes an L1 step scaled by the learning rate, which an optax "
+                "`optimizer` keeps to itself: use optimizer='sgd', 'momentum', 'nesterov' or 'adam' for L1."
+            )
     if schedule == "optimal" and alpha <= 0:
         raise ValueError(f"`alpha` (={alpha}) must be > 0 with schedule='optimal', which divides by it.")
     average_start = _average_start(average)
@@ -457,7 +472,7 @@ def _prepare(  # fmt: skip
     else:
         run = run._replace(data=_device_data(X, y, weight, batch_size, device, mesh, validation_data))
     if engine != "streamed":
-        run = run._replace(zero_loss=functools.partial(_zero_loss, the_loss, y, weight, epsilon))
+        run = run._replace(reference_loss=functools.partial(_reference_loss, the_loss, X, y, weight, epsilon))
     if device is not None:
         state = jax.device_put(state, device)
     if mesh is not None:
@@ -493,7 +508,8 @@ class _Run(NamedTuple):
     stream: Any = None  # an NpyStream (streamed)
     validation_data: Any = None
     known_words: Any = None  # (first epoch, words of the epochs from it), drawn with the initial params
-    zero_loss: Callable[[], float] = lambda: 0.0  # the mean loss of predicting zero for every row
+    # The larger of the mean losses of predicting zero and of the given params, over every row.
+    reference_loss: Callable[[Params], float] = lambda params: 0.0
 
     def epoch_words(self, epoch: int) -> np.ndarray:
         return self.words_of(epoch, 1)[0]
@@ -520,16 +536,17 @@ class _Run(NamedTuple):
 def _drive(engine, run: _Run, state: FitState, log_every, callback, dtype, average_start) -> FitResult:
     """Runs `engine` block by block: the one place for divergence, logs and callbacks."""
     loss_parts, moving_parts, epoch_parts = [], [], []
-    first_loss = None
+    first_loss, start = None, state.params
     for block in engine(run, state):
         state = block.state
         if first_loss is None:
             first_loss = _first_loss(block)
         if not bool(parallel.host_value(state.ok)):
-            _raise_diverged(engine, run, block, None if first_loss is None else _loss_limit(run, first_loss), grew=False)
-        # The loss of predicting zero is worked out only when the first loss alone would not do.
+            limit = None if first_loss is None else _loss_limit(run, first_loss, start)
+            _raise_diverged(engine, run, block, limit, grew=False)
+        # The reference over every row is worked out only when the first loss alone would not do.
         if first_loss is not None and not _within(block, LOSS_GROWTH * first_loss):
-            limit = _loss_limit(run, first_loss)
+            limit = _loss_limit(run, first_loss, start)
             if not _within(block, limit):
                 _raise_diverged(engine, run, block, limit, grew=True)
         loss_parts.append(block.losses)
@@ -548,20 +565,30 @@ def _drive(engine, run: _Run, state: FitState, log_every, callback, dtype, avera
     return _result(state, loss_parts, moving_parts, epoch_parts, dtype, average_start)
 
 
+def _seen_losses(block) -> np.ndarray:
+    """The block's losses: every step's, or when those are not kept, each
+    epoch's first and largest (all the divergence rule needs)."""
+    if np.shape(block.losses)[0]:
+        return parallel.host_value(block.losses)
+    return parallel.host_value(block.peaks).reshape(-1)
+
+
 def _first_loss(block) -> Optional[float]:
-    losses = parallel.host_value(block.losses if np.shape(block.losses)[0] else block.epoch_losses)
+    losses = _seen_losses(block)
     finite = losses[np.isfinite(losses)]
     return float(finite[0]) if finite.size else None
 
 
-def _loss_limit(run: _Run, first_loss: float) -> float:
-    """`LOSS_GROWTH` times the run's reference, the larger of its first loss
-    and the loss of predicting zero for every row."""
-    return LOSS_GROWTH * max(first_loss, run.zero_loss())
+def _loss_limit(run: _Run, first_loss: float, start: Params) -> float:
+    """`LOSS_GROWTH` times the run's reference: the largest of its first loss,
+    the loss of predicting zero for every row, and that of the starting params
+    over every row (a first batch can be far from typical: all zero rows, or
+    zero weights)."""
+    return LOSS_GROWTH * max(first_loss, run.reference_loss(start))
 
 
 def _within(block, limit: float) -> bool:
-    losses = parallel.host_value(block.losses if np.shape(block.losses)[0] else block.epoch_losses)
+    losses = _seen_losses(block)
     return bool(np.all(core.loss_ok(losses[~np.isnan(losses)], limit)))
 
 
@@ -590,11 +617,21 @@ def _result(state, loss_parts, moving_parts, epoch_parts, dtype, average_start) 
             return np.zeros(0, dtype)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    # With averaging, the answer is the averaged params once averaging has
-    # started (scikit-learn's rule).
-    averaging = average_start is not None and int(parallel.host_value(state.step)) >= average_start
-    params = state.average if averaging else state.params
-    return FitResult(params, state.opt_state, join(loss_parts), join(moving_parts), state, join(epoch_parts))
+    return FitResult(answer(state, average_start), state.opt_state, join(loss_parts), join(moving_parts), state,
+                     join(epoch_parts))  # fmt: skip
+
+
+def answer(state: FitState, average_start: Optional[int]) -> Params:
+    """The params a run answers with: with averaging, the averaged params once
+    averaging has started (scikit-learn's rule), else the params themselves.
+    `state` may hold many runs along a leading axis (a sweep)."""
+    if average_start is None:
+        return state.params
+    started = np.asarray(parallel.host_value(state.step)) >= average_start
+    if started.ndim == 0:
+        return state.average if started else state.params
+    pick = lambda a, p: jnp.where(started.reshape(-1, *[1] * (p.ndim - 1)), a, p)  # noqa: E731
+    return jax.tree.map(pick, state.average, state.params)
 
 
 # ------------------------------------------------------------------ preparing a run
@@ -620,17 +657,38 @@ def _average_start(average) -> Optional[int]:
     return average or None
 
 
+def _shown(value) -> str:
+    return repr(value) if isinstance(value, str) else getattr(value, "__name__", type(value).__name__)
+
+
 def _finite_in(value, dtype) -> bool:
     with np.errstate(over="ignore"):
         return bool(np.all(np.isfinite(np.asarray(value, dtype))))
 
 
-def _zero_loss(loss, y, weight, epsilon) -> float:
-    """The mean loss of predicting zero for every row (weighted as training weighs it)."""
-    y = np.asarray(parallel.host_value(y), np.float64)
-    entries = np.asarray(loss.function(np.zeros_like(y), y, epsilon), np.float64)
-    weight = np.ones(y.shape[0]) if weight is None else np.asarray(weight, np.float64)
-    return float(np.sum(weight[:, None] * entries) / entries.size)
+def _reference_loss(loss, X, y, weight, epsilon, params: Params) -> float:
+    """The larger of the mean losses of predicting zero and of `params`, over
+    every row (weighted as training weighs them), in float64 and in blocks.
+    Rows spread over other processes are judged by predicting zero alone."""
+    n = y.shape[0]
+    total_zero = total_start = 0.0
+    readable = not isinstance(X, jax.Array) or X.is_fully_addressable
+    w, b = (np.asarray(parallel.host_value(p), np.float64) for p in params)
+    for start in range(0, n, _REFERENCE_ROWS):
+        rows = slice(start, min(n, start + _REFERENCE_ROWS))
+        y_b = np.asarray(parallel.host_value(y[rows]), np.float64)
+        weight_b = 1.0 if weight is None else np.asarray(weight[rows], np.float64)[:, None]
+        total_zero += float(np.sum(weight_b * np.asarray(loss.function(np.zeros_like(y_b), y_b, epsilon))))
+        if readable:
+            yhat = np.asarray(X[rows], np.float64) @ w + b
+            with np.errstate(over="ignore", invalid="ignore"):
+                entries = np.asarray(loss.function(yhat, y_b, epsilon), np.float64)
+            total_start += float(np.sum(weight_b * entries))
+    reference = max(total_zero, total_start if math.isfinite(total_start) else 0.0)
+    return reference / (n * y.shape[1])
+
+
+_REFERENCE_ROWS = 1 << 16
 
 
 def _sample_weights(sample_weight, n, dtype) -> np.ndarray:
@@ -1026,7 +1084,7 @@ def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01
     floats[:, 0] = rates  # eta0, the rate of each run
     states = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (m, *jnp.shape(leaf))), state)
     orders = run.orders(0, epochs, core.order_length(run.data, batch_size))
-    final, (losses, moving, _) = _sweep_program(run.spec)(states, run.data, (floats, ints), orders, np.int32(epochs))
+    final, (losses, moving, *_) = _sweep_program(run.spec)(states, run.data, (floats, ints), orders, np.int32(epochs))
     steps = run.steps_per_epoch
     losses = np.asarray(losses[:, :, :steps].reshape(m, -1))
     first = losses[:, 0]
@@ -1034,7 +1092,7 @@ def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01
     grew = np.zeros(m, bool)
     if np.isfinite(first).any():
         first_loss = float(np.nanmax(np.where(np.isfinite(first), first, np.nan)))
-        for reference in (lambda: first_loss, lambda: max(first_loss, run.zero_loss())):  # the second only if needed
+        for reference in (lambda: first_loss, lambda: max(first_loss, run.reference_loss(state.params))):  # the second only if needed
             limits[:] = LOSS_GROWTH * reference()
             grew = ~np.all(core.loss_ok(losses, limits[:, None]) | np.isnan(losses), axis=1)
             if not grew.any():
@@ -1044,10 +1102,11 @@ def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01
         # each diverged run keeps its last good params.
         floats[:, core.LOSS_LIMIT_AT] = limits
         guarded = _sweep_program(run.spec._replace(guard=True))
-        final, (losses, moving, _) = guarded(states, run.data, (floats, ints), orders, np.int32(epochs))
+        final, (losses, moving, *_) = guarded(states, run.data, (floats, ints), orders, np.int32(epochs))
         losses = np.asarray(losses[:, :, :steps].reshape(m, -1))
     moving = moving[:, :, :steps].reshape(m, -1)
-    return SweepResult(jnp.asarray(rates.astype(dtype)), final.params, jnp.asarray(losses), moving, ~final.ok)
+    params = answer(final, _average_start(settings.get("average", False)))
+    return SweepResult(jnp.asarray(rates.astype(dtype)), params, jnp.asarray(losses), moving, ~final.ok)
 
 
 @functools.lru_cache(maxsize=8)

@@ -32,6 +32,8 @@ class Block(NamedTuple):
         first_epoch, first_step: where the block started.
         losses, moving: each real step's loss and moving average, shape (steps,).
         epoch_losses: each epoch's mean loss, shape (epochs run,).
+        peaks: each epoch's first and largest loss, shape (epochs run, 2), for
+            the divergence rule when the steps' losses are not kept.
     """
 
     state: Any
@@ -41,6 +43,7 @@ class Block(NamedTuple):
     losses: Any
     moving: Any
     epoch_losses: Any
+    peaks: Any
 
 
 def get(name: str):

@@ -480,8 +480,9 @@ def run_epochs(spec: Spec, numbers: Numbers, state: FitState, data: Data, orders
             (shape (E,)); else None in their places.
 
     Returns:
-        The state, and (losses, moving) of shape (E, steps) or None, and each
-        epoch's mean loss, shape (E,) with E the budget when it is static.
+        The state, and (losses, moving) of shape (E, steps) or None, each
+        epoch's mean loss, shape (E,) with E the budget when it is static, and
+        each epoch's `peaks`, shape (E, 2).
     """
     N = order_length(data, spec.batch_size)
     steps = N // spec.batch_size
@@ -502,10 +503,11 @@ def run_epochs(spec: Spec, numbers: Numbers, state: FitState, data: Data, orders
         i = state.epoch - start_epoch
         state, (losses, moving, objectives) = run_epoch(spec, numbers, state, data, order_for(i, state.epoch))
         state = end_epoch(spec, numbers, state, data, objectives, real_steps)
-        step_losses, step_moving, epoch_losses = record
+        step_losses, step_moving, epoch_losses, epoch_peaks = record
         if keep_steps:
             step_losses, step_moving = step_losses.at[i].set(losses), step_moving.at[i].set(moving)
-        return state, (step_losses, step_moving, epoch_losses.at[i].set(mean_loss(losses, real_steps)))
+        return state, (step_losses, step_moving, epoch_losses.at[i].set(mean_loss(losses, real_steps)),
+                       epoch_peaks.at[i].set(peaks(losses)))  # fmt: skip
 
     def going(carry):
         state, _ = carry
@@ -523,19 +525,20 @@ def run_epochs(spec: Spec, numbers: Numbers, state: FitState, data: Data, orders
             def train(state):
                 state, (losses, moving, _) = run_epoch(spec, numbers, state, data, order)
                 state = end_epoch(spec, numbers, state, data, losses, real_steps)
-                return state, (losses, moving, mean_loss(losses, real_steps))
+                return state, (losses, moving, mean_loss(losses, real_steps), peaks(losses))
 
             def skip(state):
                 nothing = jnp.full(steps, jnp.nan, dtype)
-                return state, (nothing, nothing, jnp.full((), jnp.nan, dtype))
+                return state, (nothing, nothing, jnp.full((), jnp.nan, dtype), jnp.full(2, jnp.nan, dtype))
 
             return jax.lax.cond(i < num_epochs, train, skip, state)
 
         return jax.lax.scan(scan_body, state, (orders, jnp.arange(orders.shape[0])))
-    epoch_losses = jnp.full(E, jnp.nan, dtype)
-    record: tuple = (None, None, epoch_losses)
+    epoch_losses, epoch_peaks = jnp.full(E, jnp.nan, dtype), jnp.full((E, 2), jnp.nan, dtype)
+    record: tuple = (None, None, epoch_losses, epoch_peaks)
     if keep_steps:
-        record = (jnp.full((E, steps), jnp.nan, dtype), jnp.full((E, steps), jnp.nan, dtype), epoch_losses)
+        nothing = jnp.full((E, steps), jnp.nan, dtype)
+        record = (nothing, nothing, epoch_losses, epoch_peaks)
     state, record = jax.lax.while_loop(going, body, (state, record))
     return state, record
 
@@ -551,6 +554,15 @@ def smooth(losses, smoothing, start):
         return moving, moving
 
     return jax.lax.scan(body, start, losses)[1]
+
+
+def peaks(losses):
+    """An epoch's first loss and its largest (padding, NaN, left out): what the
+    divergence rule needs when the steps' losses are not kept (NumPy in,
+    NumPy out)."""
+    xp = jnp if isinstance(losses, jax.Array) else np
+    seen = xp.where(xp.isnan(losses), -xp.inf, losses)
+    return xp.stack([losses[0], xp.max(seen)]) if losses.shape[0] else xp.full(2, xp.nan, losses.dtype)
 
 
 def mean_loss(losses, count):
@@ -692,9 +704,15 @@ def step_fields(spec: Spec) -> tuple[str, ...]:
     """The FitState fields the loop engine's step carries (the host counts
     the steps when the schedule does not need them)."""
     fields = tuple(name for name in _changing_fields(spec) if name != "moving")
-    if not spec.guard and spec.schedule != "constant":
+    if not spec.guard and reads_step(spec):
         fields = (*fields, "step")
     return fields
+
+
+def reads_step(spec: Spec) -> bool:
+    """Whether a step reads the update count: a schedule that changes with it,
+    or the running average, which starts at an update number."""
+    return spec.schedule != "constant" or spec.average
 
 
 @functools.lru_cache(maxsize=16)

@@ -52,14 +52,14 @@ def run(run, state) -> Iterator[Block]:
         epoch_now, ok, record = jax.tree.map(parallel.host_value, (state.epoch, state.ok, record))
         ran = int(epoch_now) - first_epoch
         ran_or_diverging = ran + (0 if ok else 1)
-        step_losses, step_moving, epoch_losses = record
-        epoch_losses = epoch_losses[:ran]
+        step_losses, step_moving, epoch_losses, epoch_peaks = record
+        epoch_losses, epoch_peaks = epoch_losses[:ran], epoch_peaks[:ran_or_diverging]
         losses = moving = np.zeros(0, data.X.dtype)
         if step_losses is not None:
             losses = step_losses[:ran_or_diverging, : run.steps_per_epoch].reshape(-1)
             moving = step_moving[:ran_or_diverging, : run.steps_per_epoch].reshape(-1)
         seconds, calls = time.perf_counter() - began, calls + 1
-        yield Block(state, start, first_epoch, first_step, losses, moving, epoch_losses)
+        yield Block(state, start, first_epoch, first_step, losses, moving, epoch_losses, epoch_peaks)
         if ran < count:  # stopped by the rule, or diverged
             return
         done += count

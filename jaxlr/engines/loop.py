@@ -67,12 +67,12 @@ def run(run, state) -> Iterator[Block]:
             last = losses[-1] if len(losses) else state.last_loss
             state = state._replace(ok=np.bool_(finite and bool(state.ok)), last_loss=last)
         if not finite or not bool(state.ok):
-            yield Block(state, start, epoch, first_step, losses, moving, np.zeros(0, dtype))
+            yield Block(state, start, epoch, first_step, losses, moving, np.zeros(0, dtype), core.peaks(losses)[None])
             return
         state = end_epoch(state, run.validation_data, numbers, objectives, np.float32(len(losses)))
-        epoch_losses = np.array([losses.mean()], dtype)
+        epoch_losses, epoch_peaks = np.array([losses.mean()], dtype), core.peaks(losses)[None]
         if not run.keep_steps:
             losses = moving = np.zeros(0, dtype)
-        yield Block(state, start, epoch, first_step, losses, moving, epoch_losses)
+        yield Block(state, start, epoch, first_step, losses, moving, epoch_losses, epoch_peaks)
         if bool(state.stop.done):
             return
