@@ -1046,8 +1046,9 @@ def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01
     program. Run i equals ``fit(X, y, key=key, lr=lrs[i], ...)`` with the
     fused engine, and `settings` are any other of `fit`'s settings that do
     not end runs at different times (loss, epsilon, penalty, alpha,
-    l1_ratio, schedule, power_t, average, sample_weight). Plain SGD only: an
-    optax optimizer fixes its learning rate when it is built.
+    l1_ratio, schedule, power_t, average, sample_weight, shuffle,
+    fit_intercept). Plain SGD only: an optax optimizer fixes its learning
+    rate when it is built.
 
     Args:
         X, y, key, epochs, batch_size, params, smoothing, device: as for `fit`.
@@ -1066,7 +1067,8 @@ def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01
         raise ValueError(f"`lrs` must be a non-empty 1-D sequence, got shape {rates.shape}.")
     if not (np.all(np.isfinite(rates)) and np.all(rates > 0)):
         raise ValueError(f"`lrs` must all be finite and > 0; got {rates[~(np.isfinite(rates) & (rates > 0))][:3]}.")
-    allowed = {"loss", "epsilon", "penalty", "alpha", "l1_ratio", "schedule", "power_t", "average", "sample_weight"}
+    allowed = {"loss", "epsilon", "penalty", "alpha", "l1_ratio", "schedule", "power_t", "average", "sample_weight",
+               "shuffle", "fit_intercept"}  # fmt: skip
     unknown = sorted(set(settings) - allowed)
     if unknown:
         raise TypeError(f"sweep() got an unexpected keyword argument {unknown[0]!r}")
@@ -1083,7 +1085,11 @@ def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01
     floats = np.repeat(np.asarray(floats)[None], m, axis=0)
     floats[:, 0] = rates  # eta0, the rate of each run
     states = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (m, *jnp.shape(leaf))), state)
-    orders = run.orders(0, epochs, core.order_length(run.data, batch_size))
+    N = core.order_length(run.data, batch_size)
+    if run.draw == "none":
+        orders = np.broadcast_to(np.arange(N, dtype=np.int32), (epochs, N))
+    else:
+        orders = run.orders(0, epochs, N)
     final, (losses, moving, *_) = _sweep_program(run.spec)(states, run.data, (floats, ints), orders, np.int32(epochs))
     steps = run.steps_per_epoch
     losses = np.asarray(losses[:, :, :steps].reshape(m, -1))

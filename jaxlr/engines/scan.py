@@ -58,16 +58,16 @@ MAP_STEPS = 256
 def unsupported(spec) -> Optional[str]:
     """Why the scan engine cannot run `spec` exactly, or None when it can."""
     if squared_factor(spec.loss) is None:
-        return f"the {spec.loss.name!r} loss: only the squared loss makes a step affine in the params"
+        return f"`loss` (={spec.loss.name!r}): only the squared loss makes a step affine in the params"
     if spec.rule not in ("sgd", "momentum", "nesterov"):
         name = spec.rule if isinstance(spec.rule, str) else "an optax transformation"
-        return f"optimizer {name!r}: only sgd, momentum and nesterov steps are affine in the params"
+        return f"`optimizer` (={name!r}): only sgd, momentum and nesterov steps are affine in the params"
     if spec.l1:
-        return "an L1 penalty: its clipped step is not affine in the params"
+        return "an L1 `penalty`: its clipped step is not affine in the params"
     if spec.max_slope is not None:
         return "`max_slope`: a capped slope is not affine in the params"
     if spec.sharding is not None:
-        return "several devices: the scan engine runs on one"
+        return "several `devices`: the scan engine runs on one"
     return None
 
 
