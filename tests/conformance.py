@@ -80,6 +80,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "adam": dict(optimizer="adam", lr=0.05),
     "optax_sgd": dict(optimizer="optax.sgd"),
     "optax_with_l1": dict(optimizer="optax.sgd", penalty="l1", alpha=0.05),
+    "optax_with_schedule": dict(optimizer="optax.sgd", schedule="invscaling"),
 }
 
 PATHS = ("loop", "fused", "scan", "streamed", "sweep", "estimator", "devices")
@@ -112,7 +113,7 @@ REFUSED: dict[str, Callable[[dict], str | None]] = {
     "devices": lambda s: None,
 }
 # Every path refuses an optax optimizer with an L1 penalty (it keeps its rate to itself).
-ALWAYS_REFUSED = {"optax_with_l1": "penalty"}
+ALWAYS_REFUSED = {"optax_with_l1": "penalty", "optax_with_schedule": "schedule"}
 
 # Cells that are not comparable with the reference by design, and why.
 NOT_APPLICABLE = {

@@ -1,0 +1,74 @@
+"""The divergence rule, the same on every path: what it catches, what it must not, and what it leaves."""
+
+import jax
+import numpy as np
+import pytest
+
+import jaxlr
+
+ENGINES = ["fused", "loop"]
+
+
+def unstable_problem(n=200, d=5):
+    # Per-sample steps of 0.25 on 5 standard-normal features: |x|^2 ~ 5 > 2 / 0.25, so SGD blows up.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    return X, (X.sum(1) + rng.normal(size=n)).astype(np.float32)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_growth_is_caught_whether_or_not_steps_are_recorded(engine):
+    """Without the steps' losses, the rule still sees each epoch's largest loss."""
+    X, y = unstable_problem()
+    where = []
+    for record_steps in (True, False):
+        with pytest.raises(jaxlr.TrainingDiverged) as caught:
+            jaxlr.fit(X, y, key=jax.random.key(1), epochs=1, lr=0.25, batch_size=1, engine=engine,
+                      record_steps=record_steps)  # fmt: skip
+        where.append((caught.value.epoch, caught.value.batch))
+        assert np.abs(np.asarray(caught.value.params.w)).max() < 1e6
+    assert where[0] == where[1]
+
+
+def test_continuing_from_the_error_state_trains():
+    X, y = unstable_problem()
+    with pytest.raises(jaxlr.TrainingDiverged) as caught:
+        jaxlr.fit(X, y, key=jax.random.key(1), epochs=1, lr=0.25, batch_size=1)
+    result = jaxlr.fit(X, y, key=jax.random.key(1), epochs=2, lr=0.01, batch_size=1, state=caught.value.state)
+    assert np.isfinite(np.asarray(result.params.w)).all()
+    assert int(result.state.epoch) == 2
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("first_batch", ["zero rows", "zero weights"])
+def test_an_untypical_first_batch_is_no_reference(engine, first_batch):
+    """At lr 1e-12 nothing moves: a first batch whose loss is near 0 must not
+    make the ordinary loss of the starting params look like divergence."""
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(400, 3)) * 1e4).astype(np.float32)
+    y = rng.normal(size=400).astype(np.float32)
+    weight = None
+    if first_batch == "zero rows":
+        X[:4] = 0
+    else:
+        weight = np.ones(400, np.float32)
+        weight[:4] = 0
+    for record_steps in (True, False):
+        result = jaxlr.fit(X, y, key=jax.random.key(1), epochs=2, lr=1e-12, batch_size=4, shuffle=False,
+                           engine=engine, record_steps=record_steps, sample_weight=weight)  # fmt: skip
+        assert np.isfinite(np.asarray(result.params.w)).all()
+
+
+def test_a_loss_of_one_number_is_refused_before_training():
+    X, y = unstable_problem()
+    with pytest.raises(ValueError, match=r"`loss` .* one loss per entry"):
+        jaxlr.fit(X, y, key=jax.random.key(0), loss=lambda yhat, target: ((yhat - target) ** 2).mean())
+
+
+def test_a_schedule_of_one_number_gives_every_step_that_rate():
+    optax = pytest.importorskip("optax")
+    X, y = unstable_problem()
+    settings = dict(key=jax.random.key(0), epochs=2, batch_size=8, shuffle=False)
+    given = jaxlr.fit(X, y, schedule=optax.constant_schedule(0.01), **settings)
+    named = jaxlr.fit(X, y, lr=0.01, **settings)
+    np.testing.assert_array_equal(np.asarray(given.params.w), np.asarray(named.params.w))
