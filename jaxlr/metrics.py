@@ -52,21 +52,33 @@ def host_metrics(predictions: np.ndarray, y: np.ndarray, prefix: str = "") -> di
 
 
 class RunningMetrics:
-    """MSE and R² over rows that arrive in chunks, in one pass (float64)."""
+    """MSE and R² over rows that arrive in chunks, in one pass (float64).
+
+    The target's spread is summed about each chunk's own mean and the chunks
+    combined by Chan's rule: the sum of squares minus the squared sum would
+    cancel to nothing for targets far from zero (1e9 + a small spread).
+    """
 
     def __init__(self) -> None:
         self.count = 0
-        self.squared = self.total = self.total_sq = 0.0
+        self.squared = self.mean = self.spread = 0.0
 
     def add(self, predictions: np.ndarray, y: np.ndarray) -> "RunningMetrics":
         predictions, y = np.asarray(predictions, np.float64), np.asarray(y, np.float64)
-        self.count += y.shape[0]
+        m = y.shape[0]
+        if m == 0:
+            return self
+        chunk_mean = y.mean(axis=0)
+        chunk_spread = ((y - chunk_mean) ** 2).sum(axis=0)
+        total = self.count + m
+        delta = chunk_mean - self.mean
+        self.spread = self.spread + chunk_spread + delta**2 * self.count * m / total
+        self.mean = self.mean + delta * m / total
+        self.count = total
         self.squared = self.squared + ((predictions - y) ** 2).sum(axis=0)
-        self.total = self.total + y.sum(axis=0)
-        self.total_sq = self.total_sq + (y**2).sum(axis=0)
         return self
 
     def result(self, prefix: str = "") -> dict[str, float]:
-        spread = self.total_sq - self.total**2 / self.count
+        spread = np.asarray(self.spread, np.float64)
         r2 = np.where(spread > 0, 1 - self.squared / np.where(spread > 0, spread, 1), 0.0)
         return {f"{prefix}mse": float(np.mean(self.squared / self.count)), f"{prefix}r2": float(np.mean(r2))}

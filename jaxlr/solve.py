@@ -44,7 +44,36 @@ def solve(X, y):
     # from zero is a difference of large numbers.
     w, b = scaler.to_original(params)
     dtype = params.w.dtype
+    _warn_if_rounded(X, y, w, b, dtype)
     return Params(w=jnp.asarray(w.astype(dtype)), b=jnp.asarray(b.astype(dtype)))
+
+
+def _warn_if_rounded(X, y, w, b, dtype):
+    """Warns when params rounded to `dtype` predict worse than the fit itself:
+    a feature far from zero (a timestamp near 1.7e9) gives an intercept that
+    float32 holds only to a multiple of 64 or more."""
+    w, b = np.asarray(w, np.float64), np.asarray(b, np.float64)
+    eps = float(np.finfo(dtype).eps)
+    if eps <= np.finfo(np.float64).eps:
+        return
+    rows = max(1, _BLOCK_BYTES // (8 * (X.shape[1] + y.shape[1])))
+    squared, largest = np.zeros(y.shape[1]), np.zeros(X.shape[1])
+    for i in range(0, X.shape[0], rows):
+        X_b = np.asarray(X[i : i + rows], np.float64)
+        squared += ((X_b @ w + b - np.asarray(y[i : i + rows], np.float64)) ** 2).sum(axis=0)
+        largest = np.maximum(largest, np.abs(X_b).max(axis=0))
+    residual = np.sqrt(squared / X.shape[0])
+    rounding = eps * (np.abs(b) + largest @ np.abs(w))
+    if np.any(rounding > np.maximum(residual, np.finfo(np.float64).tiny)):
+        import warnings
+
+        warnings.warn(
+            f"solve: in {np.dtype(dtype).name}, the params predict only to about {rounding.max():.3g} "
+            f"(the intercept {b.flat[0]:.6g} is rounded), where the fit's residuals are {residual.max():.3g}. "
+            "Centre the features first (jaxlr.Standardizer) and predict in those units, or turn on float64 "
+            "(jax.config.update('jax_enable_x64', True)).",
+            stacklevel=3,
+        )
 
 
 # Host tables larger than this are solved a block of rows at a time: the
@@ -73,6 +102,7 @@ def _solve_in_blocks(X, y):
         R = np.linalg.qr(np.vstack([R, block]), mode="r")
     w = np.linalg.lstsq(R[:d, :d], R[:d, d:], rcond=None)[0]
     dtype = jax.dtypes.canonicalize_dtype(X.dtype)  # float32 unless x64 is on
+    _warn_if_rounded(X, y, w, y_mean - x_mean @ w, dtype)
     return Params(w=jnp.asarray(w.astype(dtype)), b=jnp.asarray((y_mean - x_mean @ w).astype(dtype)))
 
 

@@ -1,5 +1,7 @@
 import jax
 import jax.numpy as jnp
+import warnings
+
 import numpy as np
 import pytest
 
@@ -93,3 +95,30 @@ def test_standardizer_can_centre_without_scaling():
     np.testing.assert_allclose(np.diff(centred.astype(np.float32)[:, 0]), 2.0)
     with pytest.raises(ValueError, match=r"`features` \(='centre'\) must be"):
         jaxlr.Standardizer.fit(X, features="centre")
+
+
+@pytest.mark.parametrize("offset", [1e8, 1e9, 3e9])
+def test_r2_of_a_target_far_from_zero_is_the_centred_one(offset):
+    from jaxlr.metrics import RunningMetrics
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5000, 2))
+    y = (offset + 100 * (x @ [1.0, 2.0]) + 37 * rng.normal(size=5000))[:, None]
+    A = np.column_stack([x, np.ones(5000)])
+    predictions = A @ np.linalg.lstsq(A, y, rcond=None)[0]
+    residual = y - predictions
+    want = 1 - float(np.sum(residual**2)) / float(np.sum((y - y.mean()) ** 2))
+    running = RunningMetrics()
+    for start in range(0, 5000, 1234):  # in chunks, as the command reads a stream
+        running.add(predictions[start : start + 1234], y[start : start + 1234])
+    assert running.result()["r2"] == pytest.approx(want, abs=1e-9)
+
+
+def test_solve_warns_when_float32_params_cannot_hold_the_fit():
+    t = 1.7e9 + np.arange(5000, dtype=np.float64)[:, None]
+    y = 0.5 * (t[:, 0] - 1.7e9) + np.random.default_rng(0).normal(size=5000) * 0.01
+    with pytest.warns(UserWarning, match="rounded"):
+        jaxlr.solve(t, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jaxlr.solve(t - 1.7e9, y)  # centred: float32 holds it
