@@ -1001,6 +1001,7 @@ def _plot(result, model, split, path):
 def _check_destinations(args):
     """Refuses an output path whose directory is missing, or that is an input, before any work is done."""
     inputs = {option: getattr(args, option, None) for option in ("data", "model")}
+    outputs: dict = {}
     for option in ("save", "plot", "output"):
         path = getattr(args, option, None)
         if path is None:
@@ -1008,6 +1009,10 @@ def _check_destinations(args):
         for source, given in inputs.items():
             if given is not None and _same_file(path, given):
                 raise UsageError(f"--{option} {path!r} is the --{source} file; it would be overwritten.")
+        for other, given in outputs.items():
+            if _same_file(path, given):
+                raise UsageError(f"--{option} {path!r} is also the --{other} file; one would overwrite the other.")
+        outputs[option] = path
         if Path(path).is_dir():
             raise UsageError(f"--{option} {path!r} is a directory, not a file name.")
         parent = Path(path).parent

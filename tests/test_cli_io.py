@@ -101,3 +101,13 @@ def test_ctrl_c_while_the_command_starts_exits_130_in_one_line(tmp_path):
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     assert err == "jaxlr: interrupted\n", err
+
+
+def test_one_file_for_two_outputs_is_refused_before_any_work(tmp_path):
+    table = tmp_path / "t.csv"
+    rows = np.random.default_rng(0).normal(size=(40, 2))
+    np.savetxt(table, np.column_stack([rows, rows @ [1.0, 2.0]]), delimiter=",", header="a,b,t", comments="")
+    done = run_cli("train", "--data", str(table), "--target", "t", "--epochs", "1", "--save", "s.png",
+                   "--plot", "s.png", cwd=tmp_path, cache_dir=tmp_path / "cache")  # fmt: skip
+    one_error(done, "--plot 's.png' is also the --save file")
+    assert not (tmp_path / "s.png").exists()
