@@ -406,7 +406,8 @@ def _prepare(  # fmt: skip
         shuffle_key = _split(key)[1]
     elif params is None:
         # The epochs' shuffle words come with the initial params when the host shuffles.
-        count = core.bucket(max(epochs, 1)) if draw == "host" else 1
+        # (a block's worth at most: later ones are drawn when needed, so memory does not follow `epochs`)
+        count = core.bucket(min(max(epochs, 1), _WORDS_AHEAD)) if draw == "host" else 1
         epoch_ids = np.arange(first_epoch, first_epoch + count, dtype=np.int32)
         state, shuffle_key, words = _begin(rule, d, k, dtype)(key, epoch_ids)
         known_words = (first_epoch, words)
@@ -452,6 +453,7 @@ def _prepare(  # fmt: skip
         if done or finished:
             end_epoch = initial_epoch  # a run its stopping rule ended is finished
     epochs = max(0, end_epoch - initial_epoch)
+    epochs, capped = _check_counts(n, initial_step, -(-n // batch_size), epochs, stops=spec.stops)
 
     per_call = None if callback is None else 1
     if saving is not None:
@@ -461,7 +463,7 @@ def _prepare(  # fmt: skip
     run = _Run(
         spec=spec, numbers=packed, epochs=epochs, initial_epoch=initial_epoch, initial_step=initial_step,
         steps_per_epoch=-(-n // batch_size), rows=n, draw=draw, shuffle_key=shuffle_key, mesh=mesh,
-        keep_steps=bool(record_steps), epochs_per_call=per_call, lr=lr, known_words=known_words,
+        keep_steps=bool(record_steps), epochs_per_call=per_call, lr=lr, known_words=known_words, capped=capped,
     )  # fmt: skip
     validation_data = None if validation is None else _validation_data(validation, d, k, dtype, device)
     run = run._replace(validation_data=core.Data(None, None, None, None, validation_data))
@@ -479,6 +481,8 @@ def _prepare(  # fmt: skip
         state = parallel.put_replicated(state, mesh)
     return engines.get(engine), run, state, log_every if verbose else None, callback, dtype, average_start
 
+
+_WORDS_AHEAD = 1024
 
 _FIT_DEFAULTS = {
     name: parameter.default
@@ -508,6 +512,7 @@ class _Run(NamedTuple):
     stream: Any = None  # an NpyStream (streamed)
     validation_data: Any = None
     known_words: Any = None  # (first epoch, words of the epochs from it), drawn with the initial params
+    capped: bool = False  # `epochs` was cut to what the step count holds
     # The larger of the mean losses of predicting zero and of the given params, over every row.
     reference_loss: Callable[[Params], float] = lambda params: 0.0
 
@@ -562,6 +567,12 @@ def _drive(engine, run: _Run, state: FitState, log_every, callback, dtype, avera
             last_epoch = block.first_epoch + max(1, np.shape(block.epoch_losses)[0]) - 1
             if callback(last_epoch, epoch_result):
                 break
+    if run.capped and int(parallel.host_value(state.epoch)) - run.initial_epoch >= run.epochs:
+        warnings.warn(
+            f"training stopped after {run.epochs} epochs, where the step count ends ({_MOST_COUNT} updates), "
+            "before the stopping rule ended it.",
+            stacklevel=3,
+        )
     return _result(state, loss_parts, moving_parts, epoch_parts, dtype, average_start)
 
 
@@ -648,6 +659,28 @@ def _take_deprecated(given: dict) -> dict:
             stacklevel=3,
         )
     return given
+
+
+# Step counts, epochs and row indices are int32 inside the programs.
+_MOST_COUNT = np.iinfo(np.int32).max
+
+
+def _check_counts(rows: int, first_step: int, steps_per_epoch: int, epochs: int, *, stops: bool):
+    """(epochs, capped): refuses a run whose rows or update count an int32
+    cannot hold (the count would wrap, and with it the schedule, the average
+    and the order). A run that a stopping rule may end early is only capped
+    at the last epoch the count holds (scikit-learn's max_iter is often huge)."""
+    if rows > _MOST_COUNT:
+        raise ValueError(f"X has {rows} rows; at most {_MOST_COUNT} train in one run: split the table.")
+    most = (_MOST_COUNT - first_step) // steps_per_epoch
+    if epochs <= most:
+        return epochs, False
+    if stops:
+        return most, True
+    raise ValueError(
+        f"`epochs` (={epochs}) would take the run to update {first_step + epochs * steps_per_epoch}, past the "
+        f"{_MOST_COUNT} a step count holds: ask for at most {most} epochs, or larger batches."
+    )
 
 
 def _average_start(average) -> Optional[int]:

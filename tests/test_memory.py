@@ -46,3 +46,38 @@ def test_peak_memory_does_not_grow_with_the_number_of_epochs():
     assert set(peaks) == {"fused", "loop"}
     for engine, (one, many) in peaks.items():
         assert many - one < 64, f"{engine}: peak {one} MB after 1 epoch, {many} MB after 16"
+
+
+_BUDGET = textwrap.dedent(
+    """
+    import sys
+    import jax, numpy as np
+    import jaxlr
+
+    def peak_mb(fit):
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        result = fit()
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024, int(result.state.epoch)
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20000, 2), dtype=np.float32)
+    y = X.sum(axis=1) + rng.standard_normal(20000, dtype=np.float32)
+    for budget in (20, 5000, 20, 5000):  # the first two compile
+        fit = lambda: jaxlr.fit(X, y, key=jax.random.key(0), epochs=budget, batch_size=1, lr=0.001, tol=1e-3)
+        print(budget, *peak_mb(fit))
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
+def test_peak_memory_follows_the_epochs_run_not_the_budget():
+    """A stopping rule ends both runs after the same few epochs: a budget of
+    5000 epochs must not hold buffers for 5000 epochs of 20 000 steps."""
+    done = subprocess.run([sys.executable, "-c", _BUDGET], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (_, small, ran_small), (_, large, ran_large) = [map(int, line.split()) for line in done.stdout.splitlines()[2:]]
+    assert ran_small == ran_large < 20
+    assert large - small < 64, f"peak {small} MB with 20 epochs allowed, {large} MB with 5000"

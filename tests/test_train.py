@@ -334,3 +334,13 @@ def test_each_epoch_has_an_order_of_its_own(engine, shuffle):
     epochs = np.asarray(result.losses).reshape(3, 8)
     np.testing.assert_allclose(epochs.mean(axis=1), epochs[0].mean(), rtol=1e-5)  # the same rows each epoch
     assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
+
+
+def test_a_run_past_what_the_step_count_holds_is_refused_or_capped():
+    X = np.random.default_rng(0).normal(size=(100, 2)).astype(np.float32)
+    y = X.sum(axis=1)
+    with pytest.raises(ValueError, match=r"`epochs` \(=100000000\) .* at most 21474836 epochs"):
+        jaxlr.fit(X, y, key=jax.random.key(0), epochs=10**8, batch_size=1)
+    # With a stopping rule the budget is only capped: the rule ends the run long before.
+    result = jaxlr.fit(X, y, key=jax.random.key(0), epochs=10**8, batch_size=1, tol=1e-3)
+    assert 0 < int(result.state.epoch) < 1000

@@ -21,11 +21,14 @@ _ORDER_ENTRIES = 1 << 20
 def run(run, state) -> Iterator[Block]:
     data = run.data
     N = core.order_length(data, run.spec.batch_size)
-    per_call = max(1, min(run.epochs, _ORDER_ENTRIES // N)) if run.draw == "host" else run.epochs
+    # Whether the orders come from the host or not, a call's record holds at
+    # most about _ORDER_ENTRIES steps: memory follows the epochs that run,
+    # not the budget (a stopping rule may end a run of 5000 epochs after 9).
+    per_call = max(1, min(run.epochs, _ORDER_ENTRIES // N))
     adapt = run.epochs_per_call == "auto"
     if run.epochs_per_call is not None:
         per_call = 1 if adapt else min(per_call, run.epochs_per_call)
-    budget = None if run.draw == "host" else per_call
+    budget = None if run.draw == "host" else core.bucket(per_call)
     train = core.program(run.spec, run.keep_steps, run.draw, budget)
     done, calls, seconds = 0, 0, 0.0
     while done < run.epochs:
@@ -33,7 +36,7 @@ def run(run, state) -> Iterator[Block]:
             # Timed on the second call (the first compiles): from now on, calls
             # of about AUTO_SECONDS, a power of two epochs each (few programs).
             per_call = _epochs_for(AUTO_SECONDS / max(seconds, 1e-6), run.epochs - done)
-            budget = None if run.draw == "host" else per_call
+            budget = None if run.draw == "host" else core.bucket(per_call)
             train = core.program(run.spec, run.keep_steps, run.draw, budget)
         began = time.perf_counter()
         count = min(per_call, run.epochs - done)
