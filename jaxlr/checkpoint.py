@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxlr.persist import NpzReader, atomic_write
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 _NAME = re.compile(r"^checkpoint-([0-9a-f]{12})-(\d{8})\.npz$")
 _ANY = re.compile(r"^checkpoint-.*\.npz$")  # this format's or an older one's
 _KEEP = 2

@@ -63,14 +63,17 @@ class L1State(NamedTuple):
     Attributes:
         owed: u, the total L1 penalty per weight owed since the start (a scalar).
         applied: q, array of w's shape: the penalty actually applied to each weight.
+        lost: what rounding left out of `owed` so far (Kahan's compensation): in
+            float32, tens of millions of tiny amounts summed plainly would stall.
     """
 
     owed: jax.Array
     applied: jax.Array
+    lost: jax.Array
 
 
 def l1_init(w: jax.Array) -> L1State:
-    return L1State(jnp.zeros((), w.dtype), jnp.zeros_like(w))
+    return L1State(jnp.zeros((), w.dtype), jnp.zeros_like(w), jnp.zeros((), w.dtype))
 
 
 def l1_step(w: jax.Array, state: L1State, amount: ArrayLike) -> tuple[jax.Array, L1State]:
@@ -80,8 +83,11 @@ def l1_step(w: jax.Array, state: L1State, amount: ArrayLike) -> tuple[jax.Array,
     what each weight really paid, so it pays the rest later if it moves away
     from zero again.
     """
-    owed = state.owed + amount
+    # Compensated summation: the part of `amount` that rounding drops joins the next one.
+    adding = amount - state.lost
+    owed = state.owed + adding
+    lost = (owed - state.owed) - adding
     pulled_down = jnp.maximum(0.0, w - (owed + state.applied))
     pulled_up = jnp.minimum(0.0, w + (owed - state.applied))
     new_w = jnp.where(w > 0, pulled_down, jnp.where(w < 0, pulled_up, w))
-    return new_w, L1State(owed, state.applied + (new_w - w))
+    return new_w, L1State(owed, state.applied + (new_w - w), lost)

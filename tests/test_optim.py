@@ -101,3 +101,16 @@ def test_fresh_optax_objects_equal_in_value_share_one_compiled_program():
     # Other hyperparameters are another program.
     jaxlr.fit(X, y, key=jax.random.key(1), epochs=1, batch_size=8, optimizer=optax.adam(0.02))
     assert core.program.cache_info().misses == misses + 1
+
+
+def test_the_l1_debt_keeps_growing_over_millions_of_tiny_steps():
+    """4 million steps owing 1e-8 each: 0.04 in all, which float32 summed plainly stalls short of."""
+    from jaxlr import penalties
+
+    w = jax.numpy.zeros((1, 1), np.float32)
+
+    def step(state, _):
+        return penalties.l1_step(w, state, np.float32(1e-8))[1], None
+
+    state, _ = jax.lax.scan(step, penalties.l1_init(w), None, length=4_000_000)
+    assert float(state.owed) == pytest.approx(0.04, rel=1e-4)
