@@ -429,8 +429,11 @@ def _prepare(  # fmt: skip
         saving = _Saving(
             directory=Path(checkpoint), every=every, key_words=key_words(key), keepers=keepers,
             settings={"examples": n, "features": d, "outputs": k, "batch_size": batch_size, "lr": lr,
-                      "optimizer": _rule_name(rule), "loss": the_loss.name, "penalty": list(the_penalty),
-                      "schedule": schedule if isinstance(schedule, str) else "custom", "epsilon": epsilon,
+                      "optimizer": _rule_name(rule), "loss": _function_name("loss", the_loss.name, the_loss.function),
+                      "penalty": list(the_penalty), "epsilon": epsilon,
+                      "schedule": schedule if isinstance(schedule, str) else _function_name("schedule", "custom", schedule),
+                      "data": _data_digest(stream if stream is not None else (X, y), weight),
+                      "init": None if init is None and "params" not in deprecated else _digest_arrays(params),
                       "power_t": power_t, "average": average_start, "tol": tol, "n_iter_no_change": n_iter_no_change,
                       "shuffle": draw, "fit_intercept": bool(fit_intercept), "max_slope": spec.max_slope,
                       "smoothing": smoothing, "sample_weight": weight is not None, "validation": validation is not None,
@@ -864,6 +867,65 @@ def _check_opt_state(opt_state, like, d, k, name):
             )
 
 
+def _function_name(setting: str, name: str, function) -> str:
+    """A loss or schedule as checkpoints record it: its name, and for a user's
+    function a digest of what it does (its code and the values it closes
+    over). One whose values cannot be compared is refused: a checkpoint could
+    not tell whether it resumes the same run."""
+    if function in losses.LOSSES.values():
+        return name
+    parts = []
+    while hasattr(function, "function"):  # the wrappers of jaxlr.losses: factor, epsilon-less calls
+        parts.append(getattr(function, "factor", None))
+        function = function.function
+    value = rule_value(function)
+    if value is None:
+        raise ValueError(
+            f"`{setting}` (={name!r}) closes over values that cannot be compared between runs, so a checkpoint "
+            "could not tell whether it resumes the same run: use a function of plain numbers, or no `checkpoint`."
+        )
+    code = getattr(getattr(function, "__code__", None), "co_code", b"")
+    return f"{name} " + hashlib.sha256(repr((parts, value, code)).encode()).hexdigest()[:16]
+
+
+def _digest_arrays(arrays) -> str:
+    """A digest of arrays' shapes, dtypes and every byte, read a block of rows at a time."""
+    digest = hashlib.blake2b(digest_size=16)
+    for array in jax.tree.leaves(arrays):
+        if isinstance(array, jax.Array) and not array.is_fully_addressable:
+            # Rows spread over processes: each holds only its own, so only their shape is common.
+            digest.update(repr(("global", array.shape, array.dtype.str)).encode())
+            continue
+        digest.update(repr((np.shape(array), np.dtype(array.dtype).str)).encode())
+        rows = max(1, _DIGEST_BLOCK_BYTES // max(1, np.dtype(array.dtype).itemsize * int(np.prod(np.shape(array)[1:]))))
+        for start in range(0, max(np.shape(array)[0] if np.ndim(array) else 1, 1), rows):
+            block = array[start : start + rows] if np.ndim(array) else array
+            digest.update(np.ascontiguousarray(parallel.host_value(block)).tobytes())
+    return digest.hexdigest()
+
+
+def _data_digest(data, weight) -> str:
+    """What identifies the rows a run trains on: a digest of every byte of X, y
+    and the weights; for a stream, of its file's size and 64 blocks spread
+    over it (any change to a sampled block, the size or the targets is seen)."""
+    if isinstance(data, NpyStream):
+        path, digest = data.path, hashlib.blake2b(digest_size=16)
+        size = path.stat().st_size
+        digest.update(repr((size, data.num_rows, data.x_columns, data.y_columns)).encode())
+        if data._y is not None:  # targets held in memory
+            digest.update(_digest_arrays([data._y]).encode())
+        with open(path, "rb") as file:
+            for start in sorted({size * i // 64 for i in range(64)}):
+                file.seek(start)
+                digest.update(file.read(_DIGEST_SAMPLE_BYTES))
+        return digest.hexdigest() + _digest_arrays([] if weight is None else [weight])[:8]
+    return _digest_arrays([*data, *([] if weight is None else [weight])])
+
+
+_DIGEST_BLOCK_BYTES = 16 << 20
+_DIGEST_SAMPLE_BYTES = 1 << 16
+
+
 def _rule_name(rule) -> str:
     """The rule as checkpoints record it: its name, or for an optax
     transformation a digest of what it does (functions and hyperparameters)."""
@@ -1036,7 +1098,7 @@ def _differences(names, theirs: dict, ours: dict) -> str:
     parts = []
     for name in names:
         was, now = theirs.get(name), ours.get(name)
-        if len(repr(was)) + len(repr(now)) > 80:
+        if name in ("data", "init") or len(repr(was)) + len(repr(now)) > 80:  # digests say nothing to a reader
             parts.append(f"{name} differs")
         else:
             parts.append(f"{name}={was!r}, now {now!r}")

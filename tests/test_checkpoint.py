@@ -263,3 +263,36 @@ def test_by_default_checkpoints_are_saved_by_time_and_after_the_last_epoch(tmp_p
     monkeypatch.setattr(jaxlr.train, "CHECKPOINT_SECONDS", 0.0)  # always due: every epoch (the newest two kept)
     jaxlr.fit(X, y, checkpoint=tmp_path / "fast", engine="loop", **settings)
     assert sorted(p.name[-12:] for p in (tmp_path / "fast").iterdir()) == ["00000003.npz", "00000004.npz"]
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (lambda X, y: dict(X=X * 2), "data differs"),
+        (lambda X, y: dict(y=y + 1), "data differs"),
+        (lambda X, y: dict(sample_weight=np.full(len(y), 0.5)), "data differs"),
+        (lambda X, y: dict(init=jaxlr.Params(np.ones((2, 1), np.float32), np.zeros(1, np.float32))), "init differs"),
+        (lambda X, y: dict(loss=lambda yhat, target: (yhat - target) ** 2), "loss="),
+        (lambda X, y: dict(schedule=lambda t: 0.001 + 0 * t), "schedule="),
+    ],
+)
+def test_resume_refuses_other_data_weights_start_or_functions(tmp_path, change, named):
+    """The run's identity holds what it trains on, not only counts and names."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100, 2)).astype(np.float32)
+    y = X.sum(axis=1)
+    jaxlr.fit(X, y, key=jax.random.key(0), epochs=2, checkpoint=tmp_path)
+    given = {"X": X, "y": y, **change(X, y)}
+    with pytest.raises(jaxlr.checkpoint.CheckpointError, match=named):
+        jaxlr.fit(given.pop("X"), given.pop("y"), key=jax.random.key(0), epochs=3, checkpoint=tmp_path,
+                  resume=True, **given)  # fmt: skip
+    jaxlr.fit(X, y, key=jax.random.key(0), epochs=3, checkpoint=tmp_path, resume=True)  # the same run resumes
+
+
+def test_two_user_losses_on_one_line_are_two_runs(tmp_path):
+    X = np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32)
+    y = X.sum(axis=1)
+    first, second = (lambda yhat, t: (yhat - t) ** 2), (lambda yhat, t: abs(yhat - t))
+    jaxlr.fit(X, y, key=jax.random.key(0), epochs=1, checkpoint=tmp_path, loss=first)
+    with pytest.raises(jaxlr.checkpoint.CheckpointError, match="loss="):
+        jaxlr.fit(X, y, key=jax.random.key(0), epochs=2, checkpoint=tmp_path, resume=True, loss=second)
