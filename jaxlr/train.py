@@ -620,6 +620,9 @@ def _raise_diverged(engine, run: _Run, block, limit, *, grew: bool):
     done = int(parallel.host_value(state.step)) - block.first_step
     epoch, batch = divmod(done, run.steps_per_epoch)
     last = float(parallel.host_value(state.last_loss))
+    seen = parallel.host_value(block.losses)
+    if limit is not None and done < np.shape(seen)[0] and math.isfinite(seen[done]) and seen[done] > limit:
+        grew = True  # the step that failed had a finite loss: it was the growth rule that stopped it
     raise TrainingDiverged(block.first_epoch + epoch, batch, None if math.isnan(last) else last, state, run.lr,
                            limit=limit if grew else None)  # fmt: skip
 

@@ -296,3 +296,13 @@ def test_two_user_losses_on_one_line_are_two_runs(tmp_path):
     jaxlr.fit(X, y, key=jax.random.key(0), epochs=1, checkpoint=tmp_path, loss=first)
     with pytest.raises(jaxlr.checkpoint.CheckpointError, match="loss="):
         jaxlr.fit(X, y, key=jax.random.key(0), epochs=2, checkpoint=tmp_path, resume=True, loss=second)
+
+
+@pytest.mark.parametrize("other", [dict(penalty="l1"), dict(alpha=0.5), dict(l1_ratio=0.9)])
+def test_resume_refuses_another_penalty(tmp_path, other):
+    X = np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32)
+    y = X.sum(axis=1)
+    settings = dict(key=jax.random.key(0), checkpoint=tmp_path, penalty="elasticnet", alpha=0.1, l1_ratio=0.5)
+    jaxlr.fit(X, y, epochs=1, **settings)
+    with pytest.raises(jaxlr.checkpoint.CheckpointError, match="penalty="):
+        jaxlr.fit(X, y, epochs=2, resume=True, **{**settings, **other})

@@ -72,3 +72,26 @@ def test_a_schedule_of_one_number_gives_every_step_that_rate():
     given = jaxlr.fit(X, y, schedule=optax.constant_schedule(0.01), **settings)
     named = jaxlr.fit(X, y, lr=0.01, **settings)
     np.testing.assert_array_equal(np.asarray(given.params.w), np.asarray(named.params.w))
+
+
+def test_growth_past_a_million_times_the_reference_is_divergence():
+    """The bound is a number the docs promise, written here, not read back from the code."""
+    X, y = unstable_problem(n=400, d=3)
+    # Just past the edge of stability: the loss grows by a small factor a step, so
+    # where it stops tells a bound of 1e6 from one of 1e9.
+    with pytest.raises(jaxlr.TrainingDiverged) as caught:
+        jaxlr.fit(X, y, key=jax.random.key(1), epochs=20, lr=0.45, batch_size=1)
+    reference = max(float(np.mean(y**2)), 1.0)
+    assert "1e+06 times" in str(caught.value)
+    assert caught.value.last_finite_loss <= 1e6 * reference * 10
+
+
+def test_two_user_losses_are_two_programs():
+    """Compiled programs are keyed by the function, not by its name ('<lambda>')."""
+    X, y = unstable_problem()
+    settings = dict(key=jax.random.key(0), epochs=1, lr=0.01, batch_size=8)
+    square = jaxlr.fit(X, y, loss=lambda yhat, target: (yhat - target) ** 2, **settings)
+    absolute = jaxlr.fit(X, y, loss=lambda yhat, target: abs(yhat - target), **settings)
+    named = jaxlr.fit(X, y, loss="squared", **settings)
+    np.testing.assert_array_equal(np.asarray(square.params.w), np.asarray(named.params.w))
+    assert np.abs(np.asarray(absolute.params.w) - np.asarray(square.params.w)).max() > 1e-4
