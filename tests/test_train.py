@@ -344,3 +344,19 @@ def test_a_run_past_what_the_step_count_holds_is_refused_or_capped():
     # With a stopping rule the budget is only capped: the rule ends the run long before.
     result = jaxlr.fit(X, y, key=jax.random.key(0), epochs=10**8, batch_size=1, tol=1e-3)
     assert 0 < int(result.state.epoch) < 1000
+
+
+def test_fold_sizes_never_seen_reuse_the_program_of_their_bucket():
+    """Rows are padded to a bucketed count: a new fold size in a bucket seen
+    before compiles nothing. The sizes measured are not the one warmed on."""
+    from benchmarks.harness import CompileCounter
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3)).astype(np.float32)
+    y = X.sum(axis=1)
+    settings = dict(key=jax.random.key(0), epochs=2, batch_size=1, lr=0.01)
+    jaxlr.fit(X[:353], y[:353], **settings)  # 353 rows: the bucket of 360
+    with CompileCounter() as compiles:
+        for n in (355, 358):
+            jaxlr.fit(X[:n], y[:n], **settings)
+    assert compiles.count == 0
