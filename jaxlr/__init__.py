@@ -16,7 +16,7 @@ from typing import Any
 from jaxlr import checkpoint, losses, parallel, penalties, schedules, shuffle
 from jaxlr.callbacks import EarlyStopping
 from jaxlr.data import NpyStream, aligned_empty, batches, permutation, synthetic_data, to_device
-from jaxlr.engines.core import FitState
+from jaxlr.engines.core import FitState, clear_caches
 from jaxlr.metrics import mse, r2
 from jaxlr.model import Params, init_params, net, square_loss
 from jaxlr.optim import TrainState, init_state, make_step, sgd
@@ -58,6 +58,7 @@ __all__ = [
     "aligned_empty",
     "batches",
     "checkpoint",
+    "clear_caches",
     "fit",
     "init_params",
     "init_state",

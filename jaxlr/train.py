@@ -476,6 +476,9 @@ def _prepare(  # fmt: skip
         run = run._replace(host_rows=(np.asarray(X), np.asarray(y), weight))
     else:
         run = run._replace(data=_device_data(X, y, weight, batch_size, device, mesh, validation_data))
+    stored = (lambda part: None if part is None else part.X.shape[0])  # noqa: E731
+    run = run._replace(spec=run.spec._replace(shapes=(d, k, np.dtype(dtype).name, stored(run.data),
+                                                      stored(validation_data))))  # fmt: skip
     if engine != "streamed":
         run = run._replace(reference_loss=functools.partial(_reference_loss, the_loss, X, y, weight, epsilon))
     if device is not None:

@@ -81,3 +81,37 @@ def test_peak_memory_follows_the_epochs_run_not_the_budget():
     (_, small, ran_small), (_, large, ran_large) = [map(int, line.split()) for line in done.stdout.splitlines()[2:]]
     assert ran_small == ran_large < 20
     assert large - small < 64, f"peak {small} MB with 20 epochs allowed, {large} MB with 5000"
+
+
+_SHAPES = textwrap.dedent(
+    """
+    import jax, numpy as np
+    import jaxlr
+
+    def rss_mb():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+
+    rng = np.random.default_rng(0)
+    for d in range(1, 61):
+        X = rng.normal(size=(100, d)).astype(np.float32)
+        jaxlr.fit(X, X.sum(axis=1), key=jax.random.key(0), epochs=1)
+        if d in (30, 60):
+            import ctypes, gc; gc.collect(); ctypes.CDLL("libc.so.6").malloc_trim(0)
+            print(rss_mb())
+    jaxlr.clear_caches()
+    print(rss_mb())
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
+def test_compiled_programs_are_bounded_in_shapes_and_released_on_request():
+    """Programs are cached by settings and shapes, a bounded number of them:
+    30 more feature counts cost little, and jaxlr.clear_caches() frees them."""
+    done = subprocess.run([sys.executable, "-c", _SHAPES], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    at_30, at_60, cleared = map(int, done.stdout.split())
+    assert at_60 - at_30 < 40, f"{at_30} MB after 30 feature counts, {at_60} MB after 60"
+    assert cleared < at_60 - 50, f"{at_60} MB before jaxlr.clear_caches(), {cleared} MB after"

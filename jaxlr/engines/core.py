@@ -63,6 +63,9 @@ class Spec(NamedTuple):
             with the guard on to find the last finite state.
         parallel: compute each epoch's steps in parallel time
             (`jaxlr.engines.scan`); the guarded replay stays sequential.
+        shapes: features, outputs, dtype and the stored (bucketed) rows of
+            the data and validation data: part of the key, so that the
+            bounded caches of compiled programs are bounded in shapes too.
     """
 
     loss: Loss
@@ -80,6 +83,7 @@ class Spec(NamedTuple):
     max_slope: Optional[float] = None
     guard: bool = False
     parallel: bool = False
+    shapes: tuple = ()
 
 
 class StopNumbers(NamedTuple):
@@ -749,3 +753,29 @@ def pad_rows(array, rows: int):
         return array
     widths = [(0, extra)] + [(0, 0)] * (array.ndim - 1)
     return np.pad(array, widths) if isinstance(array, np.ndarray) else jnp.pad(array, widths)
+
+
+def clear_caches() -> None:
+    """Frees every compiled program jaxlr keeps, and JAX's own caches.
+
+    jaxlr keeps a bounded number of programs (by settings and shapes) so
+    that refits compile nothing; a long-lived process that has trained many
+    kinds of model can release them all here.
+    """
+    import gc
+
+    from jaxlr import optim, train
+
+    for cached in (_init_fit_state, _on_device, program, epoch_program, step_program, epoch_end_program,
+                   optim._jitted_step, train._begin, train._sweep_program):  # fmt: skip
+        cached.cache_clear()
+    train._padded_copies.clear()
+    jax.clear_caches()
+    gc.collect()
+    try:  # glibc keeps freed memory for reuse; hand it back to the system
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
