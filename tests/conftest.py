@@ -15,3 +15,21 @@ def seed_data():
 
 
 TRANSFORMS = [pytest.param(lambda f: f, id="eager"), pytest.param(jax.jit, id="jit")]
+
+
+def simulated_devices_env(devices: int) -> dict:
+    """The environment of a subprocess that sees `devices` simulated CPU devices.
+
+    The collectives' timeouts are raised from XLA's 40 s: on a loaded 2-core
+    machine, 8 device threads can take that long to meet at an all-reduce,
+    and a test must not fail because the machine is busy.
+    """
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_cpu_collective_timeout_seconds=1800 "
+        "--xla_cpu_collective_call_terminate_timeout_seconds=1800",
+        JAX_PLATFORMS="cpu",
+    )
+    return env

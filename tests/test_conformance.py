@@ -70,8 +70,9 @@ def test_the_reference_is_not_fooled_by_its_own_settings():
 
 def test_eight_devices_conform():
     """The devices path, for every cell, in a process with 8 simulated devices."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    from conftest import simulated_devices_env
+
+    env = simulated_devices_env(8)
     here = Path(__file__).parent
     env["PYTHONPATH"] = os.pathsep.join([str(here), str(here.parent), env.get("PYTHONPATH", "")])
     done = subprocess.run([sys.executable, str(here / "conformance.py")], env=env, capture_output=True,

@@ -81,7 +81,9 @@ def test_x_and_y_on_different_devices_are_refused_by_name():
                 print(err)
         """
     )
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    from conftest import simulated_devices_env
+
+    env = simulated_devices_env(2)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()

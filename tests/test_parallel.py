@@ -71,14 +71,14 @@ MULTI_PROCESS = textwrap.dedent(
 
 
 def _env(devices):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
-    return env
+    from conftest import simulated_devices_env
+
+    return simulated_devices_env(devices)
 
 
 def test_eight_devices_take_the_same_steps_as_one():
     done = subprocess.run([sys.executable, "-c", MULTI_DEVICE], env=_env(8), capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+                          timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     for name in ("sgd-fused", "sgd-loop", "adam-fused", "adam-loop"):
@@ -102,7 +102,7 @@ def test_two_processes_train_the_model_one_process_would():
         for i in range(2)
     ]
     try:
-        outputs = [p.communicate(timeout=110) for p in processes]
+        outputs = [p.communicate(timeout=600) for p in processes]
     finally:
         for p in processes:  # never leave a process behind
             if p.poll() is None:
@@ -131,7 +131,7 @@ def test_the_command_line_across_two_processes(tmp_path):
     # Across processes the rows are used as they are: so is the table alone.
     as_they_are = ["--no-standardize", "--target-scaling", "none", "--val-fraction", "0"]
     alone = subprocess.run([sys.executable, *common, *as_they_are], cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=120)  # fmt: skip
+                           timeout=600)  # fmt: skip
     assert alone.returncode == 0, alone.stderr
     coordinator = f"127.0.0.1:{_free_port()}"
     processes = [
@@ -141,7 +141,7 @@ def test_the_command_line_across_two_processes(tmp_path):
         for i in range(2)
     ]
     try:
-        outputs = [p.communicate(timeout=110) for p in processes]
+        outputs = [p.communicate(timeout=600) for p in processes]
     finally:
         for p in processes:
             if p.poll() is None:
