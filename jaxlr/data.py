@@ -210,7 +210,10 @@ def batches(X, y, batch_size, *, key, shuffle=True, sample_weight=None):
     # per batch is a dispatch, a hundred times dearer.
     arrays = [np.asarray(X), np.asarray(y)]
     if sample_weight is not None:
-        arrays.append(np.asarray(sample_weight))
+        weight = np.asarray(sample_weight)
+        if weight.shape != (n,):
+            raise ValueError(f"`sample_weight` has shape {weight.shape}; it needs one weight per row, ({n},).")
+        arrays.append(weight)
     return _iterate(arrays, batch_size, order)
 
 

@@ -81,7 +81,7 @@ class TrainingDiverged(FloatingPointError):
         state: the whole FitState of the last good step.
     """
 
-    def __init__(self, epoch, batch, last_finite_loss, state, lr, limit=None):
+    def __init__(self, epoch, batch, last_finite_loss, state, lr, limit=None, dtype=np.float32):
         self.epoch, self.batch = epoch, batch
         self.last_finite_loss = last_finite_loss
         self.params, self.opt_state = state.params, state.opt_state
@@ -90,13 +90,15 @@ class TrainingDiverged(FloatingPointError):
         last = "none" if last_finite_loss is None else f"{last_finite_loss:.3g}"
         rate = f"`lr` (={lr})" if lr is not None else "the optimizer's learning rate"
         advice = f"Lower {rate}, or standardize the features so that they share one scale."
-        if last_finite_loss is None or last_finite_loss > 1e-6 * float(np.finfo(np.float32).max):
-            # The loss of the starting params (or one near float32's limit) is
+        precision = np.dtype(dtype).name
+        if last_finite_loss is None or last_finite_loss > 1e-6 * float(np.finfo(dtype).max):
+            # The loss of the starting params (or one near the dtype's limit) is
             # about the data alone: no learning rate brings it back in range.
+            wider = ", or compute in float64" if np.dtype(dtype).itemsize < 8 else ""
             advice = (
-                "The data's values are too large for the loss to be computed in float32, whatever "
+                f"The data's values are too large for the loss to be computed in {precision}, whatever "
                 f"{rate}: centre and scale the target and the features (jaxlr.Standardizer; "
-                "--standardize on the command line), or compute in float64."
+                f"--standardize on the command line){wider}."
             )
         what = "the loss or the parameters stopped being finite"
         if limit is not None:
@@ -388,8 +390,9 @@ def _prepare(  # fmt: skip
         rate=rate, rule=RuleNumbers(), penalty=the_penalty, epsilon=epsilon, smoothing=smoothing,
         average_start=average_start or 1, stop=core.StopNumbers(tol=tol, patience=n_iter_no_change),
     )  # fmt: skip
-    if lr is not None and not _finite_in(lr, dtype):
-        raise ValueError(f"`lr` (={lr}) must be finite in {np.dtype(dtype).name}, the data's precision.")
+    for name, value in (("lr", lr), ("alpha", alpha), ("epsilon", epsilon), ("power_t", power_t)):
+        if value is not None and not _finite_in(value, dtype):
+            raise ValueError(f"`{name}` (={value}) must be finite in {np.dtype(dtype).name}, the data's precision.")
     packed = core.pack(numbers, dtype)
     if shuffle is True:
         # Host and device draw the same orders (`jaxlr.shuffle`): the device
@@ -414,6 +417,8 @@ def _prepare(  # fmt: skip
     else:
         name = "params" if "params" in deprecated else "init"
         params = Params(*(jnp.asarray(p, dtype) for p in validate.check_params(params, d, k, name=name)))
+        if not bool(core.sound(params)):
+            raise ValueError(f"`{name}` holds NaN, inf, or values too large for {np.dtype(dtype).name}: start from finite params.")
         state = init_fit_state(params, rule, epoch=first_epoch)
         shuffle_key = _split(key)[1]
     if deprecated.get("opt_state") is not None:
@@ -627,7 +632,7 @@ def _raise_diverged(engine, run: _Run, block, limit, *, grew: bool):
     if limit is not None and done < np.shape(seen)[0] and math.isfinite(seen[done]) and seen[done] > limit:
         grew = True  # the step that failed had a finite loss: it was the growth rule that stopped it
     raise TrainingDiverged(block.first_epoch + epoch, batch, None if math.isnan(last) else last, state, run.lr,
-                           limit=limit if grew else None)  # fmt: skip
+                           limit=limit if grew else None, dtype=np.asarray(run.numbers[0]).dtype)  # fmt: skip
 
 
 def _result(state, loss_parts, moving_parts, epoch_parts, dtype, average_start) -> FitResult:
@@ -1010,7 +1015,9 @@ class _Saving(NamedTuple):
             if found is not None:
                 self.check_matches(found, self.directory)
                 return found
-            if resume == "if_present" or overwrite:
+            if overwrite:
+                return None
+            if resume == "if_present" and not own:
                 return None
             if not self.directory.is_dir():
                 raise checkpoint_lib.CheckpointError(
@@ -1019,7 +1026,10 @@ class _Saving(NamedTuple):
                 )
             others = checkpoint_lib.files(self.directory)
             if own:
-                raise checkpoint_lib.CheckpointError(f"`checkpoint` (={shown!r}) holds no readable checkpoint of this run.")
+                raise checkpoint_lib.CheckpointError(
+                    f"`checkpoint` (={shown!r}) holds checkpoints of this run, but none is readable: pass "
+                    "overwrite=True to replace them and start afresh."
+                )
             if not others:
                 raise checkpoint_lib.CheckpointError(
                     f"`checkpoint` (={shown!r}) holds no checkpoint, so there is nothing to resume; "

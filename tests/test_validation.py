@@ -138,3 +138,37 @@ def test_an_optimizer_state_of_other_shapes_is_refused_by_name():
     with pytest.raises(ValueError, match=r"`state` holds an optimizer state of shape \(3, 1\)"):
         jaxlr.fit(X, y, key=jax.random.key(0), optimizer="adam",
                   state=other.state._replace(params=jaxlr.Params(np.zeros((2, 1), np.float32), np.zeros(1, np.float32))))
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(penalty="l2", alpha=1e300), r"`alpha` \(=1e\+300\) must be finite in float32"),
+        (dict(loss="huber", epsilon=1e300), r"`epsilon` \(=1e\+300\) must be finite in float32"),
+        (dict(init="nan"), r"`init` holds NaN"),
+    ],
+)
+def test_a_setting_its_precision_cannot_hold_is_a_setting_error_not_divergence(settings, message):
+    X = np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32)
+    if settings.get("init") == "nan":
+        settings = dict(init=jaxlr.Params(np.full((2, 1), np.nan, np.float32), np.zeros(1, np.float32)))
+    with pytest.raises(ValueError, match=message):
+        jaxlr.fit(X, X.sum(axis=1), key=jax.random.key(0), **settings)
+
+
+def test_batches_checks_the_weights_length():
+    X = np.zeros((10, 2), np.float32)
+    with pytest.raises(ValueError, match=r"`sample_weight` has shape \(9,\)"):
+        jaxlr.batches(X, np.zeros(10), 4, key=jax.random.key(0), sample_weight=np.ones(9))
+
+
+def test_resume_if_present_keeps_unreadable_checkpoints_of_this_run(tmp_path):
+    X = np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32)
+    y = X.sum(axis=1)
+    jaxlr.fit(X, y, key=jax.random.key(0), epochs=1, checkpoint=tmp_path)
+    files = sorted(tmp_path.iterdir())
+    for file in files:
+        file.write_bytes(b"damaged")
+    with pytest.raises(jaxlr.checkpoint.CheckpointError, match="none is readable"):
+        jaxlr.fit(X, y, key=jax.random.key(0), epochs=2, checkpoint=tmp_path, resume="if_present")
+    assert all(file.read_bytes() == b"damaged" for file in files)
