@@ -295,7 +295,7 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         negative = np.flatnonzero(sample_weight < 0)
         if negative.size:
             raise ValueError(
-                f"`sample_weight` has {negative.size} negative value(s), the first {sample_weight[negative[0]]!r} at "
+                f"`sample_weight` has {negative.size} negative value(s), the first {float(sample_weight[negative[0]]):g} at "
                 f"row {negative[0]}: jaxlr's SGDRegressor takes weights >= 0 only (scikit-learn's also takes "
                 "negative ones, which turn a row's step uphill)."
             )
