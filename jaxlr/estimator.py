@@ -52,16 +52,12 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
     new data, new folds, new seeds and new values of every number
     (alpha, eta0, tol, ...).
 
-    What differs from scikit-learn's:
-
-    - Computation is in float32 (float64 with `jax_enable_x64`); results
-      agree with scikit-learn's in distribution, not bit for bit, since the
-      row order comes from another random generator.
-    - The stopping rule's objective is the mean loss plus the penalty, as in
-      scikit-learn 1.8 and later; with early stopping the validation R² uses
-      the true weights (scikit-learn's uses them before its L2 scaling).
-    - Averaging is the plain running mean of the params.
-    - X must be dense: scikit-learn's also takes sparse matrices.
+    Computation is in float32 (float64 with `jax_enable_x64`); with
+    `shuffle=False` in float64 it takes scikit-learn's steps, and lands on its
+    weights to rounding. The README's scikit-learn section tables where it
+    differs (X must be dense; y may have several columns; no negative sample
+    weights; no "pa1"/"pa2" rates; ...); scikit-learn's own tests of its
+    SGDRegressor run on it in ``tests/test_sklearn_sgd.py``.
 
     jaxlr's own parameters, on top:
 
@@ -77,7 +73,8 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         devices: where to train (see `jaxlr.fit`): a device, a platform
             name, or devices to split each batch over.
 
-    y may have several columns (one model each, trained together).
+    y may have several columns (one model each, trained together); one
+    column, (n, 1), is ravelled with a warning, as scikit-learn's.
 
     Attributes:
         coef_: array of shape (n_features,), or (n_targets, n_features).
