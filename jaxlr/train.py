@@ -760,7 +760,7 @@ def _validation_data(validation, d, k, dtype, device) -> core.Data:
     M = core.bucket(m)
     weight = None
     if weight_val and weight_val[0] is not None:
-        weight = core.pad_rows(_sample_weights(weight_val[0], m, dtype, name="validation's sample weights"), M)
+        weight = core.pad_rows(_sample_weights(weight_val[0], m, dtype, name="the validation rows' `sample_weight`"), M)
         weight = weight if device is None else jax.device_put(weight, device)
     return core.Data(to_device(X_val.astype(dtype), device, rows=M), to_device(y_val.astype(dtype), device, rows=M),
                      weight, np.int32(m))  # fmt: skip
