@@ -291,10 +291,11 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
         negative = np.flatnonzero(sample_weight < 0)
         if negative.size:
+            first = negative[0]
             raise ValueError(
-                f"`sample_weight` has {negative.size} negative value(s), the first {float(sample_weight[negative[0]]):g} at "
-                f"row {negative[0]}: jaxlr's SGDRegressor takes weights >= 0 only (scikit-learn's also takes "
-                "negative ones, which turn a row's step uphill)."
+                f"`sample_weight` has {negative.size} negative value(s), the first "
+                f"{float(sample_weight[first]):g} at row {first}: jaxlr's SGDRegressor takes weights >= 0 "
+                "only (scikit-learn's also takes negative ones, which turn a row's step uphill)."
             )
         return sample_weight
 
@@ -415,10 +416,10 @@ def _starting_values(name: str, value, size: int) -> np.ndarray:
 
 def _check_range(X, y, dtype) -> None:
     """Refuses finite values that the training precision cannot hold, naming them (not as NaN or inf)."""
-    if np.dtype(dtype).itemsize >= X.dtype.itemsize:
-        return
     limit = np.finfo(dtype).max
     for name, array in (("X", X), ("y", y)):
+        if array.dtype.itemsize <= np.dtype(dtype).itemsize or -limit <= array.min() and array.max() <= limit:
+            continue  # two reductions, no copy: the common case
         rows = np.flatnonzero(np.any(np.abs(array.reshape(array.shape[0], -1)) > limit, axis=1))
         if rows.size:
             raise ValueError(

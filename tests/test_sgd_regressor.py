@@ -402,3 +402,7 @@ def test_values_beyond_float32_are_named_as_such_not_as_nan():
     X[4, 0] = 1e39
     with pytest.raises(ValueError, match=r"`X` has values beyond float32's range .* in 1 row\(s\), the first row 4"):
         jaxlr.SGDRegressor().fit(X, TINY_Y)
+    y = TINY_Y.copy()
+    y[[2, 5]] = -1e39
+    with pytest.raises(ValueError, match=r"`y` has values beyond float32's range .* in 2 row\(s\), the first row 2"):
+        jaxlr.SGDRegressor().fit(TINY_X.astype(np.float32), y)
