@@ -746,11 +746,12 @@ _padded_copies: dict = {}
 
 def _validation_data(validation, d, k, dtype, device) -> core.Data:
     try:
-        X_val, y_val, *weight_val = validation
-    except (TypeError, ValueError):
-        weight_val = [None, None]
-    if len(weight_val) > 1:
+        items = tuple(validation)
+    except TypeError:
+        items = ()
+    if len(items) not in (2, 3):
         raise TypeError("`validation` must be a pair (X_val, y_val) or a triple (X_val, y_val, sample_weight_val).")
+    X_val, y_val, weight_val = (*items, None)[:3]
     X_val, y_val = validate.training_arrays(X_val, y_val)
     if X_val.shape[1] != d or y_val.shape[1] != k:
         raise ValueError(
@@ -759,8 +760,8 @@ def _validation_data(validation, d, k, dtype, device) -> core.Data:
     m = X_val.shape[0]
     M = core.bucket(m)
     weight = None
-    if weight_val and weight_val[0] is not None:
-        weight = core.pad_rows(_sample_weights(weight_val[0], m, dtype, name="the validation rows' `sample_weight`"), M)
+    if weight_val is not None:
+        weight = core.pad_rows(_sample_weights(weight_val, m, dtype, name="the validation rows' `sample_weight`"), M)
         weight = weight if device is None else jax.device_put(weight, device)
     return core.Data(to_device(X_val.astype(dtype), device, rows=M), to_device(y_val.astype(dtype), device, rows=M),
                      weight, np.int32(m))  # fmt: skip
