@@ -109,7 +109,8 @@ def _regressor_cases():
         for i, grid in enumerate(grids):
             parameters = inspect.signature(function).parameters
             grid = {**{k: v for k, v in FIXTURES.items() if k in parameters}, **grid}
-            shown = "-".join(str(v) for v in grid.values() if isinstance(v, (str, int, float)) and not callable(v))
+            shown = "-".join(v.__name__ if isinstance(v, type) and not _is_estimator(v) else str(v)
+                             for v in grid.values() if isinstance(v, (str, int, float, type)) and not _is_estimator(v))
             marks = [pytest.mark.skip(reason=SKIPPED[name])] if name in SKIPPED else []
             cases.append(pytest.param(name, grid, id=f"{name}[{shown}]" if shown else name, marks=marks))
     return cases
