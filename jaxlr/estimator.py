@@ -14,7 +14,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, DataConversionWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
@@ -52,16 +52,12 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
     new data, new folds, new seeds and new values of every number
     (alpha, eta0, tol, ...).
 
-    What differs from scikit-learn's:
-
-    - Computation is in float32 (float64 with `jax_enable_x64`); results
-      agree with scikit-learn's in distribution, not bit for bit, since the
-      row order comes from another random generator.
-    - The stopping rule's objective is the mean loss plus the penalty, as in
-      scikit-learn 1.8 and later; with early stopping the validation R² uses
-      the true weights (scikit-learn's uses them before its L2 scaling).
-    - Averaging is the plain running mean of the params.
-    - X must be dense: scikit-learn's also takes sparse matrices.
+    Computation is in float32 (float64 with `jax_enable_x64`); with
+    `shuffle=False` in float64 it takes scikit-learn's steps, and lands on its
+    weights to rounding. The README's scikit-learn section tables where it
+    differs (X must be dense; y may have several columns; no negative sample
+    weights; no "pa1"/"pa2" rates; ...); scikit-learn's own tests of its
+    SGDRegressor run on it in ``tests/test_sklearn_sgd.py``.
 
     jaxlr's own parameters, on top:
 
@@ -77,7 +73,8 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         devices: where to train (see `jaxlr.fit`): a device, a platform
             name, or devices to split each batch over.
 
-    y may have several columns (one model each, trained together).
+    y may have several columns (one model each, trained together); one
+    column, (n, 1), is ravelled with a warning, as scikit-learn's.
 
     Attributes:
         coef_: array of shape (n_features,), or (n_targets, n_features).
@@ -102,7 +99,7 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         "loss": [StrOptions(set(_LOSSES))],
         "penalty": [StrOptions({"l2", "l1", "elasticnet"}), None],
         "alpha": [Interval(Real, 0, None, closed="left")],
-        "l1_ratio": [Interval(Real, 0, 1, closed="both")],
+        "l1_ratio": [Interval(Real, 0, 1, closed="both"), None],
         "fit_intercept": ["boolean"],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, None, None, closed="neither"), None],
@@ -196,23 +193,33 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         self._check_settings()
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True,
                              order="C", accept_sparse=False)  # fmt: skip
-        sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        y = _as_targets(y)
+        sample_weight = self._checked_weights(sample_weight, X)
         warm = self.warm_start and hasattr(self, "coef_")
         if warm:
             if _num_outputs(y) != self._num_outputs:
                 raise ValueError(f"`y` has {_num_outputs(y)} output(s); the model was fitted to {self._num_outputs}.")
+            if self._standard[0].shape[0] != X.shape[1]:
+                raise ValueError(
+                    f"`warm_start` (=True) continues from `coef_`, fitted to {self._standard[0].shape[0]} features, "
+                    f"but X has {X.shape[1]}: set warm_start=False to fit afresh."
+                )
             coef, intercept = self._standard
         else:
             self._num_outputs, self._one_output = _num_outputs(y), y.ndim == 1
             coef, intercept = self._starting_point(X, y, coef_init, intercept_init, sample_weight)
-        validation = None
+        validation, tol = None, self.tol
         if self.early_stopping:
             X, y, sample_weight, validation = self._validation_split(X, y, sample_weight)
+            if validation[0].shape[0] < 2:
+                # scikit-learn's validation score, R², is NaN on one row: an
+                # epoch then never counts as stalled, and all max_iter run.
+                validation, tol = None, None
         self._state = None
         self.t_ = 1.0
         start = time.perf_counter()
         self._run(X, y, sample_weight, epochs=self.max_iter, init=Params(coef, intercept), validation=validation,
-                  tol=self.tol, shuffle="device" if self.shuffle else False)  # fmt: skip
+                  tol=tol, shuffle="device" if self.shuffle else False)  # fmt: skip
         if self.verbose:
             print(f"Convergence after {self.n_iter_} epochs took {time.perf_counter() - start:.2f} seconds")
         if self.tol is not None and self.tol > -np.inf and self.n_iter_ == self.max_iter:
@@ -220,6 +227,13 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
                 "Maximum number of iteration reached before convergence. Consider increasing max_iter to "
                 "improve the fit.",
                 ConvergenceWarning,
+                stacklevel=2,
+            )
+        if self.power_t < 0:
+            warnings.warn(
+                "Negative values for `power_t` are deprecated in version 1.8 and will raise an error in 1.10. "
+                "Use values in the range [0.0, inf) instead.",
+                FutureWarning,
                 stacklevel=2,
             )
         return self
@@ -230,9 +244,12 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         if first:
             self._validate_params()
             self._check_settings()
+            if self.early_stopping:
+                raise ValueError("early_stopping should be False with partial_fit")
         X, y = validate_data(self, X, y, reset=first, dtype=[np.float64, np.float32], multi_output=True,
                              y_numeric=True, order="C", accept_sparse=False)  # fmt: skip
-        sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        y = _as_targets(y)
+        sample_weight = self._checked_weights(sample_weight, X)
         if first:
             self._num_outputs, self._one_output = _num_outputs(y), y.ndim == 1
             coef, intercept = self._starting_point(X, y, None, None, sample_weight)
@@ -241,6 +258,11 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         else:
             if _num_outputs(y) != self._num_outputs:
                 raise ValueError(f"`y` has {_num_outputs(y)} output(s); the model was fitted to {self._num_outputs}.")
+            if self._state is not None and self._optimizer != self.optimizer:
+                raise ValueError(
+                    f"`optimizer` (={self.optimizer!r}) is not the one this model was trained with "
+                    f"({self._optimizer!r}): partial_fit continues that training; call fit to start afresh."
+                )
             init = None
         # Like scikit-learn, one call is one epoch with its stopping rule
         # (and its adaptive learning rate) starting afresh.
@@ -262,21 +284,30 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
                              "optimal learning rate.")  # fmt: skip
         if self.early_stopping and self.validation_fraction * 1.0 <= 0:
             raise ValueError("validation_fraction must be in (0, 1).")
+        if self.penalty == "elasticnet" and self.l1_ratio is None:
+            raise ValueError("l1_ratio must be set when penalty is 'elasticnet'")
+
+    def _checked_weights(self, sample_weight, X):
+        sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        negative = np.flatnonzero(sample_weight < 0)
+        if negative.size:
+            first = negative[0]
+            raise ValueError(
+                f"`sample_weight` has {negative.size} negative value(s), the first "
+                f"{float(sample_weight[first]):g} at row {first}: jaxlr's SGDRegressor takes weights >= 0 "
+                "only (scikit-learn's also takes negative ones, which turn a row's step uphill)."
+            )
+        return sample_weight
 
     def _starting_point(self, X, y, coef_init, intercept_init, sample_weight):
         d, k = X.shape[1], self._num_outputs
         coef = np.zeros((d, k))
         if coef_init is not None:
-            given = np.asarray(coef_init, np.float64)
-            if given.size != d * k:
-                raise ValueError("Provided coef_init does not match dataset.")
+            given = _starting_values("coef_init", coef_init, d * k)
             coef = given.reshape(k, d).T if given.ndim == 2 else given.reshape(d, k)
         intercept = np.zeros(k)
         if intercept_init is not None:
-            given = np.asarray(intercept_init, np.float64).reshape(-1)
-            if given.size != k:
-                raise ValueError("Provided intercept_init does not match dataset.")
-            intercept = given
+            intercept = _starting_values("intercept_init", intercept_init, k).reshape(-1)
         elif self.optimizer != "sgd" and self.fit_intercept:
             # An adaptive step moves b by about eta0 per update: start it at the
             # target's mean instead of making it travel there.
@@ -296,7 +327,13 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
                 "either change validation_fraction, increase number of samples, or disable early_stopping."
             )
         val, train = order[:num_val], np.sort(order[num_val:])
-        return X[train], y[train], sample_weight[train], (X[val], y[val])
+        if not np.any(sample_weight[val] > 0):
+            raise ValueError(
+                "The sample weights for validation set are all zero, consider using a different random state."
+            )
+        # The validation R² weighs the rows as training does (scikit-learn's score with their weights).
+        weights = () if np.all(sample_weight[val] == 1) else (sample_weight[val],)
+        return X[train], y[train], sample_weight[train], (X[val], y[val], *weights)
 
     def _run(self, X, y, sample_weight, *, epochs, init, validation, tol, shuffle):
         name, factor = _LOSSES[self.loss]
@@ -311,6 +348,7 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         n = X.shape[0]
         weights = None if np.all(sample_weight == 1) else sample_weight
         key = np.array([0, seed], np.uint32)  # jax.random.key(seed)'s words, without its dispatch
+        _check_range(X, y, dtype)
         try:
             result = fit(
                 np.asarray(X, dtype), np.asarray(y, dtype).reshape(n, -1), key=key, epochs=epochs,
@@ -318,11 +356,13 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
                 # jaxlr averages the loss over the outputs too; summed over them,
                 # each column trains as a model of its own would.
                 loss=losses.scaled(name, factor * self._num_outputs), epsilon=self.epsilon, penalty=self.penalty, alpha=self.alpha,
-                l1_ratio=self.l1_ratio, schedule=self.learning_rate, power_t=self.power_t,
+                l1_ratio=0.0 if self.l1_ratio is None else self.l1_ratio, schedule=self.learning_rate, power_t=self.power_t,
                 average=int(self.average), sample_weight=weights, tol=tol,
                 n_iter_no_change=self.n_iter_no_change, validation=validation, shuffle=shuffle,
                 fit_intercept=self.fit_intercept, record_steps=bool(self.verbose), devices=self.devices,
-                max_slope=1e12,
+                # scikit-learn's rule: only weights that stop being finite have
+                # diverged, not a transient climb of the loss.
+                max_slope=1e12, loss_growth=False,
                 init=None if init is None else Params(np.asarray(init.w, dtype), np.asarray(init.b, dtype)),
                 state=state,
             )  # fmt: skip
@@ -335,20 +375,58 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
             raise
         final = result.state
         epochs_before = 0 if state is None else int(state.epoch)
-        self._state = final
+        self._state, self._optimizer = final, self.optimizer
         self.n_iter_ = int(final.epoch) - epochs_before
         self.t_ = float(int(final.step) + 1)
         if self.verbose and result.epoch_losses is not None:
             for i, value in enumerate(np.asarray(result.epoch_losses), start=1):
                 print(f"-- Epoch {i}\nAvg. loss: {float(value):.6f}")
         self._standard = (np.asarray(final.params.w, np.float64), np.asarray(final.params.b, np.float64))
-        w, b = (np.asarray(p, np.float64) for p in result.params)
-        self.coef_ = w[:, 0] if self._one_output else w.T
+        # In the input's precision, as scikit-learn's (float32 X: float32 coef_).
+        w, b = (np.array(p, X.dtype) for p in result.params)  # writable copies, as scikit-learn's
+        self.coef_ = w[:, 0] if self._one_output else np.ascontiguousarray(w.T)
         self.intercept_ = b.reshape(-1)
 
 
 def _num_outputs(y) -> int:
     return 1 if y.ndim == 1 else y.shape[1]
+
+
+def _as_targets(y):
+    """y of shape (n, 1) as (n,), warning as scikit-learn's SGDRegressor does; other shapes as they are."""
+    if y.ndim == 2 and y.shape[1] == 1:
+        warnings.warn(
+            "A column-vector y was passed when a 1d array was expected. Please change the shape of y to "
+            "(n_samples, ), for example using ravel().",
+            DataConversionWarning,
+            stacklevel=3,
+        )
+        return y[:, 0]
+    return y
+
+
+def _starting_values(name: str, value, size: int) -> np.ndarray:
+    given = np.asarray(value, np.float64)
+    if given.size != size:
+        raise ValueError(f"Provided {name} does not match dataset.")
+    if not np.all(np.isfinite(given)):
+        raise ValueError(f"`{name}` has NaN or inf: the starting point must be finite.")
+    return given
+
+
+def _check_range(X, y, dtype) -> None:
+    """Refuses finite values that the training precision cannot hold, naming them (not as NaN or inf)."""
+    limit = np.finfo(dtype).max
+    for name, array in (("X", X), ("y", y)):
+        if array.dtype.itemsize <= np.dtype(dtype).itemsize or -limit <= array.min() and array.max() <= limit:
+            continue  # two reductions, no copy: the common case
+        rows = np.flatnonzero(np.any(np.abs(array.reshape(array.shape[0], -1)) > limit, axis=1))
+        if rows.size:
+            raise ValueError(
+                f"`{name}` has values beyond {np.dtype(dtype).name}'s range (about {limit:.3g}) in {rows.size} "
+                f"row(s), the first row {rows[0]}: scale it, or enable float64 with "
+                "jax.config.update('jax_enable_x64', True)."
+            )
 
 
 class LinearRegressor(RegressorMixin, BaseEstimator):

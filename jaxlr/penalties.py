@@ -3,7 +3,9 @@
 The objective is ``mean loss + alpha * R(w)`` with scikit-learn's
 ``R(w) = (1 - l1_ratio) / 2 * ||w||^2 + l1_ratio * ||w||_1``:
 
-- the L2 part is smooth, so it joins the loss's gradient (`l2_term`);
+- the L2 part is smooth, so it joins the loss's gradient (`l2_term`); plain
+  SGD takes it as scikit-learn does, a shrink of the weights that stops at
+  zero (`l2_shrink`);
 - the L1 part is not: a subgradient step would only make the weights dither
   around zero. It is applied after each update as a clipped *cumulative*
   penalty (Tsuruoka, Tsujii and Ananiadou, 2009, as scikit-learn does): each
@@ -55,6 +57,16 @@ def make(penalty: Optional[str], alpha: float = 0.0001, l1_ratio: float = 0.15) 
 def l2_term(w: jax.Array, strength: ArrayLike) -> jax.Array:
     """``strength / 2 * ||w||^2``, added to the objective; its gradient is strength * w."""
     return jnp.asarray(0.5 * strength * jnp.sum(w * w))
+
+
+def l2_shrink(w: jax.Array, lr: ArrayLike, strength: ArrayLike) -> jax.Array:
+    """Plain SGD's L2 step, taken before the loss's: w times ``max(0, 1 - lr * strength)``.
+
+    The same as the gradient term's step while ``lr * strength <= 1``; beyond,
+    the weights go to zero instead of past it, as scikit-learn's do (a
+    strength too large for the rate would otherwise flip and grow them).
+    """
+    return w * jnp.maximum(0.0, 1.0 - lr * strength)
 
 
 class L1State(NamedTuple):

@@ -142,6 +142,7 @@ def fit(
     fit_intercept: bool = True,
     record_steps: bool = True,
     max_slope: Optional[float] = None,
+    loss_growth: bool = True,
     init: Optional[Params] = None,
     state: Optional[FitState] = None,
     engine: str = "fused",
@@ -198,7 +199,8 @@ def fit(
             epoch's mean loss by `tol` (or raise the validation R² by it).
             With `tol`, each epoch's order is drawn on the device.
         n_iter_no_change: the patience of that rule.
-        validation: (X_val, y_val) for the rule to score instead of the
+        validation: (X_val, y_val), or (X_val, y_val, sample_weight_val), for
+            the rule to score (their weighted R²) instead of the
             training loss.
         shuffle: True shuffles every epoch; False keeps the rows in their
             stored order. Each epoch's order is a function of the key and the
@@ -211,6 +213,11 @@ def fit(
         max_slope: caps the slope of the loss at each prediction (scikit-learn
             caps it at 1e12): a step far too large then stays finite instead
             of diverging. None (the default) leaves it alone.
+        loss_growth: True (the default) also counts a loss that grew past
+            `LOSS_GROWTH` times the run's reference as diverged; False counts
+            only a loss or params that stop being finite, as scikit-learn
+            does, so a run may pass through a large transient (its
+            `SGDRegressor` does).
         record_steps: False returns no per-step losses nor their moving
             average (which it then does not keep either), only each epoch's
             mean loss: for long runs, and for estimators.
@@ -278,7 +285,7 @@ def _prepare(  # fmt: skip
     X, y, *,
     key, epochs, lr, batch_size, optimizer, loss, epsilon, penalty, alpha, l1_ratio, schedule, power_t,
     average, sample_weight, tol, n_iter_no_change, validation, shuffle, fit_intercept, record_steps, max_slope,
-    init, state, engine, devices, log_every, smoothing, verbose, callback, checkpoint,
+    loss_growth, init, state, engine, devices, log_every, smoothing, verbose, callback, checkpoint,
     checkpoint_every, resume, overwrite, **deprecated
 ):
     """Checks `fit`'s arguments and gathers what its driver needs (see `fit`)."""
@@ -472,6 +479,7 @@ def _prepare(  # fmt: skip
         spec=spec, numbers=packed, epochs=epochs, initial_epoch=initial_epoch, initial_step=initial_step,
         steps_per_epoch=-(-n // batch_size), rows=n, draw=draw, shuffle_key=shuffle_key, mesh=mesh,
         keep_steps=bool(record_steps), epochs_per_call=per_call, lr=lr, known_words=known_words, capped=capped,
+        loss_growth=bool(loss_growth),
     )  # fmt: skip
     validation_data = None if validation is None else _validation_data(validation, d, k, dtype, device)
     run = run._replace(validation_data=core.Data(None, None, None, None, validation_data))
@@ -526,6 +534,7 @@ class _Run(NamedTuple):
     capped: bool = False  # `epochs` was cut to what the step count holds
     # The larger of the mean losses of predicting zero and of the given params, over every row.
     reference_loss: Callable[[Params], float] = lambda params: 0.0
+    loss_growth: bool = True  # a loss past LOSS_GROWTH times the reference counts as diverged
 
     def epoch_words(self, epoch: int) -> np.ndarray:
         return self.words_of(epoch, 1)[0]
@@ -555,7 +564,7 @@ def _drive(engine, run: _Run, state: FitState, log_every, callback, dtype, avera
     first_loss, start = None, state.params
     for block in engine(run, state):
         state = block.state
-        if first_loss is None:
+        if first_loss is None and run.loss_growth:
             first_loss = _first_loss(block)
         if not bool(parallel.host_value(state.ok)):
             limit = None if first_loss is None else _loss_limit(run, first_loss, start)
@@ -738,12 +747,12 @@ def _reference_loss(loss, X, y, weight, epsilon, params: Params) -> float:
 _REFERENCE_ROWS = 1 << 16
 
 
-def _sample_weights(sample_weight, n, dtype) -> np.ndarray:
+def _sample_weights(sample_weight, n, dtype, name="`sample_weight`") -> np.ndarray:
     weight = np.asarray(validate.as_array("sample_weight", sample_weight), dtype)
     if weight.shape != (n,):
-        raise ValueError(f"`sample_weight` has shape {weight.shape}; it needs one weight per row, ({n},).")
+        raise ValueError(f"{name} has shape {weight.shape}; it needs one weight per row, ({n},).")
     if not np.all(np.isfinite(weight)) or np.any(weight < 0):
-        raise ValueError("`sample_weight` must be finite and >= 0.")
+        raise ValueError(f"{name} must be finite and >= 0.")
     return weight
 
 
@@ -842,9 +851,12 @@ _padded_copies: dict = {}
 
 def _validation_data(validation, d, k, dtype, device) -> core.Data:
     try:
-        X_val, y_val = validation
-    except (TypeError, ValueError):
-        raise TypeError("`validation` must be a pair (X_val, y_val).") from None
+        items = tuple(validation)
+    except TypeError:
+        items = ()
+    if len(items) not in (2, 3):
+        raise TypeError("`validation` must be a pair (X_val, y_val) or a triple (X_val, y_val, sample_weight_val).")
+    X_val, y_val, weight_val = (*items, None)[:3]
     X_val, y_val = validate.training_arrays(X_val, y_val)
     if X_val.shape[1] != d or y_val.shape[1] != k:
         raise ValueError(
@@ -852,8 +864,12 @@ def _validation_data(validation, d, k, dtype, device) -> core.Data:
         )
     m = X_val.shape[0]
     M = core.bucket(m)
+    weight = None
+    if weight_val is not None:
+        weight = core.pad_rows(_sample_weights(weight_val, m, dtype, name="the validation rows' `sample_weight`"), M)
+        weight = weight if device is None else jax.device_put(weight, device)
     return core.Data(to_device(X_val.astype(dtype), device, rows=M), to_device(y_val.astype(dtype), device, rows=M),
-                     None, np.int32(m))  # fmt: skip
+                     weight, np.int32(m))  # fmt: skip
 
 
 def _check_state(state, rule, d, k, dtype) -> FitState:

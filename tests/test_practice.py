@@ -85,9 +85,10 @@ def oracle(X, y, w0, b0, *, epochs, lr=0.01, batch_size=1, loss="squared", epsil
             entries, slope = loss_and_slope(loss, r, epsilon)
             objectives.append(entries.sum() / (m * k) + 0.5 * l2 * np.sum(w * w) + l1 * np.sum(np.abs(w)))
             weighted = wb[:, None] * slope / (m * k)
-            grad_w = Xb.T @ weighted + l2 * w
+            grad_w = Xb.T @ weighted
             grad_b = weighted.sum(axis=0)
-            w = w - eta * grad_w
+            # scikit-learn's L2 step: a shrink of w that stops at zero, then the loss's step.
+            w = max(0.0, 1.0 - eta * l2) * w - eta * grad_w
             if fit_intercept:
                 b = b - eta * grad_b
             if l1:
@@ -214,6 +215,7 @@ def test_adaptive_divides_the_rate_by_five_when_the_rule_stalls():
 @pytest.mark.parametrize("penalty, batch_size, alpha, l1_ratio", [
     ("l2", 6, 0.3, 0.15),
     ("elasticnet", 1, 0.2, 0.4),
+    ("l2", 1, 60.0, 0.15),  # lr * alpha = 3: the shrink stops at zero, as scikit-learn's
 ])  # fmt: skip
 def test_l2_and_elastic_net_match_the_oracle(penalty, batch_size, alpha, l1_ratio):
     X, y = problem()

@@ -37,7 +37,8 @@ def oracle(X, y, w0, b0, *, epochs, lr, batch_size, rule="sgd", momentum=0.9, al
             if not fit_intercept:
                 g_b = 0 * g_b
             if rule == "sgd":
-                w, b = w - rate * g_w, b - rate * g_b
+                # L2 as scikit-learn's shrink, which stops at zero; then the loss's step.
+                w, b = max(0.0, 1.0 - rate * alpha) * w - rate * (g_w - alpha * w), b - rate * g_b
             else:
                 v_w, v_b = g_w + momentum * v_w, g_b + momentum * v_b
                 if rule == "nesterov":
@@ -109,14 +110,17 @@ SETTINGS = {
     "weights+momentum": dict(weighted=True, rule="momentum"),
     "nesterov+l2+average": dict(rule="nesterov", alpha=0.01, average=1),
     "weights+invscaling+l2": dict(weighted=True, schedule="invscaling", alpha=0.01),
+    "l2-past-zero": dict(alpha=150.0),  # lr * alpha = 1.5: the shrink stops at zero
 }
 
 
 @pytest.mark.parametrize(
     "batch_size, settings",
     [(3, settings) for settings in SETTINGS.values()]  # chunked residuals
-    + [(64, SETTINGS["nesterov+l2+average"]), (64, SETTINGS["weights+invscaling+l2"])],  # composed maps
-    ids=[f"chunks-{name}" for name in SETTINGS] + ["maps-nesterov+l2+average", "maps-weights+invscaling+l2"],
+    + [(64, SETTINGS["nesterov+l2+average"]), (64, SETTINGS["weights+invscaling+l2"]),
+       (64, SETTINGS["l2-past-zero"])],  # composed maps
+    ids=[f"chunks-{name}" for name in SETTINGS]
+    + ["maps-nesterov+l2+average", "maps-weights+invscaling+l2", "maps-l2-past-zero"],
 )
 def test_penalty_schedule_weights_and_averaging_match_the_oracle(batch_size, settings):
     settings = dict(settings)

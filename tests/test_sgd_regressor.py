@@ -8,14 +8,15 @@ one row per step, the squared loss with L2.
 
 import warnings
 
+import jax
 import numpy as np
 import pytest
 
 pytest.importorskip("sklearn")
 from sklearn.datasets import load_diabetes  # noqa: E402
-from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning, DataConversionWarning  # noqa: E402
 from sklearn.linear_model import SGDRegressor as SklearnSGDRegressor  # noqa: E402
-from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_split  # noqa: E402
+from sklearn.model_selection import GridSearchCV, ShuffleSplit, cross_val_score, train_test_split  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
@@ -256,3 +257,152 @@ def test_new_folds_seeds_and_hyperparameters_compile_nothing():
         grid.fit(X, y)
     assert compiles.count == 0
     assert grid.best_score_ > 0.4
+
+
+# ------------------------------------------------------------------ where scikit-learn's test_sgd.py found differences
+
+# scikit-learn's own tests' small table: unscaled, six rows.
+TINY_X = np.array([[-2, -1], [-1, -1], [-1, -2], [1, 1], [1, 2], [2, 1]], np.float64)
+TINY_Y = np.array([1, 1, 1, 2, 2, 2], np.float64)
+
+
+def test_the_optimal_rate_on_a_tiny_unscaled_table_fits_where_scikit_learn_does():
+    # The "optimal" rate starts at about 3 here: the weights swing up to 1e12
+    # (the capped slopes keep them finite) before the rate decays. scikit-learn
+    # fits; so must the estimator, which counts only weights that stop being
+    # finite as divergence, not a loss that climbed a millionfold.
+    settings = dict(learning_rate="optimal", alpha=0.01, shuffle=False, max_iter=5, tol=None, random_state=42)
+    theirs = SklearnSGDRegressor(**settings).fit(TINY_X, TINY_Y)
+    ours = jaxlr.SGDRegressor(**settings).fit(TINY_X, TINY_Y)
+    assert np.max(np.abs(theirs.coef_)) > 1e9  # the transient is there
+    assert np.all(np.isfinite(ours.coef_)) and ours.n_iter_ == 5
+    # `fit` keeps its growth rule unless told otherwise.
+    rows = dict(key=jax.random.key(0), epochs=5, lr=1.0, batch_size=1, shuffle=False, schedule="optimal",
+                alpha=0.01, penalty="l2", max_slope=1e12)  # fmt: skip
+    with pytest.raises(jaxlr.TrainingDiverged, match="grew past"):
+        jaxlr.fit(TINY_X, TINY_Y, **rows)
+    assert np.all(np.isfinite(jaxlr.fit(TINY_X, TINY_Y, loss_growth=False, **rows).params.w))
+
+
+def test_an_l2_step_past_zero_stops_at_zero_as_scikit_learns(diabetes):
+    # alpha * eta0 = 5: scikit-learn's shrink max(0, 1 - eta * alpha) sets the
+    # weights to zero before each step instead of flipping and growing them.
+    X, _, y, _ = diabetes
+    settings = dict(alpha=50.0, eta0=0.1, learning_rate="constant", shuffle=False, max_iter=3, tol=None)
+    theirs = SklearnSGDRegressor(**settings).fit(X, y)
+    with jax.enable_x64(True):
+        ours = jaxlr.SGDRegressor(**settings).fit(X, y)
+    np.testing.assert_allclose(ours.coef_, theirs.coef_, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(ours.intercept_, theirs.intercept_, rtol=1e-10, atol=1e-14)
+
+
+def test_l1_ratio_none_is_accepted_unless_the_penalty_is_elasticnet():
+    settings = dict(penalty="l1", max_iter=5, tol=None, random_state=0)
+    unset = jaxlr.SGDRegressor(l1_ratio=None, **settings).fit(TINY_X, TINY_Y)
+    np.testing.assert_array_equal(unset.coef_, jaxlr.SGDRegressor(l1_ratio=0.7, **settings).fit(TINY_X, TINY_Y).coef_)
+    with pytest.raises(ValueError, match="l1_ratio must be set when penalty is 'elasticnet'"):
+        jaxlr.SGDRegressor(penalty="elasticnet", l1_ratio=None).fit(TINY_X, TINY_Y)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_coef_and_intercept_have_the_inputs_dtype(dtype):
+    model = jaxlr.SGDRegressor(max_iter=5, tol=None).fit(TINY_X.astype(dtype), TINY_Y.astype(dtype))
+    assert model.coef_.dtype == dtype and model.intercept_.dtype == dtype
+    model.coef_ *= 2  # writable, as scikit-learn's
+
+
+def test_a_column_vector_y_is_ravelled_with_a_warning():
+    settings = dict(max_iter=5, tol=None, shuffle=False)
+    flat = jaxlr.SGDRegressor(**settings).fit(TINY_X, TINY_Y)
+    with pytest.warns(DataConversionWarning, match="A column-vector y was passed"):
+        column = jaxlr.SGDRegressor(**settings).fit(TINY_X, TINY_Y[:, None])
+    assert column.coef_.shape == (2,) and column.intercept_.shape == (1,)
+    assert column.predict(TINY_X).shape == (6,)
+    np.testing.assert_array_equal(column.coef_, flat.coef_)
+    with pytest.warns(DataConversionWarning):
+        column.partial_fit(TINY_X, TINY_Y[:, None])
+
+
+def test_negative_sample_weights_are_refused_by_name():
+    weights = np.array([1.0, 1.0, -0.5, 1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match=r"`sample_weight` has 1 negative value\(s\), the first -0.5 at row 2"):
+        jaxlr.SGDRegressor().fit(TINY_X, TINY_Y, sample_weight=weights)
+    with pytest.raises(ValueError, match="`sample_weight` has 1 negative"):
+        jaxlr.SGDRegressor().partial_fit(TINY_X, TINY_Y, sample_weight=weights)
+
+
+def test_early_stopping_scores_the_validation_rows_with_their_weights():
+    # scikit-learn scores each epoch by the validation rows' weighted R². With
+    # the same rows in the same order (no shuffling, no penalty, float64), the
+    # estimator stops at the same epoch with the same weights; unweighted, it
+    # would stop at epoch 6.
+    X, y = load_diabetes(return_X_y=True)
+    X, y = StandardScaler().fit_transform(X), (y - y.mean()) / y.std()
+    weights = np.random.RandomState(0).uniform(0, 3, size=len(y))
+    settings = dict(early_stopping=True, penalty=None, shuffle=False, tol=1e-4, max_iter=200, random_state=0,
+                    learning_rate="constant", eta0=0.01, validation_fraction=0.2)  # fmt: skip
+    theirs = SklearnSGDRegressor(**settings).fit(X, y, sample_weight=weights)
+    with jax.enable_x64(True):
+        ours = jaxlr.SGDRegressor(**settings).fit(X, y, sample_weight=weights)
+    assert ours.n_iter_ == theirs.n_iter_ == 40
+    np.testing.assert_allclose(ours.coef_, theirs.coef_, rtol=1e-9, atol=1e-12)
+    # Zero weights on every validation row leave nothing to score.
+    validation_rows = next(ShuffleSplit(test_size=0.2, random_state=0).split(X))[1]
+    weights[validation_rows] = 0
+    for model in (jaxlr.SGDRegressor(**settings), SklearnSGDRegressor(**settings)):
+        with pytest.raises(ValueError, match="The sample weights for validation set are all zero"):
+            model.fit(X, y, sample_weight=weights)
+
+
+def test_one_validation_row_never_stops_training_as_in_scikit_learn(diabetes):
+    # R² on one row is undefined (scikit-learn's is NaN), so no epoch counts
+    # as stalled: all max_iter epochs run, where a constant score would stop
+    # after n_iter_no_change + 1.
+    X, _, y, _ = diabetes
+    settings = dict(early_stopping=True, validation_fraction=0.1, max_iter=20, random_state=0)
+    with pytest.warns(ConvergenceWarning):
+        ours = jaxlr.SGDRegressor(**settings).fit(X[:10], y[:10])
+    with pytest.warns(ConvergenceWarning):
+        theirs = SklearnSGDRegressor(**settings).fit(X[:10], y[:10])
+    assert ours.n_iter_ == theirs.n_iter_ == 20
+
+
+def test_n_iter_counts_the_last_call_only(diabetes):
+    # scikit-learn's n_iter_ is the epochs of the last call: 1 after each
+    # partial_fit, and a warm-started fit's own epochs, never a running total.
+    X, _, y, _ = diabetes
+    model = jaxlr.SGDRegressor(random_state=0)
+    for _ in range(3):
+        model.partial_fit(X, y)
+        assert model.n_iter_ == 1
+    warm = jaxlr.SGDRegressor(warm_start=True, max_iter=3, tol=None, random_state=0).fit(X, y)
+    warm.fit(X, y)
+    assert warm.n_iter_ == 3 and warm.t_ == 3 * X.shape[0] + 1
+    model.set_params(max_iter=2, tol=None).fit(X, y)
+    assert model.n_iter_ == 2
+
+
+def test_errors_name_the_estimators_own_parameters():
+    model = jaxlr.SGDRegressor(warm_start=True, max_iter=2, tol=None).fit(TINY_X, TINY_Y)
+    with pytest.raises(ValueError, match=r"`warm_start` \(=True\) continues from `coef_`, fitted to 2 features, but X has 3"):
+        model.fit(np.column_stack([TINY_X, TINY_X[:, 0]]), TINY_Y)
+    model = jaxlr.SGDRegressor().partial_fit(TINY_X, TINY_Y).set_params(optimizer="adam")
+    with pytest.raises(ValueError, match=r"`optimizer` \(='adam'\) is not the one this model was trained with \('sgd'\)"):
+        model.partial_fit(TINY_X, TINY_Y)
+    for name, value in (("coef_init", [np.nan, 0.0]), ("intercept_init", np.inf)):
+        with pytest.raises(ValueError, match=f"`{name}` has NaN or inf"):
+            jaxlr.SGDRegressor().fit(TINY_X, TINY_Y, **{name: value})
+    with pytest.raises(ValueError, match="early_stopping should be False with partial_fit"):
+        jaxlr.SGDRegressor(early_stopping=True).partial_fit(TINY_X, TINY_Y)
+
+
+@pytest.mark.skipif(jax.config.read("jax_enable_x64"), reason="float64 training holds the values")
+def test_values_beyond_float32_are_named_as_such_not_as_nan():
+    X = TINY_X.copy()
+    X[4, 0] = 1e39
+    with pytest.raises(ValueError, match=r"`X` has values beyond float32's range .* in 1 row\(s\), the first row 4"):
+        jaxlr.SGDRegressor().fit(X, TINY_Y)
+    y = TINY_Y.copy()
+    y[[2, 5]] = -1e39
+    with pytest.raises(ValueError, match=r"`y` has values beyond float32's range .* in 2 row\(s\), the first row 2"):
+        jaxlr.SGDRegressor().fit(TINY_X.astype(np.float32), y)

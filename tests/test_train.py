@@ -308,6 +308,23 @@ def test_a_loss_that_grows_a_millionfold_but_stays_finite_is_divergence(engine):
 
 
 @pytest.mark.parametrize("engine", ["fused", "loop"])
+def test_without_loss_growth_only_what_stops_being_finite_is_divergence(engine):
+    # scikit-learn's rule (its SGDRegressor's): the same climb runs on until
+    # the params themselves leave float32's safe range.
+    datasets = pytest.importorskip("sklearn.datasets")
+    table = datasets.load_linnerud()
+    X, y = table.data.astype(np.float32), table.target.astype(np.float32)
+    with pytest.raises(jaxlr.TrainingDiverged, match="grew past") as grew:
+        jaxlr.fit(X, y, key=jax.random.key(0), engine=engine)
+    # Its two epochs end with weights of about 1e12: large, but finite.
+    result = jaxlr.fit(X, y, key=jax.random.key(0), engine=engine, loss_growth=False)
+    assert np.all(np.isfinite(np.asarray(result.params.w)))
+    with pytest.raises(jaxlr.TrainingDiverged, match="stopped being finite") as overflowed:
+        jaxlr.fit(X, y, key=jax.random.key(0), epochs=4, engine=engine, loss_growth=False)
+    assert int(overflowed.value.state.step) > int(grew.value.state.step)
+
+
+@pytest.mark.parametrize("engine", ["fused", "loop"])
 def test_the_diverged_error_carries_the_optimizer_state_of_its_params(engine):
     # Adam with eps=0 divides 0 by 0 on an all-zero feature at the first step.
     X, y = jaxlr.synthetic_data(jax.random.key(0), num_examples=64)

@@ -200,6 +200,9 @@ def descend(spec: Spec, numbers: Numbers, state: FitState, X, y, weight, count, 
     if lr is None:
         lr = schedules.rate(spec.schedule, numbers.rate, state.step + 1, state.stop.drops)
     count = jnp.maximum(count, 1).astype(X.dtype)
+    # Plain SGD shrinks w for L2 before its step, never past zero (scikit-learn's
+    # clamp); other rules take L2 as a gradient term.
+    shrinks = spec.l2 and spec.rule == "sgd"
 
     def objective(params):
         yhat = net(params, X)
@@ -212,7 +215,7 @@ def descend(spec: Spec, numbers: Numbers, state: FitState, X, y, weight, count, 
         plain_loss = None if spec.weighted else data_loss  # unweighted, it is the same
         if spec.stops and spec.weighted:
             plain_loss = jnp.sum(jnp.where(real[:, None], entries, 0)) / (count * entries.shape[1])
-        penalty = penalties.l2_term(params.w, numbers.penalty.l2) if spec.l2 else 0.0
+        penalty = penalties.l2_term(params.w, numbers.penalty.l2) if spec.l2 and not shrinks else 0.0
         return data_loss + penalty, (data_loss, plain_loss)
 
     (_, (value, plain)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
@@ -225,7 +228,10 @@ def descend(spec: Spec, numbers: Numbers, state: FitState, X, y, weight, count, 
             watched = watched + penalties.l2_term(state.params.w, numbers.penalty.l2)
         if spec.l1:
             watched = watched + numbers.penalty.l1 * jnp.sum(jnp.abs(state.params.w))
-    params, opt_state = rule_apply(spec.rule, state.params, grads, state.opt_state, lr, numbers.rule)
+    start = state.params
+    if shrinks:
+        start = start._replace(w=penalties.l2_shrink(start.w, lr, numbers.penalty.l2))
+    params, opt_state = rule_apply(spec.rule, start, grads, state.opt_state, lr, numbers.rule)
     l1 = state.l1
     if spec.l1:
         w, l1 = penalties.l1_step(params.w, l1, lr * numbers.penalty.l1)

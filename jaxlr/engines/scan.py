@@ -103,7 +103,7 @@ def _transfer(rule, lr, momentum, decay, live):
     lr, decay, live = jnp.broadcast_arrays(lr, decay, live)
     one = jnp.ones_like(lr)
     if rule == "sgd":
-        M = (1 - lr * decay)[..., None, None]
+        M = jnp.maximum(0, 1 - lr * decay)[..., None, None]  # L2's shrink stops at zero (`penalties.l2_shrink`)
         n = (-lr)[..., None]
     else:
         # optax.trace: v' = g + mu v, then W' = W - lr v' (or, Nesterov,
@@ -393,8 +393,9 @@ def _map_block(spec, carry, block, *, gather, step_scalars, lr, momentum, l2, k,
     lr_t = jnp.where(live, block_lr, 0)[:, None, None]
     eye = jnp.eye(D, dtype=dtype)[None]
     if s == 1:
-        # z' = z - lr (Qp z - h): E = lr Qp, u = lr h.
-        E = lr_t * Qp
+        # z' = z - lr (Qp z - h): E = lr Qp, u = lr h; L2's shrink stops at
+        # zero (`penalties.l2_shrink`), so its share of E is at most 1.
+        E = lr_t * Q + jnp.minimum(lr_t * jnp.diag(decay)[None], 1.0)
         u = lr_t * h
     else:
         # z = (W, v): v' = Qp W + mu v - h, W' = W - push (Qp W - h) - carry v,
