@@ -196,10 +196,10 @@ def test_an_expanding_step_is_caught_as_divergence(batch_size):
 @pytest.mark.parametrize(
     "settings, named",
     [
-        (dict(loss="huber"), "'huber' loss"),
-        (dict(optimizer="adam"), "optimizer 'adam'"),
-        (dict(penalty="l1", alpha=0.1), "L1 penalty"),
-        (dict(penalty="elasticnet", alpha=0.1), "L1 penalty"),
+        (dict(loss="huber"), "`loss` (='huber')"),
+        (dict(optimizer="adam"), "`optimizer` (='adam')"),
+        (dict(penalty="l1", alpha=0.1), "L1 `penalty`"),
+        (dict(penalty="elasticnet", alpha=0.1), "L1 `penalty`"),
         (dict(max_slope=10.0), "max_slope"),
     ],
 )
@@ -242,7 +242,7 @@ def test_auto_follows_its_table_and_says_why(capsys):
     assert np.all(np.isfinite(np.asarray(result.params.w)))
     # Settings the scan engine cannot run go to the fused engine, saying so.
     jaxlr.fit(X, y, key=jax.random.key(0), epochs=1, engine="auto", loss="huber", verbose=True)
-    assert "engine: fused (the scan engine does not apply (the 'huber' loss" in capsys.readouterr().out
+    assert "engine: fused (the scan engine does not apply (`loss` (='huber')" in capsys.readouterr().out
     # The table: scan where it was measured faster on a CPU, fused elsewhere; scan on accelerators.
     for features, batch in auto.CPU_SCAN_WINS:
         assert auto.choose("cpu", features, batch, supported=None)[0] == "scan"
