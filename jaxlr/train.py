@@ -578,6 +578,11 @@ def _raise_diverged(engine, run: _Run, block, limit, *, grew: bool):
     state = next(iter(engine(guarded, block.start))).state
     done = int(parallel.host_value(state.step)) - block.first_step
     epoch, batch = divmod(done, run.steps_per_epoch)
+    if limit is not None and not grew:
+        # The block overflowed later, but the replay may have stopped earlier, at a finite
+        # loss past the limit: the unguarded block took that very step.
+        losses = parallel.host_value(block.losses)
+        grew = done < np.shape(losses)[0] and bool(np.isfinite(losses[done]) and losses[done] > limit)
     last = float(parallel.host_value(state.last_loss))
     raise TrainingDiverged(block.first_epoch + epoch, batch, None if math.isnan(last) else last, state, run.lr,
                            limit=limit if grew else None)  # fmt: skip
