@@ -325,6 +325,17 @@ def test_without_loss_growth_only_what_stops_being_finite_is_divergence(engine):
 
 
 @pytest.mark.parametrize("engine", ["fused", "loop"])
+def test_a_run_that_grows_past_the_limit_and_then_overflows_is_reported_as_growth(engine):
+    # lr 0.8 on the lesson's data: the loss passes the limit a few steps before
+    # it overflows, within one block; the error names the rule that stopped it.
+    X, y = jaxlr.synthetic_data(jax.random.key(3), num_examples=10_000)
+    with pytest.raises(jaxlr.TrainingDiverged, match="grew past") as caught:
+        jaxlr.fit(X, y, key=jax.random.key(1), lr=0.8, engine=engine)
+    error = caught.value
+    assert np.isfinite(error.last_finite_loss) and error.last_finite_loss < 1e30
+
+
+@pytest.mark.parametrize("engine", ["fused", "loop"])
 def test_the_diverged_error_carries_the_optimizer_state_of_its_params(engine):
     # Adam with eps=0 divides 0 by 0 on an all-zero feature at the first step.
     X, y = jaxlr.synthetic_data(jax.random.key(0), num_examples=64)
