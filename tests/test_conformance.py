@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import conformance as cf
+import jaxlr
 
 # float32 training against a float64 reference over 3 epochs of 7 steps.
 TOLERANCE = 2e-4
@@ -83,3 +84,65 @@ def test_eight_devices_conform():
     for name, got in results.items():
         outcome = ValueError(got["error"]) if "error" in got else (np.array(got["w"]), got["b"])
         check_cell("devices", name, outcome)
+
+
+# ------------------------------------------------------------------ the estimator, against scikit-learn's
+
+# The estimator's promise is scikit-learn's SGDRegressor: its settings, by
+# scikit-learn's names, against scikit-learn's own float64 answer over the same
+# rows in the same order (shuffle=False) from the same start.
+ESTIMATOR_SETTINGS = {
+    "plain": dict(penalty=None),
+    "huber": dict(loss="huber", epsilon=0.5, penalty=None),
+    "epsilon_insensitive": dict(loss="epsilon_insensitive", epsilon=0.1, penalty=None),
+    "squared_epsilon_insensitive": dict(loss="squared_epsilon_insensitive", epsilon=0.2, penalty=None),
+    "l2": dict(penalty="l2", alpha=0.05),
+    "l1": dict(penalty="l1", alpha=0.01),
+    "elasticnet": dict(penalty="elasticnet", alpha=0.01, l1_ratio=0.3),
+    "l1_ratio_none": dict(penalty="l2", l1_ratio=None),
+    "optimal": dict(learning_rate="optimal", alpha=1.0, penalty=None),
+    "invscaling": dict(learning_rate="invscaling", eta0=0.02, power_t=0.3, penalty=None),
+    "adaptive": dict(learning_rate="adaptive", eta0=0.05, tol=1e-3, n_iter_no_change=1, penalty=None),
+    "average": dict(average=True, penalty=None),
+    "average_from_60": dict(average=60, penalty=None),
+    "sample_weight": dict(penalty=None, sample_weight=True),
+    "no_intercept": dict(fit_intercept=False, penalty=None),
+    "tol": dict(tol=0.05, n_iter_no_change=2, max_iter=20, penalty=None),
+    "validation": dict(early_stopping=True, validation_fraction=0.2, tol=1e-3, n_iter_no_change=2, max_iter=20,
+                       penalty=None),  # fmt: skip
+}
+ESTIMATOR_BASE = dict(learning_rate="constant", eta0=0.01, max_iter=cf.EPOCHS, tol=None, shuffle=False, random_state=0)
+
+
+def _estimators(name):
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    settings = {**ESTIMATOR_BASE, **ESTIMATOR_SETTINGS[name]}
+    weighted = settings.pop("sample_weight", False)
+    return jaxlr.SGDRegressor(**settings), sklearn.SGDRegressor(**settings), weighted
+
+
+@pytest.mark.parametrize("how", ["fit", "partial_fit"])
+@pytest.mark.parametrize("name", list(ESTIMATOR_SETTINGS))
+def test_estimator_cell(name, how):
+    import warnings
+
+    X, y, weight, *_ = cf.data()
+    ours, theirs, weighted = _estimators(name)
+    if how == "partial_fit" and (ours.early_stopping or ours.learning_rate == "adaptive" or ours.tol is not None):
+        pytest.skip("partial_fit runs one epoch a call: scikit-learn's stopping rule and adaptive rate do not apply")
+    start = dict(coef_init=np.array([0.1, -0.2, 0.05]), intercept_init=np.array([0.3]))
+    given = dict(sample_weight=weight.astype(np.float64)) if weighted else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scikit-learn's ConvergenceWarning, the same for both
+        if how == "fit":
+            for model, rows in ((ours, X), (theirs, X.astype(np.float64))):
+                model.fit(rows, y.astype(np.float64), **start, **given)
+        else:
+            for model, rows in ((ours, X), (theirs, X.astype(np.float64))):
+                for _ in range(cf.EPOCHS):
+                    model.partial_fit(rows, y.astype(np.float64), **given)
+    want = np.append(theirs.coef_, theirs.intercept_)
+    scale = 1 + np.abs(want).max()
+    np.testing.assert_allclose(np.append(ours.coef_, ours.intercept_), want, atol=TOLERANCE * scale, rtol=0,
+                               err_msg=f"estimator {how} x {name}")  # fmt: skip
+    assert ours.n_iter_ == theirs.n_iter_
