@@ -378,6 +378,10 @@ def _prepare(  # fmt: skip
             jax.default_backend() if device is None else device.platform, d, batch_size,
             supported=scan_engine.unsupported(spec),
         )  # fmt: skip
+        if engine == "scan" and stream is None:
+            poorly = scan_engine.poorly_scaled(X, y)
+            if poorly is not None:
+                engine, reason = "fused", f"scan's float32 bound holds for features near unit scale; {poorly}"
         if verbose:
             print(f"engine: {engine} ({reason})")
         if engine == "fused" and engine_was_stream:

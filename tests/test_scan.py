@@ -249,3 +249,24 @@ def test_auto_follows_its_table_and_says_why(capsys):
     assert auto.choose("cpu", 10_000, 10_000, supported=None)[0] == "fused"
     assert auto.choose("gpu", 100, 4096, supported=None)[0] == "scan"
     assert auto.choose("gpu", 100, 4096, supported="an L1 penalty")[0] == "fused"
+
+
+@pytest.mark.parametrize("case", ["target far from zero", "features at 1e-3", "unit scale"])
+def test_auto_keeps_scan_where_its_bound_holds(case, capsys):
+    """On a CPU, auto would pick scan at 100 features and batch 1; where the
+    data's scales break scan's float32 bound it picks fused and says why."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 100)).astype(np.float32)
+    y = X[:, 0] + rng.normal(size=300).astype(np.float32)
+    if case == "target far from zero":
+        y = y + 1e4
+    elif case == "features at 1e-3":
+        X = X * 1e-3
+    if jax.default_backend() != "cpu":
+        pytest.skip("the measured table picks scan here on a CPU")
+    jaxlr.fit(X, y, key=jax.random.key(0), epochs=1, batch_size=1, engine="auto", verbose=True, log_every=10**6)
+    said = capsys.readouterr().out
+    if case == "unit scale":
+        assert said.startswith("engine: scan")
+    else:
+        assert said.startswith("engine: fused (scan's float32 bound holds for features near unit scale"), said
