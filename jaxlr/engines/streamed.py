@@ -28,7 +28,7 @@ def run(run, state) -> Iterator[Block]:
         epoch = run.initial_epoch + e
         first_step = run.initial_step + e * run.steps_per_epoch
         shuffled = run.draw != "none"  # shuffle=False: the chunks and their rows in stored order
-        words = run.epoch_words(epoch) if shuffled else None
+        words = run.epoch_words(epoch) if shuffled else np.zeros(0, np.uint32)
         visit = [starts[i] for i in shuffle.permutation_from_words(words, len(starts))] if shuffled else starts
         losses, moving, objectives, start = [], [], [], state
         upcoming = stream.read(visit[0], min(visit[0] + rows, n))
