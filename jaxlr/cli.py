@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlr.callbacks import EarlyStopping, Progress
-from jaxlr.data import DataError, load_table, synthetic_data
+from jaxlr.data import DataError, synthetic_data
+from jaxlr.tables import MAX_CATEGORIES, load_table, reader_for
 from jaxlr.metrics import RunningMetrics, host_metrics
 from jaxlr.model import Params
 from jaxlr.persist import Model, ModelFileError, atomic_write, load_model, save_model
@@ -229,10 +230,17 @@ def _parser():
     Formatter = _Help
 
     data = _Parser(add_help=False)
-    data.add_argument("--data", metavar="FILE", help="a CSV with a header row, a .npy matrix, or a .npz with X and y "
-                      "(default: the lesson's synthetic data)")  # fmt: skip
+    data.add_argument("--data", metavar="FILE", help="a CSV with a header row (also .csv.gz, .csv.bz2, ...) or a "
+                      "Parquet file (both with the tables extra: pip install 'jaxlr[tables]'), a .npy matrix, or a .npz "
+                      "with X and y (default: the lesson's synthetic data)")  # fmt: skip
     data.add_argument("--target", metavar="COL", help="target column: a name, or a 0-based index")
-    data.add_argument("--features", metavar="COLS", help="comma-separated feature columns (default: every other numeric column)")
+    data.add_argument("--features", metavar="COLS", help="comma-separated feature columns (default: every other column "
+                      "that can be one: numbers, dates as days since 1970-01-01, text of few values one-hot encoded)")  # fmt: skip
+    data.add_argument("--categorical", metavar="COLS", help="comma-separated columns to one-hot encode whatever they hold "
+                      "(default: text columns of at most --max-categories values)")  # fmt: skip
+    data.add_argument("--drop", metavar="COLS", help="comma-separated columns to leave out (default: none)")
+    data.add_argument("--max-categories", type=_positive_int, default=MAX_CATEGORIES, metavar="N",
+                      help="the most values a text column may hold to be one-hot encoded without --categorical")
     data.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
                       help="scale the features to mean 0, sd 1 with the training split's statistics ("
                       + _default("standardize", "off", "on", "off") + ")")  # fmt: skip
@@ -490,12 +498,14 @@ def _on_standardized(model, X):
 
 def _load(args):
     """The training table: from --data, or the lesson's synthetic data."""
-    features = None if args.features is None else [f.strip() for f in args.features.split(",") if f.strip()]
+    features = None if args.features is None else _names(args.features)
     if args.data is None:
-        if args.target is not None or features is not None or getattr(args, "sample_weight", None):
-            raise UsageError("--target, --features and --sample-weight need --data.")
+        given = [f"--{name.replace('_', '-')}" for name in ("target", "features", "sample_weight", "categorical", "drop")
+                 if getattr(args, name, None) is not None]  # fmt: skip
+        if given:
+            raise UsageError(f"{', '.join(given)} need{'s' if len(given) == 1 else ''} --data.")
         X, y = synthetic_data(_keys(args)[0], true_w=SEED_TRUE_W, true_b=SEED_TRUE_B)
-        from jaxlr.data import Table
+        from jaxlr.tables import Table
 
         return Table(np.asarray(X, np.float64), np.asarray(y, np.float64), ("x0", "x1"), "y"), True
     target = args.target
@@ -504,7 +514,14 @@ def _load(args):
             raise UsageError("--data needs --target (a column name or 0-based index).")
         target = "y"  # a .npz table's target is its array y
     weight = getattr(args, "sample_weight", None)
-    return _noted(load_table(args.data, target=target, features=features, weight=weight)), False
+    table = load_table(args.data, target=target, features=features, weight=weight, categorical=_names(args.categorical),
+                       drop=_names(args.drop), max_categories=args.max_categories)  # fmt: skip
+    return _noted(table), False
+
+
+def _names(text):
+    """A comma-separated list of column names, as a list (empty for None)."""
+    return [] if text is None else [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _noted(table):
@@ -611,7 +628,7 @@ def _train(args):
             "x64": args.x64, "checkpoint": args.checkpoint,
         },
     )  # fmt: skip
-    report = _report(model, split, args, elapsed, params)
+    report = _report(model, split, args, elapsed, params, table)
     moving = np.asarray(result.moving_losses)
     # A resumed run that had nothing left to train reports where its checkpoint stood.
     last_moving = float(moving[-1]) if moving.size else float(np.asarray(result.state.moving))
@@ -715,7 +732,8 @@ def _ProcessShare(table, mesh):
 
 def _streamed(args):
     """A .npy table read from disk in chunks, never whole."""
-    from jaxlr.data import NpyStream, Table
+    from jaxlr.data import NpyStream
+    from jaxlr.tables import Table
 
     for option in ("val_fraction", "standardize", "early_stopping", "plot", "sample_weight"):
         if getattr(args, option):
@@ -759,7 +777,7 @@ def _solve(args):
         {"command": "solve", "seed": args.seed, "standardize": args.standardize,
          "target_scaling": args.target_scaling, "val_fraction": args.val_fraction, "x64": args.x64},
     )  # fmt: skip
-    report = _report(model, split, args, elapsed, params)
+    report = _report(model, split, args, elapsed, params, table)
     if is_seed_job:
         report["true_w"], report["true_b"] = list(SEED_TRUE_W), [SEED_TRUE_B]
     _write_outputs(args, model, None)
@@ -771,9 +789,14 @@ def _solve(args):
 def _predict(args):
     model = load_model(args.model)
     path = Path(args.data)
-    table = _noted(load_table(path, target=args.target))
-    table = _held_target(table, model, path) if args.target is None else table
-    X = _match_features(table, model, path)
+    if model.encoding is not None and reader_for(path).read is not None:
+        # The model's own columns, encoded as in training; the table's others are not read.
+        table = _noted(load_table(path, target=_predict_target(args, model, path), encoding=model.encoding))
+        X = table.X
+    else:
+        table = _noted(load_table(path, target=args.target))
+        table = _held_target(table, model, path) if args.target is None else table
+        X = _match_features(table, model, path)
     predictions = model.predict(X)
     report = {"command": "predict", "rows": int(X.shape[0]), "output": args.output}
     if table.y is not None:
@@ -794,6 +817,15 @@ def _predict(args):
         if "mse" in report:
             print(f"against {report['target']}: MSE = {report['mse']:.4g}, R^2 = {report['r2']:.4f}", file=sys.stderr)
     return 0
+
+
+def _predict_target(args, model, path):
+    """--target, or else the model's target when the table has that column (to report the error)."""
+    if args.target is not None or len(model.target_names) != 1:
+        return args.target
+    from jaxlr.tables import column_names
+
+    return model.target_names[0] if model.target_names[0] in column_names(path) else None
 
 
 def _predictions_csv(model, predictions):
@@ -843,6 +875,7 @@ def _model(params, split, table, settings):
         feature_names=table.feature_names,
         target_names=(table.target_name,),
         settings=settings,
+        encoding=getattr(table, "encoding", None),
     )
 
 
@@ -869,7 +902,7 @@ def _match_features(table, model, path):
 # ------------------------------------------------------------------ reports
 
 
-def _report(model, split, args, elapsed, trained):
+def _report(model, split, args, elapsed, trained, table=None):
     w, b = model.coefficients()
     report = {
         "command": model.settings["command"],
@@ -881,6 +914,8 @@ def _report(model, split, args, elapsed, trained):
         "elapsed_s": round(elapsed, 4),
         "model": args.save,
     }
+    if getattr(table, "columns", ()):
+        report["columns"] = list(table.columns)  # every column left out or transformed, and why
     report.update(split.train_metrics(model, trained))
     if split.val_X is not None:
         report.update(host_metrics(_on_standardized(model, split.val_X), split.val_y, "val_"))

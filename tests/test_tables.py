@@ -3,7 +3,8 @@ import re
 import numpy as np
 import pytest
 
-from jaxlr.data import DataError, load_table
+from jaxlr.data import DataError
+from jaxlr.tables import load_table
 from jaxlr.persist import Model, ModelFileError, load_model, save_model
 from jaxlr.model import Params
 
