@@ -140,7 +140,7 @@ def _read_csv(path):
     types: dict = {}
     while True:
         try:
-            return pa_csv.read_csv(path, read_options=pa_csv.ReadOptions(block_size=16 << 20),
+            return pa_csv.read_csv(path, read_options=pa_csv.ReadOptions(block_size=_BLOCK_BYTES),
                                    convert_options=pa_csv.ConvertOptions(column_types=types, **convert))  # fmt: skip
         except pa.ArrowInvalid as err:
             text = str(err)
@@ -179,6 +179,12 @@ def _read_parquet(path):
     except (pa.ArrowException, OSError) as err:
         raise DataError(f"{path.name} is not a readable Parquet file: {' '.join(str(err).split())}") from None
 
+
+# Bytes of CSV parsed per block (and per thread): large blocks parse fastest.
+_BLOCK_BYTES = 16 << 20
+
+# Rows written into X at a time from the columns: a block of X stays in cache.
+_FILL_ROWS = 4096
 
 _COMPRESSIONS = (".gz", ".bz2", ".zst", ".lz4")
 
@@ -413,28 +419,32 @@ class _Columns:
         if missing:
             raise DataError(f"{self.path.name} lacks the model's feature column(s) {', '.join(map(repr, missing))}.")
         X = aligned_empty((self.rows, len(encoding.feature_names)), np.float64)  # aligned: JAX uses it in place
-        notes, offset = [], 0
+        notes, offset, numbers = [], 0, {}
         for step in encoding:
             j = self.names.index(step.column)
             if step.kind == "number":
-                X[:, offset] = self._numbers(j, "feature")
+                numbers[offset] = (j, self._number_chunks(j, "feature"))
             elif step.kind == "days":
                 X[:, offset] = self._days(j)
             else:
                 self._no_nulls(j)
-                index = pa.compute.index_in(self.arrow.column(j).cast(pa.string()), value_set=pa.array(step.levels, pa.string()))
-                index = index.to_numpy(zero_copy_only=False)
-                unseen = np.isnan(index) if index.dtype.kind == "f" else np.zeros(len(index), bool)
+                position = {level: i for i, level in enumerate(step.levels)}
+                index = np.concatenate([
+                    np.array([position.get(v, -1) for v in chunk.dictionary.to_pylist()] + [-1], np.int64)[_numpy(chunk.indices, np.int64)]
+                    for chunk in self.arrow.column(j).cast(pa.string()).dictionary_encode().chunks
+                ] or [np.zeros(0, np.int64)])  # fmt: skip
+                unseen = index < 0
                 block = X[:, offset : offset + len(step.levels)]
                 block[:] = 0.0
                 seen = ~unseen
-                block[np.flatnonzero(seen), index[seen].astype(np.int64)] = 1.0
+                block[np.flatnonzero(seen), index[seen]] = 1.0
                 if unseen.any() and check_unseen:
                     values = sorted(set(self.arrow.column(j).cast(pa.string()).to_numpy(zero_copy_only=False)[unseen]))
                     notes.append(f"{self.path.name}: column {step.column!r}: {int(unseen.sum())} row(s) hold values the "
                                  f"model never saw ({', '.join(map(repr, values[:5]))}{', ...' if len(values) > 5 else ''}); "
                                  "their one-hot features are all zero.")  # fmt: skip
             offset += len(step.names)
+        self._fill(X, numbers)
         table = Table(X=X, y=None, feature_names=encoding.feature_names, target_name=None, notes=tuple(notes),
                       encoding=encoding)  # fmt: skip
         if target is not None:
@@ -442,8 +452,8 @@ class _Columns:
             table = table._replace(y=self._numbers(j, "target")[:, None], target_name=self.names[j])
         return table
 
-    def _numbers(self, j, role):
-        """Column j as float64, refusing a missing cell, text, or a value that is not finite."""
+    def _number_chunks(self, j, role):
+        """Column j as float64 NumPy arrays, one per chunk, refusing a missing cell or text."""
         pa = _pyarrow()
         name, column = self.names[j], self.arrow.column(j)
         kind = column.type
@@ -459,21 +469,61 @@ class _Columns:
         elif not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind) or pa.types.is_decimal(kind)):
             raise DataError(f"{self.path.name}: the {role} column {name!r} holds {kind} values, not numbers.")
         self._no_nulls(j)
-        values = np.asarray(column.to_numpy(), dtype=np.float64) if column.num_chunks == 1 else (
-            np.asarray(column.cast(pa.float64()).to_numpy(), dtype=np.float64))  # fmt: skip
-        if not np.isfinite(values.sum()):
-            first = int(np.argmax(~np.isfinite(values)))
-            raise DataError(f"{self._where(first)}, column {name!r} holds {self._cell(j, first)!r}, not a finite number.")
+        # Chunk by chunk: a float64 chunk is NumPy's without a copy.
+        return [_numpy(chunk, np.float64) for chunk in column.chunks]
+
+    def _numbers(self, j, role):
+        """Column j as one float64 array, refusing a missing cell, text, or a value that is not finite."""
+        chunks = self._number_chunks(j, role)
+        values = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+        self._check_finite(values[:, None], [j])
         return values
+
+    def _check_finite(self, X, columns, start=0):
+        """Refuses NaN or inf in X (rows from `start`), naming the cell; `columns[c]` is X[:, c]'s source."""
+        if np.isfinite(X.sum()):  # one pass, no temporary
+            return
+        bad = ~np.isfinite(X)
+        row, c = (int(v) for v in np.argwhere(bad)[0])
+        j = columns[c]
+        if j is None:
+            return
+        raise DataError(f"{self._where(start + row)}, column {self.names[j]!r} holds {self._cell(j, start + row)!r}, "
+                        "not a finite number.")  # fmt: skip
+
+    def _fill(self, X, numbers):
+        """Writes the number columns {offset: (j, chunks)} into X, in row blocks that stay in cache."""
+        if not numbers:
+            return
+        offsets = list(numbers)
+        bounds = {tuple(np.cumsum([len(c) for c in chunks])) for _, chunks in numbers.values()}
+        if len(bounds) > 1:  # chunked differently (seldom): column by column
+            for offset, (_, chunks) in numbers.items():
+                X[:, offset] = np.concatenate(chunks)
+        else:
+            start = 0
+            for c in range(len(next(iter(numbers.values()))[1])):
+                size = len(numbers[offsets[0]][1][c])
+                for s in range(0, size, _FILL_ROWS):
+                    e = min(size, s + _FILL_ROWS)
+                    rows = X[start + s : start + e]
+                    for offset, (_, chunks) in numbers.items():
+                        rows[:, offset] = chunks[c][s:e]
+                start += size
+        sources = [None] * X.shape[1]
+        for offset, (j, _) in numbers.items():
+            sources[offset] = j
+        for s in range(0, X.shape[0], 1 << 16):
+            self._check_finite(X[s : s + (1 << 16)], sources, s)
 
     def _days(self, j):
         pa = _pyarrow()
         self._no_nulls(j)
         column = self.arrow.column(j)
         if pa.types.is_date(column.type):
-            return np.asarray(column.cast(pa.date32()).cast(pa.int32()).to_numpy(), np.float64)
+            return np.concatenate([_numpy(c, np.float64) for c in column.cast(pa.date32()).cast(pa.int32()).chunks])
         per_day = {"s": 86400, "ms": 86400e3, "us": 86400e6, "ns": 86400e9}[column.type.unit]
-        return np.asarray(column.cast(pa.int64()).to_numpy(), np.float64) / per_day
+        return np.concatenate([_numpy(c, np.float64) for c in column.cast(pa.int64()).chunks]) / per_day
 
     def _no_nulls(self, j):
         column = self.arrow.column(j)
@@ -507,6 +557,27 @@ class _Columns:
 _PHRASES = {"left out": "is left out: ", "one-hot": "is one-hot encoded: ", DAYS: f"is turned into {DAYS}"}
 
 
+def _numpy(chunk, dtype):
+    """One pyarrow array without nulls as a NumPy array of `dtype`, without a copy where the types agree.
+
+    Read from its data buffer: pyarrow's own `to_numpy` imports pandas, a
+    third of a second of the command's start.
+    """
+    import pyarrow as pa
+
+    if chunk.null_count:
+        raise ValueError("a chunk with nulls")  # callers refuse nulls first
+    if not (pa.types.is_integer(chunk.type) or pa.types.is_floating(chunk.type)):
+        chunk = chunk.cast(pa.float64())
+    kind = np.dtype(_NUMPY_TYPES[str(chunk.type)])
+    values = np.frombuffer(chunk.buffers()[1], kind, count=len(chunk), offset=chunk.offset * kind.itemsize)
+    return values if kind == dtype else values.astype(dtype)
+
+
+_NUMPY_TYPES = {"double": "float64", "float": "float32", "halffloat": "float16", **{
+    f"{sign}int{bits}": f"{sign}int{bits}" for sign in ("", "u") for bits in (8, 16, 32, 64)}}  # fmt: skip
+
+
 def _used(name, use, why):
     return {"column": name, "use": use, "why": why}
 
@@ -521,7 +592,11 @@ def _matches(column, pattern):
     """A NumPy bool mask: which cells of a text column match `pattern` (nulls do not)."""
     import pyarrow.compute as pc
 
-    return np.asarray(pc.fill_null(pc.match_substring_regex(column, pattern.pattern), False).to_numpy(zero_copy_only=False), bool)
+    import pyarrow as pa
+
+    # Kleene "and" with validity: a null cell is False, not null (and no pandas import, as fill_null makes).
+    matched = pc.and_kleene(pc.match_substring_regex(column, pattern.pattern), pc.is_valid(column)).cast(pa.int8())
+    return np.concatenate([_numpy(chunk, np.int8) for chunk in matched.chunks] or [np.zeros(0, np.int8)]).astype(bool)
 
 
 def _open_text(path):
