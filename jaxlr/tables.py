@@ -8,7 +8,8 @@
 
 How columns become features (CSV and Parquet; a .npy or .npz holds numbers only):
 
-    numbers                a feature as they stand (true/false as 1/0); an integer column
+    numbers                a feature as they stand (true/false as 1/0, and pyarrow reads
+                           hexadecimal integers such as 0x10 as numbers); an integer column
                            named like an identifier ("id", "customer_id", "OrderID") with
                            a distinct value in every row is left out
     text, few values       one-hot encoded: a 0/1 feature per value ("city=Paris"), up to
