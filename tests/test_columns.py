@@ -184,3 +184,21 @@ def test_without_pyarrow_a_csv_is_one_line_naming_the_extra_and_npy_still_reads(
     assert done.stderr.strip().splitlines()[-1] == (
         "jaxlr: error: reading CSV and Parquet files needs pyarrow: pip install 'jaxlr[tables]'."
     )
+
+
+def test_the_progress_bar_draws_on_a_terminal_that_reports_no_size(tmp_path):
+    import os
+    import pty
+
+    pytest.importorskip("tqdm")
+    code = ("from jaxlr.callbacks import Progress\n"
+            "bar = Progress(3, delay=0)\n"
+            "[bar(epoch, None) for epoch in range(3)]\n"
+            "bar.close()\n")  # fmt: skip
+    master, slave = pty.openpty()  # a fresh pseudo-terminal: 0 columns
+    done = subprocess.run([sys.executable, "-c", code], stderr=slave, timeout=120)
+    os.close(slave)
+    drawn = os.read(master, 1 << 16)
+    os.close(master)
+    assert done.returncode == 0
+    assert b"0/3 [" in drawn, drawn  # the bar was drawn (tqdm draws it again at most every 0.1 s)
