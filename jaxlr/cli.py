@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlr.callbacks import EarlyStopping, Progress
+from jaxlr.losses import MARGIN_FRACTION, default_margin, margin_warning
 from jaxlr.data import DataError, synthetic_data
 from jaxlr.tables import MAX_CATEGORIES, load_table, reader_for
 from jaxlr.metrics import RunningMetrics, host_metrics
@@ -203,11 +204,21 @@ RAW_TABLE_DEFAULTS = dict(TABLE_DEFAULTS, epochs=10, standardize=False, target_s
                           val_fraction=0.0, early_stopping=0)  # fmt: skip
 
 
-def _default(name, lesson=None, table=None, raw=None):
-    """Help text for an option whose default depends on the job."""
+# What `solve` changes of the table defaults: the closed form needs no held-out rows to stop.
+SOLVE_DEFAULTS = dict(val_fraction=0.0)
+
+
+def _default(name, lesson=None, table=None, raw=None, command="train"):
+    """Help text for an option whose default depends on the job (and on the command)."""
     lesson = LESSON_DEFAULTS[name] if lesson is None else lesson
     table = TABLE_DEFAULTS[name] if table is None else table
     raw = RAW_TABLE_DEFAULTS[name] if raw is None else raw
+    if command == "solve":
+        table = SOLVE_DEFAULTS.get(name, table)
+        lesson = SOLVE_DEFAULTS.get(name, lesson)
+        if lesson == table:
+            return f"default: {table}"
+        return f"default: {table} with --data, {lesson} for the lesson's job"
     text = f"default: {table} with --data, {lesson} for the lesson's job"
     return text + (f", {raw} with --stream or across processes" if raw != table else "")
 
@@ -216,19 +227,14 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default where it has one; the job-dependent ones say theirs in words."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False) or "default:" in (action.help or ""):
+        # `is`, not `in`: a default of 0 (--seed, --average) equals False and must still show.
+        if action.default is None or action.default is False or "default:" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
 
-def _parser():
-    parser = _Parser(prog="jaxlr", description="Linear regression from scratch, in JAX.")
-    from jaxlr import __version__
-
-    parser.add_argument("--version", action="version", version=f"jaxlr {__version__}")
-    sub = parser.add_subparsers(title="commands", parser_class=_Parser)
-    Formatter = _Help
-
+def _data_options(command):
+    """The options that read a table, with the defaults of `command` ("train" or "solve") in their help."""
     data = _Parser(add_help=False)
     data.add_argument("--data", metavar="FILE", help="a CSV with a header row (also .csv.gz, .csv.bz2, ...) or a "
                       "Parquet file (both with the tables extra: pip install 'jaxlr[tables]'), a .npy matrix, or a .npz "
@@ -243,22 +249,39 @@ def _parser():
                       help="the most values a text column may hold to be one-hot encoded without --categorical")
     data.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
                       help="scale the features to mean 0, sd 1 with the training split's statistics ("
-                      + _default("standardize", "off", "on", "off") + ")")  # fmt: skip
+                      + _default("standardize", "off", "on", "off", command=command) + ")")  # fmt: skip
     data.add_argument("--target-scaling", choices=("none", "center", "scale"), default=None,
                       help="train on the target minus its mean ('center'), also divided by its sd ('scale'), or as it "
-                      "is; the model file predicts in the target's own units (" + _default("target_scaling") + ")")  # fmt: skip
+                      "is; the model file predicts in the target's own units (" + _default("target_scaling", command=command) + ")")  # fmt: skip
     data.add_argument("--val-fraction", type=_holdout, metavar="F",
-                      help="hold out this fraction of rows for validation, 0 for none (" + _default("val_fraction") + ")")
+                      help="hold out this fraction of rows for validation, 0 for none (" + _default("val_fraction", command=command) + ")")
     data.add_argument("--seed", type=int, default=0, help="seed for the data split, initialisation and shuffling")
     data.add_argument("--save", metavar="MODEL.npz", help="write the model file here")
+    return data
+
+
+def _parser():
+    parser = _Parser(
+        prog="jaxlr", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Linear regression from scratch, in JAX.",
+        epilog="With no command, jaxlr runs `jaxlr train`: alone, the lesson's job (SGD on its synthetic data);\n"
+               "options given without a command are train's (`jaxlr --epochs 5` is `jaxlr train --epochs 5`).\n"
+               "`jaxlr COMMAND --help` shows a command's options and their defaults.",
+    )  # fmt: skip
+    from jaxlr import __version__
+
+    parser.add_argument("--version", action="version", version=f"jaxlr {__version__}")
+    sub = parser.add_subparsers(title="commands", parser_class=_Parser)
+    Formatter = _Help
+
     common = _Parser(add_help=False)
     common.add_argument("--x64", action="store_true", help="compute in float64")
     common.add_argument("--quiet", action="store_true", help="no progress lines or bar")
     common.add_argument("--json", action="store_true", help="print one JSON object with the results")
     common.add_argument("--no-cache", action="store_true", help="do not use the persistent compilation cache")
 
-    train = sub.add_parser("train", parents=[data, common], formatter_class=Formatter,
-                           help="train by SGD (the lesson's job without --data)")  # fmt: skip
+    train = sub.add_parser("train", parents=[_data_options("train"), common], formatter_class=Formatter,
+                           help="train by SGD (the lesson's job without --data; what jaxlr runs with no command)")  # fmt: skip
     train.add_argument("--epochs", type=_count, help="passes over the training rows, the most with early stopping ("
                        + _default("epochs") + ")")  # fmt: skip
     train.add_argument("--lr", type=_positive, help="learning rate (" + _default("lr") + ")")
@@ -272,8 +295,10 @@ def _parser():
                        help="the update rule")
     train.add_argument("--loss", choices=("squared", "huber", "epsilon_insensitive", "squared_epsilon_insensitive"),
                        default="squared", help="the loss per example (see jaxlr.losses)")
-    train.add_argument("--epsilon", type=_nonnegative, default=0.1,
-                       help="margin of the huber and epsilon-insensitive losses, in the target's units")
+    train.add_argument("--epsilon", type=_nonnegative,
+                       help="margin of the huber and epsilon-insensitive losses, in the target's units (default: "
+                       f"{MARGIN_FRACTION} x the training target's standard deviation with --data, {MARGIN_FRACTION} "
+                       "for the lesson's job)")  # fmt: skip
     train.add_argument("--penalty", choices=("none", "l2", "l1", "elasticnet"), default="none",
                        help="penalty on the weights")
     train.add_argument("--alpha", type=_nonnegative, default=0.0001, help="strength of the penalty")
@@ -312,7 +337,7 @@ def _parser():
                        help="start afresh, deleting this run's checkpoints in --checkpoint (other runs' are kept)")
     train.set_defaults(command=_train)
 
-    closed = sub.add_parser("solve", parents=[data, common], formatter_class=Formatter,
+    closed = sub.add_parser("solve", parents=[_data_options("solve"), common], formatter_class=Formatter,
                             help="fit in closed form (least squares)")  # fmt: skip
     closed.set_defaults(command=_solve)
 
@@ -550,7 +575,7 @@ def _settle_defaults(args):
     raw = getattr(args, "stream", False) or getattr(args, "coordinator", None) is not None
     defaults = LESSON_DEFAULTS if args.data is None else RAW_TABLE_DEFAULTS if raw else TABLE_DEFAULTS
     if args.command is _solve:
-        defaults = dict(defaults, val_fraction=0.0)  # the closed form needs no held-out rows to stop
+        defaults = dict(defaults, **SOLVE_DEFAULTS)
     args.defaulted = set()
     for name, value in defaults.items():
         if getattr(args, name, "absent") is None:
@@ -594,6 +619,9 @@ def _train(args):
     if show_lines and not is_seed_job and bar.bar is None:
         lines = _EpochLines(args.epochs)
     y_scale = split.scaler.y_scale[0] if hasattr(split, "scaler") else 1.0
+    if args.epsilon is None:
+        on_table = not is_seed_job and getattr(split, "y_original", None) is not None
+        args.epsilon = default_margin(split.y_original) if on_table else MARGIN_FRACTION
 
     start = time.perf_counter()
     try:
@@ -647,6 +675,9 @@ def _train(args):
         _write_outputs(args, model, plot)
         _print_report(report, args)
         _warn_if_worse_than_the_mean(report, args)
+        margin = margin_warning(args.loss, args.epsilon, math.sqrt(report["train_mse"]))
+        if margin:
+            _warn(margin)
     return 0
 
 

@@ -202,3 +202,24 @@ def test_the_progress_bar_draws_on_a_terminal_that_reports_no_size(tmp_path):
     os.close(master)
     assert done.returncode == 0
     assert b"0/3 [" in drawn, drawn  # the bar was drawn (tqdm draws it again at most every 0.1 s)
+
+
+def test_the_default_margin_fits_the_targets_spread_and_a_far_one_is_warned_about(tmp_path, cache_dir):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1000, 3))
+    y = X @ [150.0, -80.0, 40.0] + 1000 + 5 * rng.normal(size=1000)  # a spread of about 180
+    np.savetxt(tmp_path / "wide.csv", np.column_stack([X, y]), delimiter=",", header="a,b,c,y", comments="", fmt="%.6g")
+    runs = {}
+    for name, extra in (("default", []), ("fixed", ["--epsilon", "0.1"])):
+        done = run_cli("train", "--data", "wide.csv", "--target", "y", "--loss", "huber", "--save", f"{name}.npz",
+                       "--json", *extra, cwd=tmp_path, cache_dir=cache_dir)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        runs[name] = (json.loads(done.stdout), done.stderr)
+    report, stderr = runs["default"]
+    assert report["val_r2"] > 0.99 and stderr == ""
+    epsilon = load_model(tmp_path / "default.npz").settings["epsilon"]
+    assert epsilon == pytest.approx(0.1 * np.std(y), rel=0.1)  # a tenth of the training target's spread
+    report, stderr = runs["fixed"]
+    assert report["val_r2"] < 0.9  # Huber with steps of 0.1 on a spread of 180: far from learnt
+    assert stderr.startswith("jaxlr: warning: the huber margin --epsilon 0.1 is far below the residuals' size")
+    assert stderr.count("\n") == 1
