@@ -17,6 +17,10 @@ from jaxlr import parallel
 
 Callback = Callable[[int, Any], bool]
 
+MIN_VALIDATION_ROWS = 20
+"""The fewest held-out rows a default validation split may have: with fewer, the
+validation MSE is mostly noise, and early stopping keeps an early epoch for it."""
+
 
 class EarlyStopping:
     """Stops after `patience` epochs without a lower validation MSE, keeping the best params.

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlr.callbacks import EarlyStopping, Progress
+from jaxlr.callbacks import MIN_VALIDATION_ROWS, EarlyStopping, Progress
 from jaxlr.losses import MARGIN_FRACTION, default_margin, margin_warning
 from jaxlr.data import DataError, synthetic_data
 from jaxlr.tables import MAX_CATEGORIES, load_table, reader_for
@@ -397,9 +397,14 @@ class _Split:
             if not 1 <= num_val < X.shape[0]:
                 if "val_fraction" not in args.defaulted:
                     raise DataError(f"--val-fraction {args.val_fraction} of {X.shape[0]} rows leaves an empty split.")
-                _warn(f"{X.shape[0]} rows are too few to hold out a validation split: training on all of them, "
-                      "without early stopping.")  # fmt: skip
-                args.val_fraction, args.early_stopping = 0.0, 0
+            if num_val < MIN_VALIDATION_ROWS and "val_fraction" in args.defaulted:
+                # A handful of held-out rows judges early stopping by noise: it
+                # would stop at the first epochs and blame the learning rate.
+                _note(f"{X.shape[0]} rows are too few to hold out a validation split of {MIN_VALIDATION_ROWS} rows: "
+                      f"training on all of them for {args.epochs} epochs, without early stopping.")  # fmt: skip
+                args.val_fraction = 0.0
+                if "early_stopping" in args.defaulted:
+                    args.early_stopping = 0
         kept = None
         if args.val_fraction:
             from jaxlr.data import permutation
@@ -552,8 +557,13 @@ def _names(text):
 def _noted(table):
     """Tells the user how the table was read (columns left out), one line each."""
     for note in table.notes:
-        print(f"jaxlr: note: {note}", file=sys.stderr)
+        _note(note)
     return table
+
+
+def _note(text):
+    """A remark for the user (not a problem): one line on stderr."""
+    print(f"jaxlr: note: {' '.join(str(text).split())}", file=sys.stderr)
 
 
 def _keys(args):
@@ -949,6 +959,7 @@ def _report(model, split, args, elapsed, trained, table=None):
         report["columns"] = list(table.columns)  # every column left out or transformed, and why
     report.update(split.train_metrics(model, trained))
     if split.val_X is not None:
+        report["val_rows"] = int(split.val_X.shape[0])
         report.update(host_metrics(_on_standardized(model, split.val_X), split.val_y, "val_"))
     return report
 
@@ -994,9 +1005,16 @@ def _warn_if_worse_than_the_mean(report, args):
     if args.target_scaling != "scale":
         tries.append("--target-scaling scale")
     if args.command is _train:
-        if report.get("early_stopped") is False or "early_stopped" not in report:
+        if report.get("early_stopped") and report.get("best_epoch") == 0:
+            # Not the learning rate's fault: the held-out rows never saw an improvement.
+            tries.append(f"--early-stopping 0 (it kept the first epoch: the validation MSE on {report['val_rows']} "
+                         "rows never fell)")  # fmt: skip
+        elif report.get("early_stopped") is False or "early_stopped" not in report:
             tries.append(f"more --epochs (ran {report['epochs_run']})")
-        tries.append(f"another --lr (was {args.lr})")
+        if report.get("val_rows", MIN_VALIDATION_ROWS) < MIN_VALIDATION_ROWS:
+            tries.append(f"a larger --val-fraction (validation R^2 on {report['val_rows']} rows is mostly noise)")
+        if not (report.get("early_stopped") and report.get("best_epoch") == 0):
+            tries.append(f"another --lr (was {args.lr})")
     scores = ", ".join(f"{name} R^2 = {report[key]:.3g}" for key, name in (("train_r2", "training"), ("val_r2", "validation")) if key in report)
     advice = f"; try {', '.join(tries)}" if tries else ""
     _warn(f"the model predicts worse than the target's mean ({scores}){advice}.")

@@ -223,3 +223,25 @@ def test_the_default_margin_fits_the_targets_spread_and_a_far_one_is_warned_abou
     assert report["val_r2"] < 0.9  # Huber with steps of 0.1 on a spread of 180: far from learnt
     assert stderr.startswith("jaxlr: warning: the huber margin --epsilon 0.1 is far below the residuals' size")
     assert stderr.count("\n") == 1
+
+
+def test_a_tiny_table_trains_every_epoch_and_a_tiny_split_is_named_in_the_warning(tmp_path, cache_dir):
+    def table(n, seed):
+        rng = np.random.default_rng(seed)
+        X = rng.normal(size=(n, 3)) * [1, 10, 100]
+        y = X @ [3, -0.2, 0.01] + 50 + 2 * rng.normal(size=n)
+        np.savetxt(tmp_path / f"t{n}.csv", np.column_stack([X, y]), delimiter=",", header="a,b,c,y", comments="",
+                   fmt="%.6g")  # fmt: skip
+
+    table(10, 0)  # a default split of one row stopped after 6 epochs, keeping the first (training R² 0.04)
+    done = run_cli("train", "--data", "t10.csv", "--target", "y", "--json", cwd=tmp_path, cache_dir=cache_dir)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["epochs_run"] == 200 and "best_epoch" not in report and report["train_r2"] > 0.8
+    assert done.stderr.startswith("jaxlr: note: 10 rows are too few to hold out a validation split of 20 rows")
+    table(15, 0)  # asked for: two validation rows, negative R² there
+    done = run_cli("train", "--data", "t15.csv", "--target", "y", "--val-fraction", "0.1", "--early-stopping", "5",
+                   "--json", cwd=tmp_path, cache_dir=cache_dir)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["val_rows"] == 2
+    assert "a larger --val-fraction (validation R^2 on 2 rows is mostly noise)" in done.stderr
