@@ -391,7 +391,7 @@ class _Split:
             raise DataError(f"{args.data} has no rows.")
         self.rows = X.shape[0]
         _check_finite(args.data, X, y)
-        val_X = val_y = None
+        val_X = val_y = unsplit = None
         if args.val_fraction:
             num_val = int(round(args.val_fraction * X.shape[0]))
             if not 1 <= num_val < X.shape[0]:
@@ -400,8 +400,8 @@ class _Split:
             if num_val < MIN_VALIDATION_ROWS and "val_fraction" in args.defaulted:
                 # A handful of held-out rows judges early stopping by noise: it
                 # would stop at the first epochs and blame the learning rate.
-                _note(f"{X.shape[0]} rows are too few to hold out a validation split of {MIN_VALIDATION_ROWS} rows: "
-                      f"training on all of them for {args.epochs} epochs, without early stopping.")  # fmt: skip
+                unsplit = (f"{X.shape[0]} rows are too few to hold out a validation split of {MIN_VALIDATION_ROWS} "
+                           f"rows: training on all of them for {args.epochs} epochs, without early stopping.")  # fmt: skip
                 args.val_fraction = 0.0
                 if "early_stopping" in args.defaulted:
                     args.early_stopping = 0
@@ -444,6 +444,8 @@ class _Split:
         # first predictions far off on correlated features.
         k = self.y.shape[1]
         self.start = Params(np.zeros((X.shape[1], k), dtype), self.y.mean(axis=0, dtype=np.float64).astype(dtype))
+        if unsplit:  # said once the rows are known to be usable: an error is then the only line
+            _note(unsplit)
 
     def to_device(self):
         """Moves the training rows to the device, a piece at a time, and lets the host copy go."""
