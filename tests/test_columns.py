@@ -245,3 +245,17 @@ def test_a_tiny_table_trains_every_epoch_and_a_tiny_split_is_named_in_the_warnin
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["val_rows"] == 2
     assert "a larger --val-fraction (validation R^2 on 2 rows is mostly noise)" in done.stderr
+
+
+def test_help_shows_zero_defaults_solves_own_defaults_and_the_bare_command():
+    from jaxlr import cli
+
+    parser = cli._parser()
+    commands = parser._subparsers._group_actions[0].choices
+    train = " ".join(commands["train"].format_help().split())
+    solve = " ".join(commands["solve"].format_help().split())
+    assert "shuffling (default: 0)" in train and "no averaging) (default: 0)" in train
+    assert "0 for none (default: 0.0)" in solve and "0.1 with --data" not in solve
+    assert "0 for none (default: 0.1 with --data, 0.0 for the lesson's job" in train
+    assert "x the training target's standard deviation with --data" in train
+    assert "With no command, jaxlr runs `jaxlr train`" in parser.format_help()
