@@ -1,11 +1,11 @@
-"""python -m benchmarks {seed,scale,sweep,cold,practice,engines,shuffle,all} [--size tiny] [--device gpu] [--batch-size N] [--json FILE]"""
+"""python -m benchmarks {seed,scale,sweep,cold,practice,engines,shuffle,tables,all} [--size tiny] [--device gpu] [--batch-size N] [--json FILE]"""
 
 import argparse
 import datetime
 import json
 import sys
 
-from benchmarks import cold, engines, harness, practice, scale, seed, shuffle, sweep
+from benchmarks import cold, engines, harness, practice, scale, seed, shuffle, sweep, tables
 
 SIZES = {
     # case: (full size, tiny size used by the tests)
@@ -18,6 +18,7 @@ SIZES = {
                  {"num_rows": 2000, "num_tables": 1, "num_settings": 2, "num_seeds": 2, "budget_s": 0.1}),
     "engines": ({}, {"num_rows": 2000, "features": (2,), "batches": (1, 64), "budget_s": 0.1, "accuracy": False}),
     "shuffle": ({"sizes": (10_000, 2_000_000)}, {"sizes": (100, 1000)}),
+    "tables": ({"num_rows": 1_000_000, "num_features": 20}, {"num_rows": 2000, "num_features": 3}),
 }
 GPU_SCALE = {"num_examples": 20_000_000, "num_features": 100, "batch_size": 4096}
 REFERENCE = {
@@ -28,9 +29,10 @@ REFERENCE = {
     "practice": "scikit-learn SGDRegressor (each group's own: the vs_sklearn column)",
     "engines": "the fused engine at the same features and batch size (the vs_fused column)",
     "shuffle": None,
+    "tables": "pandas.read_csv + numpy lstsq",
 }
 MODULES = {"seed": seed, "scale": scale, "sweep": sweep, "cold": cold, "practice": practice, "engines": engines,
-           "shuffle": shuffle}
+           "shuffle": shuffle, "tables": tables}
 
 
 def main(argv=None):
@@ -57,7 +59,7 @@ def main(argv=None):
                 options.update(GPU_SCALE)
             if args.batch_size:
                 options["batch_size"] = args.batch_size
-        if case != "cold":
+        if case not in ("cold", "tables"):
             options["repeats"] = args.repeats
         else:
             options["repeats"] = min(args.repeats, 3)

@@ -5,7 +5,8 @@ The path of the lesson, one module each: `data` (key -> data -> batches),
 rules), `train` (fit and sweep). What grew around it: `losses`, `penalties`
 and `schedules` (what a practitioner tunes), `engines` (the one training
 program and the loop, fused and streamed ways to drive it), `callbacks`
-(early stopping, progress), `preprocessing` (standardization), `metrics`,
+(early stopping, progress), `tables` (CSV, Parquet and NumPy files, and
+their columns turned into features), `preprocessing` (standardization), `metrics`,
 `solve` (the closed form), `checkpoint` (resumable runs), `parallel`
 (devices and processes), `persist` (model files), `cli` (the `jaxlr`
 command) and `estimator` (`SGDRegressor`, for scikit-learn).

@@ -7,6 +7,7 @@ takes one or a list. The classes here are the library's own.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -15,6 +16,10 @@ import numpy as np
 from jaxlr import parallel
 
 Callback = Callable[[int, Any], bool]
+
+MIN_VALIDATION_ROWS = 20
+"""The fewest held-out rows a default validation split may have: with fewer, the
+validation MSE is mostly noise, and early stopping keeps an early epoch for it."""
 
 
 class EarlyStopping:
@@ -80,12 +85,12 @@ class EarlyStopping:
 
 
 class Progress:
-    """A tqdm bar of epochs on stderr, shown only on a terminal and after a second.
+    """A tqdm bar of epochs on stderr, shown only on a terminal and after `delay` seconds.
 
     Without tqdm (the `progress` extra) or a terminal, it does nothing.
     """
 
-    def __init__(self, total: int, *, enabled: bool = True):
+    def __init__(self, total: int, *, enabled: bool = True, delay: float = 1.0):
         self.bar = None
         if not enabled or not sys.stderr.isatty():
             return
@@ -93,7 +98,14 @@ class Progress:
             from tqdm import tqdm
         except ImportError:
             return
-        self.bar = tqdm(total=total, unit="epoch", file=sys.stderr, delay=1.0, leave=False)
+        # A terminal that reports no size (a fresh pseudo-terminal, some containers)
+        # has 0 rows to tqdm, which then hides the bar as off screen: nothing is drawn.
+        try:
+            size = os.get_terminal_size(sys.stderr.fileno())
+        except OSError:
+            size = os.terminal_size((0, 0))
+        unknown = dict(ncols=80, nrows=24) if not (size.columns and size.lines) else {}
+        self.bar = tqdm(total=total, unit="epoch", file=sys.stderr, delay=delay, leave=False, **unknown)
 
     def __call__(self, epoch: int, result: Any) -> bool:
         if self.bar is not None:

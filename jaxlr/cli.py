@@ -25,8 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlr.callbacks import EarlyStopping, Progress
-from jaxlr.data import DataError, load_table, synthetic_data
+from jaxlr.callbacks import MIN_VALIDATION_ROWS, EarlyStopping, Progress
+from jaxlr.losses import MARGIN_FRACTION, default_margin, margin_warning
+from jaxlr.data import DataError, synthetic_data
+from jaxlr.tables import MAX_CATEGORIES, load_table, reader_for
 from jaxlr.metrics import RunningMetrics, host_metrics
 from jaxlr.model import Params
 from jaxlr.persist import Model, ModelFileError, atomic_write, load_model, save_model
@@ -202,11 +204,21 @@ RAW_TABLE_DEFAULTS = dict(TABLE_DEFAULTS, epochs=10, standardize=False, target_s
                           val_fraction=0.0, early_stopping=0)  # fmt: skip
 
 
-def _default(name, lesson=None, table=None, raw=None):
-    """Help text for an option whose default depends on the job."""
+# What `solve` changes of the table defaults: the closed form needs no held-out rows to stop.
+SOLVE_DEFAULTS = dict(val_fraction=0.0)
+
+
+def _default(name, lesson=None, table=None, raw=None, command="train"):
+    """Help text for an option whose default depends on the job (and on the command)."""
     lesson = LESSON_DEFAULTS[name] if lesson is None else lesson
     table = TABLE_DEFAULTS[name] if table is None else table
     raw = RAW_TABLE_DEFAULTS[name] if raw is None else raw
+    if command == "solve":
+        table = SOLVE_DEFAULTS.get(name, table)
+        lesson = SOLVE_DEFAULTS.get(name, lesson)
+        if lesson == table:
+            return f"default: {table}"
+        return f"default: {table} with --data, {lesson} for the lesson's job"
     text = f"default: {table} with --data, {lesson} for the lesson's job"
     return text + (f", {raw} with --stream or across processes" if raw != table else "")
 
@@ -215,42 +227,61 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default where it has one; the job-dependent ones say theirs in words."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False) or "default:" in (action.help or ""):
+        # `is`, not `in`: a default of 0 (--seed, --average) equals False and must still show.
+        if action.default is None or action.default is False or "default:" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
 
+def _data_options(command):
+    """The options that read a table, with the defaults of `command` ("train" or "solve") in their help."""
+    data = _Parser(add_help=False)
+    data.add_argument("--data", metavar="FILE", help="a CSV with a header row (also .csv.gz, .csv.bz2, ...) or a "
+                      "Parquet file (both with the tables extra: pip install 'jaxlr[tables]'), a .npy matrix, or a .npz "
+                      "with X and y (default: the lesson's synthetic data)")  # fmt: skip
+    data.add_argument("--target", metavar="COL", help="target column: a name, or a 0-based index")
+    data.add_argument("--features", metavar="COLS", help="comma-separated feature columns (default: every other column "
+                      "that can be one: numbers, dates as days since 1970-01-01, text of few values one-hot encoded)")  # fmt: skip
+    data.add_argument("--categorical", metavar="COLS", help="comma-separated columns to one-hot encode whatever they hold "
+                      "(default: text columns of at most --max-categories values)")  # fmt: skip
+    data.add_argument("--drop", metavar="COLS", help="comma-separated columns to leave out (default: none)")
+    data.add_argument("--max-categories", type=_positive_int, default=MAX_CATEGORIES, metavar="N",
+                      help="the most values a text column may hold to be one-hot encoded without --categorical")
+    data.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
+                      help="scale the features to mean 0, sd 1 with the training split's statistics ("
+                      + _default("standardize", "off", "on", "off", command=command) + ")")  # fmt: skip
+    data.add_argument("--target-scaling", choices=("none", "center", "scale"), default=None,
+                      help="train on the target minus its mean ('center'), also divided by its sd ('scale'), or as it "
+                      "is; the model file predicts in the target's own units (" + _default("target_scaling", command=command) + ")")  # fmt: skip
+    data.add_argument("--val-fraction", type=_holdout, metavar="F",
+                      help="hold out this fraction of rows for validation, 0 for none (" + _default("val_fraction", command=command) + ")")
+    data.add_argument("--seed", type=int, default=0, help="seed for the data split, initialisation and shuffling")
+    data.add_argument("--save", metavar="MODEL.npz", help="write the model file here")
+    return data
+
+
 def _parser():
-    parser = _Parser(prog="jaxlr", description="Linear regression from scratch, in JAX.")
+    parser = _Parser(
+        prog="jaxlr", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Linear regression from scratch, in JAX.",
+        epilog="With no command, jaxlr runs `jaxlr train`: alone, the lesson's job (SGD on its synthetic data);\n"
+               "options given without a command are train's (`jaxlr --epochs 5` is `jaxlr train --epochs 5`).\n"
+               "`jaxlr COMMAND --help` shows a command's options and their defaults.",
+    )  # fmt: skip
     from jaxlr import __version__
 
     parser.add_argument("--version", action="version", version=f"jaxlr {__version__}")
     sub = parser.add_subparsers(title="commands", parser_class=_Parser)
     Formatter = _Help
 
-    data = _Parser(add_help=False)
-    data.add_argument("--data", metavar="FILE", help="a CSV with a header row, a .npy matrix, or a .npz with X and y "
-                      "(default: the lesson's synthetic data)")  # fmt: skip
-    data.add_argument("--target", metavar="COL", help="target column: a name, or a 0-based index")
-    data.add_argument("--features", metavar="COLS", help="comma-separated feature columns (default: every other numeric column)")
-    data.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
-                      help="scale the features to mean 0, sd 1 with the training split's statistics ("
-                      + _default("standardize", "off", "on", "off") + ")")  # fmt: skip
-    data.add_argument("--target-scaling", choices=("none", "center", "scale"), default=None,
-                      help="train on the target minus its mean ('center'), also divided by its sd ('scale'), or as it "
-                      "is; the model file predicts in the target's own units (" + _default("target_scaling") + ")")  # fmt: skip
-    data.add_argument("--val-fraction", type=_holdout, metavar="F",
-                      help="hold out this fraction of rows for validation, 0 for none (" + _default("val_fraction") + ")")
-    data.add_argument("--seed", type=int, default=0, help="seed for the data split, initialisation and shuffling")
-    data.add_argument("--save", metavar="MODEL.npz", help="write the model file here")
     common = _Parser(add_help=False)
     common.add_argument("--x64", action="store_true", help="compute in float64")
     common.add_argument("--quiet", action="store_true", help="no progress lines or bar")
     common.add_argument("--json", action="store_true", help="print one JSON object with the results")
     common.add_argument("--no-cache", action="store_true", help="do not use the persistent compilation cache")
 
-    train = sub.add_parser("train", parents=[data, common], formatter_class=Formatter,
-                           help="train by SGD (the lesson's job without --data)")  # fmt: skip
+    train = sub.add_parser("train", parents=[_data_options("train"), common], formatter_class=Formatter,
+                           help="train by SGD (the lesson's job without --data; what jaxlr runs with no command)")  # fmt: skip
     train.add_argument("--epochs", type=_count, help="passes over the training rows, the most with early stopping ("
                        + _default("epochs") + ")")  # fmt: skip
     train.add_argument("--lr", type=_positive, help="learning rate (" + _default("lr") + ")")
@@ -264,8 +295,10 @@ def _parser():
                        help="the update rule")
     train.add_argument("--loss", choices=("squared", "huber", "epsilon_insensitive", "squared_epsilon_insensitive"),
                        default="squared", help="the loss per example (see jaxlr.losses)")
-    train.add_argument("--epsilon", type=_nonnegative, default=0.1,
-                       help="margin of the huber and epsilon-insensitive losses, in the target's units")
+    train.add_argument("--epsilon", type=_nonnegative,
+                       help="margin of the huber and epsilon-insensitive losses, in the target's units (default: "
+                       f"{MARGIN_FRACTION} x the training target's standard deviation with --data, {MARGIN_FRACTION} "
+                       "for the lesson's job)")  # fmt: skip
     train.add_argument("--penalty", choices=("none", "l2", "l1", "elasticnet"), default="none",
                        help="penalty on the weights")
     train.add_argument("--alpha", type=_nonnegative, default=0.0001, help="strength of the penalty")
@@ -304,7 +337,7 @@ def _parser():
                        help="start afresh, deleting this run's checkpoints in --checkpoint (other runs' are kept)")
     train.set_defaults(command=_train)
 
-    closed = sub.add_parser("solve", parents=[data, common], formatter_class=Formatter,
+    closed = sub.add_parser("solve", parents=[_data_options("solve"), common], formatter_class=Formatter,
                             help="fit in closed form (least squares)")  # fmt: skip
     closed.set_defaults(command=_solve)
 
@@ -358,15 +391,20 @@ class _Split:
             raise DataError(f"{args.data} has no rows.")
         self.rows = X.shape[0]
         _check_finite(args.data, X, y)
-        val_X = val_y = None
+        val_X = val_y = unsplit = None
         if args.val_fraction:
             num_val = int(round(args.val_fraction * X.shape[0]))
             if not 1 <= num_val < X.shape[0]:
                 if "val_fraction" not in args.defaulted:
                     raise DataError(f"--val-fraction {args.val_fraction} of {X.shape[0]} rows leaves an empty split.")
-                _warn(f"{X.shape[0]} rows are too few to hold out a validation split: training on all of them, "
-                      "without early stopping.")  # fmt: skip
-                args.val_fraction, args.early_stopping = 0.0, 0
+            if num_val < MIN_VALIDATION_ROWS and "val_fraction" in args.defaulted:
+                # A handful of held-out rows judges early stopping by noise: it
+                # would stop at the first epochs and blame the learning rate.
+                unsplit = (f"{X.shape[0]} rows are too few to hold out a validation split of {MIN_VALIDATION_ROWS} "
+                           f"rows: training on all of them for {args.epochs} epochs, without early stopping.")  # fmt: skip
+                args.val_fraction = 0.0
+                if "early_stopping" in args.defaulted:
+                    args.early_stopping = 0
         kept = None
         if args.val_fraction:
             from jaxlr.data import permutation
@@ -406,6 +444,8 @@ class _Split:
         # first predictions far off on correlated features.
         k = self.y.shape[1]
         self.start = Params(np.zeros((X.shape[1], k), dtype), self.y.mean(axis=0, dtype=np.float64).astype(dtype))
+        if unsplit:  # said once the rows are known to be usable: an error is then the only line
+            _note(unsplit)
 
     def to_device(self):
         """Moves the training rows to the device, a piece at a time, and lets the host copy go."""
@@ -490,12 +530,14 @@ def _on_standardized(model, X):
 
 def _load(args):
     """The training table: from --data, or the lesson's synthetic data."""
-    features = None if args.features is None else [f.strip() for f in args.features.split(",") if f.strip()]
+    features = None if args.features is None else _names(args.features)
     if args.data is None:
-        if args.target is not None or features is not None or getattr(args, "sample_weight", None):
-            raise UsageError("--target, --features and --sample-weight need --data.")
+        given = [f"--{name.replace('_', '-')}" for name in ("target", "features", "sample_weight", "categorical", "drop")
+                 if getattr(args, name, None) is not None]  # fmt: skip
+        if given:
+            raise UsageError(f"{', '.join(given)} need{'s' if len(given) == 1 else ''} --data.")
         X, y = synthetic_data(_keys(args)[0], true_w=SEED_TRUE_W, true_b=SEED_TRUE_B)
-        from jaxlr.data import Table
+        from jaxlr.tables import Table
 
         return Table(np.asarray(X, np.float64), np.asarray(y, np.float64), ("x0", "x1"), "y"), True
     target = args.target
@@ -504,14 +546,26 @@ def _load(args):
             raise UsageError("--data needs --target (a column name or 0-based index).")
         target = "y"  # a .npz table's target is its array y
     weight = getattr(args, "sample_weight", None)
-    return _noted(load_table(args.data, target=target, features=features, weight=weight)), False
+    table = load_table(args.data, target=target, features=features, weight=weight, categorical=_names(args.categorical),
+                       drop=_names(args.drop), max_categories=args.max_categories)  # fmt: skip
+    return _noted(table), False
+
+
+def _names(text):
+    """A comma-separated list of column names, as a list (empty for None)."""
+    return [] if text is None else [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _noted(table):
     """Tells the user how the table was read (columns left out), one line each."""
     for note in table.notes:
-        print(f"jaxlr: note: {note}", file=sys.stderr)
+        _note(note)
     return table
+
+
+def _note(text):
+    """A remark for the user (not a problem): one line on stderr."""
+    print(f"jaxlr: note: {' '.join(str(text).split())}", file=sys.stderr)
 
 
 def _keys(args):
@@ -533,7 +587,7 @@ def _settle_defaults(args):
     raw = getattr(args, "stream", False) or getattr(args, "coordinator", None) is not None
     defaults = LESSON_DEFAULTS if args.data is None else RAW_TABLE_DEFAULTS if raw else TABLE_DEFAULTS
     if args.command is _solve:
-        defaults = dict(defaults, val_fraction=0.0)  # the closed form needs no held-out rows to stop
+        defaults = dict(defaults, **SOLVE_DEFAULTS)
     args.defaulted = set()
     for name, value in defaults.items():
         if getattr(args, name, "absent") is None:
@@ -577,6 +631,9 @@ def _train(args):
     if show_lines and not is_seed_job and bar.bar is None:
         lines = _EpochLines(args.epochs)
     y_scale = split.scaler.y_scale[0] if hasattr(split, "scaler") else 1.0
+    if args.epsilon is None:
+        on_table = not is_seed_job and getattr(split, "y_original", None) is not None
+        args.epsilon = default_margin(split.y_original) if on_table else MARGIN_FRACTION
 
     start = time.perf_counter()
     try:
@@ -611,7 +668,7 @@ def _train(args):
             "x64": args.x64, "checkpoint": args.checkpoint,
         },
     )  # fmt: skip
-    report = _report(model, split, args, elapsed, params)
+    report = _report(model, split, args, elapsed, params, table)
     moving = np.asarray(result.moving_losses)
     # A resumed run that had nothing left to train reports where its checkpoint stood.
     last_moving = float(moving[-1]) if moving.size else float(np.asarray(result.state.moving))
@@ -630,6 +687,9 @@ def _train(args):
         _write_outputs(args, model, plot)
         _print_report(report, args)
         _warn_if_worse_than_the_mean(report, args)
+        margin = margin_warning(args.loss, args.epsilon, math.sqrt(report["train_mse"]))
+        if margin:
+            _warn(margin)
     return 0
 
 
@@ -715,7 +775,8 @@ def _ProcessShare(table, mesh):
 
 def _streamed(args):
     """A .npy table read from disk in chunks, never whole."""
-    from jaxlr.data import NpyStream, Table
+    from jaxlr.data import NpyStream
+    from jaxlr.tables import Table
 
     for option in ("val_fraction", "standardize", "early_stopping", "plot", "sample_weight"):
         if getattr(args, option):
@@ -759,7 +820,7 @@ def _solve(args):
         {"command": "solve", "seed": args.seed, "standardize": args.standardize,
          "target_scaling": args.target_scaling, "val_fraction": args.val_fraction, "x64": args.x64},
     )  # fmt: skip
-    report = _report(model, split, args, elapsed, params)
+    report = _report(model, split, args, elapsed, params, table)
     if is_seed_job:
         report["true_w"], report["true_b"] = list(SEED_TRUE_W), [SEED_TRUE_B]
     _write_outputs(args, model, None)
@@ -771,9 +832,14 @@ def _solve(args):
 def _predict(args):
     model = load_model(args.model)
     path = Path(args.data)
-    table = _noted(load_table(path, target=args.target))
-    table = _held_target(table, model, path) if args.target is None else table
-    X = _match_features(table, model, path)
+    if model.encoding is not None and reader_for(path).read is not None:
+        # The model's own columns, encoded as in training; the table's others are not read.
+        table = _noted(load_table(path, target=_predict_target(args, model, path), encoding=model.encoding))
+        X = table.X
+    else:
+        table = _noted(load_table(path, target=args.target))
+        table = _held_target(table, model, path) if args.target is None else table
+        X = _match_features(table, model, path)
     predictions = model.predict(X)
     report = {"command": "predict", "rows": int(X.shape[0]), "output": args.output}
     if table.y is not None:
@@ -794,6 +860,15 @@ def _predict(args):
         if "mse" in report:
             print(f"against {report['target']}: MSE = {report['mse']:.4g}, R^2 = {report['r2']:.4f}", file=sys.stderr)
     return 0
+
+
+def _predict_target(args, model, path):
+    """--target, or else the model's target when the table has that column (to report the error)."""
+    if args.target is not None or len(model.target_names) != 1:
+        return args.target
+    from jaxlr.tables import column_names
+
+    return model.target_names[0] if model.target_names[0] in column_names(path) else None
 
 
 def _predictions_csv(model, predictions):
@@ -843,6 +918,7 @@ def _model(params, split, table, settings):
         feature_names=table.feature_names,
         target_names=(table.target_name,),
         settings=settings,
+        encoding=getattr(table, "encoding", None),
     )
 
 
@@ -869,7 +945,7 @@ def _match_features(table, model, path):
 # ------------------------------------------------------------------ reports
 
 
-def _report(model, split, args, elapsed, trained):
+def _report(model, split, args, elapsed, trained, table=None):
     w, b = model.coefficients()
     report = {
         "command": model.settings["command"],
@@ -881,8 +957,11 @@ def _report(model, split, args, elapsed, trained):
         "elapsed_s": round(elapsed, 4),
         "model": args.save,
     }
+    if getattr(table, "columns", ()):
+        report["columns"] = list(table.columns)  # every column left out or transformed, and why
     report.update(split.train_metrics(model, trained))
     if split.val_X is not None:
+        report["val_rows"] = int(split.val_X.shape[0])
         report.update(host_metrics(_on_standardized(model, split.val_X), split.val_y, "val_"))
     return report
 
@@ -928,9 +1007,16 @@ def _warn_if_worse_than_the_mean(report, args):
     if args.target_scaling != "scale":
         tries.append("--target-scaling scale")
     if args.command is _train:
-        if report.get("early_stopped") is False or "early_stopped" not in report:
+        if report.get("early_stopped") and report.get("best_epoch") == 0:
+            # Not the learning rate's fault: the held-out rows never saw an improvement.
+            tries.append(f"--early-stopping 0 (it kept the first epoch: the validation MSE on {report['val_rows']} "
+                         "rows never fell)")  # fmt: skip
+        elif report.get("early_stopped") is False or "early_stopped" not in report:
             tries.append(f"more --epochs (ran {report['epochs_run']})")
-        tries.append(f"another --lr (was {args.lr})")
+        if report.get("val_rows", MIN_VALIDATION_ROWS) < MIN_VALIDATION_ROWS:
+            tries.append(f"a larger --val-fraction (validation R^2 on {report['val_rows']} rows is mostly noise)")
+        if not (report.get("early_stopped") and report.get("best_epoch") == 0):
+            tries.append(f"another --lr (was {args.lr})")
     scores = ", ".join(f"{name} R^2 = {report[key]:.3g}" for key, name in (("train_r2", "training"), ("val_r2", "validation")) if key in report)
     advice = f"; try {', '.join(tries)}" if tries else ""
     _warn(f"the model predicts worse than the target's mean ({scores}){advice}.")

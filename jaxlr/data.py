@@ -1,10 +1,9 @@
-"""Data: the synthetic problem, the shuffle, the batching generator, and tables from files."""
+"""Data: the synthetic problem, the shuffle, the batching generator, and NumPy files read in pieces."""
 
-import csv
 import mmap
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -230,197 +229,11 @@ def _iterate(arrays, batch_size, order):
             yield tuple(b[offset : offset + batch_size] for b in blocks)
 
 
-# ------------------------------------------------------------------ tables
+# ------------------------------------------------------------------ tables (read by jaxlr.tables)
 
 
 class DataError(ValueError):
     """A data file that cannot be read as a table of numbers."""
-
-
-class Table(NamedTuple):
-    """Columns read from a file.
-
-    Attributes:
-        X: array of shape (n, d): float64, or a `.npy` file's own float dtype.
-        y: float64 array of shape (n, 1), or None when no target was asked for.
-        feature_names: the d column names, in the order of X's columns.
-        target_name: the target column's name, or None.
-        weight: float64 array of shape (n,) of per-row weights, or None.
-        notes: one-line remarks on how the file was read (a column left
-            out, ...), for the user to see.
-    """
-
-    X: np.ndarray
-    y: Any
-    feature_names: tuple
-    target_name: Any
-    weight: Any = None
-    notes: tuple = ()
-
-
-def load_table(path, *, target=None, features=None, weight=None):
-    """Reads a CSV file with a header row, a `.npy` matrix, or a `.npz` with X and y.
-
-    In a CSV, `target` is a column name or a 0-based index; the features are
-    the columns named in `features`, or else every numeric column but the
-    target. A column is numeric when its cells are numbers, whatever row
-    they are in: a column with some numbers and some text is an error unless
-    `features` leaves it out, and a missing cell (empty, or a marker such as
-    NA) or a NaN or inf in a column that is used is an error naming its line
-    and column. A first column with an empty name (or ``Unnamed: 0``) is the
-    row index pandas writes: it is left out, and `Table.notes` says so. A
-    `.npy` matrix is read the same way, with columns named by their index; a
-    `.npz` holds arrays X and y (and optionally feature_names), and its
-    target is y whether or not `target` (which may only be "y") is given.
-
-    Args:
-        path: the file.
-        target: the target column, or None to read features only.
-        features: a list of feature columns (names or indices), or None.
-        weight: a column of per-row sample weights (never a feature), or None.
-
-    Returns:
-        Table.
-
-    Raises:
-        DataError: the file is missing, empty, ragged, or not numeric where it must be.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"`data` file {str(path)!r} does not exist.")
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
-        if weight is not None:
-            raise DataError(f"{path.name}: a .npz table has no columns to take weights from; use a CSV or .npy.")
-        return _load_npz(path, target, features)
-    if suffix == ".npy":
-        # Mapped, not read: only the chosen columns are copied, in the file's
-        # float dtype, so a table costs its size once more, not twice in float64.
-        matrix = _load_npy(path, mmap_mode="r")
-        names = [str(j) for j in range(matrix.shape[1])]
-
-        def finite(values, chosen):
-            # Row blocks: a whole-table mask would cost a quarter of the table again.
-            for start in range(0, values.shape[0], 1 << 18):
-                bad = ~np.isfinite(values[start : start + (1 << 18)])
-                if bad.any():
-                    i, c = (int(v) for v in np.argwhere(bad)[0])
-                    raise DataError(
-                        f"{path.name}: row {start + i} (counting from 0), column {chosen[c]} holds "
-                        f"{values[start + i, c]}, not a finite number."
-                    )
-            return values
-
-        def matrix_column(j):
-            return finite(_npy_columns(matrix, [j], np.float64), [j])[:, 0]
-
-        return _select(path, names, matrix_column, target, features, ["numeric"] * len(names), weight,
-                       columns=lambda chosen: finite(_npy_columns(matrix, chosen), chosen))  # fmt: skip
-    header, rows, lines = _read_csv(path)
-    columns = [_CsvColumn(path, header[j], [row[j] for row in rows], lines) for j in range(len(header))]
-    notes = ()
-    if header[0] in ("", "Unnamed: 0") and len(header) > 1:
-        requested = [str(c).strip() for c in [target, weight, *(features or [])] if c is not None]
-        if not any(c in (header[0], "0") for c in requested):
-            # `DataFrame.to_csv` writes the row labels first, under an empty name.
-            columns[0].kind = "index"
-            notes = (f"{path.name}: the first column {header[0]!r} is a row index (as pandas writes it); it is not used.",)
-    table = _select(path, header, lambda j: columns[j].values(), target, features,
-                    [c.kind for c in columns], weight)  # fmt: skip
-    return table._replace(notes=notes)
-
-
-# What pandas reads as a missing value, besides an empty cell.
-_MISSING = frozenset(
-    "#N/A #NA -1.#IND -1.#QNAN -NaN -nan 1.#IND 1.#QNAN <NA> N/A NA NULL NaN None n/a nan null".split()
-) | {"#N/A N/A"}
-
-
-class _CsvColumn:
-    """One column of a CSV: its kind, judged from every cell, and its values."""
-
-    def __init__(self, path, name, cells, lines):
-        self.path, self.name, self.cells, self.lines = path, name, cells, lines
-        self._values = np.empty(len(cells))
-        self.first_text = None
-        numbers = 0
-        for i, cell in enumerate(cells):
-            text = cell.strip()
-            try:
-                self._values[i] = float(text)
-            except ValueError:
-                self._values[i] = np.nan
-                if text and text not in _MISSING and self.first_text is None:
-                    self.first_text = i
-            else:
-                numbers += 1
-        # "numeric", "text", "mixed" (numbers and text), or "empty" (no value at all).
-        if self.first_text is None:
-            self.kind = "numeric" if numbers else "empty"
-        else:
-            self.kind = "mixed" if numbers else "text"
-
-    def values(self):
-        """The column as float64, refusing any cell that is not a finite number."""
-        values = self._values
-        finite = np.isfinite(values)
-        if not finite.all():
-            i = self.first_text if self.kind == "mixed" else int(np.argmax(~finite))
-            cell = self.cells[i].strip()
-            if not cell:
-                what = "is empty"
-            elif cell in _MISSING:
-                what = f"is missing ({cell!r})"
-            else:
-                try:
-                    float(cell)
-                    what = f"holds {cell!r}, not a finite number"
-                except ValueError:
-                    what = f"holds {cell!r}, not a number"
-            raise DataError(f"{self.path.name}: line {self.lines[i]}, column {self.name!r} {what}.")
-        return values
-
-
-def _read_csv(path):
-    try:
-        # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part of the first name.
-        with open(path, newline="", encoding="utf-8-sig") as file:
-            reader = csv.reader(file)
-            # Each row with the file's line it ends on (the header is line 1;
-            # blank lines are skipped but still counted).
-            numbered = [(row, reader.line_num) for row in reader if any(cell.strip() for cell in row)]
-    except UnicodeDecodeError:
-        raise DataError(f"{path.name} is not a text CSV file (use .npy or .npz for binary data).") from None
-    except csv.Error as err:
-        raise DataError(f"{path.name} could not be parsed as CSV: {err}") from None
-    if not numbered:
-        raise DataError(f"{path.name} is empty.")
-    lines = [row for row, _ in numbered]
-    header = [name.strip() for name in lines[0]]
-    duplicates = sorted({name for name in header if header.count(name) > 1})
-    if duplicates:
-        raise DataError(f"{path.name} has duplicate column names: {', '.join(map(repr, duplicates))}.")
-    if len(lines) == 1:
-        raise DataError(f"{path.name} has a header row but no data rows.")
-    for row, number in numbered[1:]:
-        if len(row) != len(header):
-            raise DataError(
-                f"{path.name}: line {number} has {len(row)} fields but the header has {len(header)}."
-            )
-    return header, lines[1:], [number for _, number in numbered[1:]]
-
-
-def _column_index(path, names, wanted, role):
-    """The index of a column given by name or by 0-based index."""
-    wanted = str(wanted).strip()
-    if wanted in names:
-        return names.index(wanted)
-    if wanted.lstrip("-").isdigit():
-        index = int(wanted)
-        if 0 <= index < len(names):
-            return index
-        raise DataError(f"{role} column index {index} is out of range: {path.name} has {len(names)} columns.")
-    raise DataError(f"{role} column {wanted!r} is not in {path.name}; its columns are: {', '.join(names)}.")
 
 
 def _feature_columns(path, names, target_index, features, kinds, weight_index=None):
@@ -466,36 +279,6 @@ def _npy_columns(matrix, chosen, dtype=None):
     return out
 
 
-def _select(path, names, column, target, features, kinds, weight=None, columns=None):
-    target_index = None if target is None else _column_index(path, names, target, "target")
-    weight_index = None if weight is None else _column_index(path, names, weight, "sample weight")
-    if weight_index is not None and weight_index == target_index:
-        raise DataError(f"column {names[weight_index]!r} cannot be both the target and the sample weight.")
-    if features is not None:
-        features = [_column_index(path, names, name, "feature") for name in features]
-    chosen = _feature_columns(path, names, target_index, features, kinds, weight_index)
-    if columns is None:
-        values = [column(j) for j in chosen]
-        X = aligned_empty((len(values[0]), len(values)), np.float64)  # aligned: JAX can use it in place
-        for j, part in enumerate(values):
-            X[:, j] = part
-    else:
-        X = columns(chosen)
-    y = None if target_index is None else column(target_index)[:, None]
-    weights = None
-    if weight_index is not None:
-        weights = column(weight_index)
-        if not (np.all(np.isfinite(weights)) and np.all(weights >= 0)):
-            raise DataError(f"sample weight column {names[weight_index]!r} of {path.name} must be finite and >= 0.")
-    return Table(
-        X=X,
-        y=y,
-        feature_names=tuple(names[j] for j in chosen),
-        target_name=None if target_index is None else names[target_index],
-        weight=weights,
-    )
-
-
 def _load_npy(path, mmap_mode=None):
     shape, _, dtype, header_end = _npy_layout(path)
     if dtype.hasobject or not validate._is_real(dtype):
@@ -516,48 +299,6 @@ def _load_npy(path, mmap_mode=None):
     if matrix.dtype.kind not in "biuf":
         raise DataError(f"{path.name} holds {matrix.dtype} values, not numbers.")
     return matrix
-
-
-def _load_npz(path, target, features):
-    if target is not None and str(target).strip() != "y":
-        raise DataError(f"the target of a .npz table is its array y; leave out the target (got {str(target)!r}).")
-    from jaxlr.persist import ModelFileError, NpzReader
-
-    try:
-        with NpzReader(path, ".npz archive") as archive:
-            # Only the arrays a table uses are read, each checked against its
-            # declared size first: an archive may hold others of any size.
-            kinds = {"X": ("biuf", 2), "y": ("biuf", None), "feature_names": ("U", 1)}
-            arrays = {name: archive.read(name, kinds[name][0], ndim=kinds[name][1]) for name in kinds if name in archive.names}
-            held = sorted(archive.names)
-    except ModelFileError as err:
-        raise DataError(str(err)) from None
-    if "X" not in arrays:
-        raise DataError(f"{path.name} must hold an array named X (and y to train); it holds {held}.")
-    X = arrays["X"]
-    if X.ndim != 2 or X.dtype.kind not in "biuf":
-        raise DataError(f"X in {path.name} must be a 2-D numeric array, got {X.dtype} of shape {X.shape}.")
-    names = [str(v) for v in arrays.get("feature_names", [f"x{j}" for j in range(X.shape[1])])]
-    if len(names) != X.shape[1]:
-        raise DataError(f"{path.name} names {len(names)} features but X has {X.shape[1]} columns.")
-    y = None
-    if "y" in arrays:
-        y = np.asarray(arrays["y"])
-        y = y.reshape(-1, 1) if y.ndim == 1 else y
-        if y.ndim != 2 or y.shape[0] != X.shape[0] or y.dtype.kind not in "biuf":
-            raise DataError(f"y in {path.name} must be numeric with {X.shape[0]} rows, got {y.dtype} of shape {y.shape}.")
-    elif target is not None:
-        raise DataError(f"{path.name} holds no array named y to train on.")
-    if features is not None:
-        chosen = [_column_index(path, names, name, "feature") for name in features]
-        X, names = X[:, chosen], [names[j] for j in chosen]
-    X = aligned(X, np.float64)
-    y = None if y is None else np.asarray(y, np.float64)
-    for name, array in (("X", X), ("y", y)):
-        if array is not None and not np.isfinite(array).all():
-            row = int(np.argmax(~np.isfinite(array).all(axis=1)))
-            raise DataError(f"{name} in {path.name} holds NaN or inf in row {row} (counting from 0).")
-    return Table(X=X, y=y, feature_names=tuple(names), target_name=None if y is None else "y")
 
 
 # ------------------------------------------------------------------ streams
@@ -676,3 +417,12 @@ class NpyStream:
                     f"of {self.path.name}. Drop or impute it before training."
                 )
         return X, y
+
+
+def __getattr__(name: str) -> Any:
+    # Tables moved to `jaxlr.tables` (readers and column handling); the old names still work.
+    if name in ("Table", "load_table"):
+        from jaxlr import tables
+
+        return getattr(tables, name)
+    raise AttributeError(f"module 'jaxlr.data' has no attribute {name!r}")

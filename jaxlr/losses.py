@@ -54,6 +54,52 @@ LOSSES: dict[str, LossFunction] = {
 }
 
 
+MARGIN_LOSSES = ("huber", "epsilon_insensitive", "squared_epsilon_insensitive")
+"""The losses whose `epsilon` is a margin in the target's units."""
+
+MARGIN_FRACTION = 0.1
+"""A table's default margin, as a fraction of its target's standard deviation."""
+
+
+def default_margin(y) -> float:
+    """A margin that fits the target's spread: `MARGIN_FRACTION` times its standard deviation.
+
+    A fixed margin means different losses on different targets: 0.1 on a target
+    whose spread is 200 makes Huber an absolute loss whose steps are 0.1 at
+    most, which barely moves; on a target whose spread is 0.01 it is the squared
+    loss. A tenth of the spread is Huber's "most residuals squared" on a fit
+    that explains most of the variance, and 0.1 on a standardized target.
+
+    Args:
+        y: array of shape (n,) or (n, k): the training targets, in their units.
+
+    Example:
+        >>> default_margin(np.array([0.0, 200.0]))
+        10.0
+    """
+    import numpy as np
+
+    spread = float(np.std(np.asarray(y, np.float64)))
+    return MARGIN_FRACTION * spread if spread > 0 else MARGIN_FRACTION
+
+
+def margin_warning(loss: str, epsilon: float, residual_rms: float) -> str | None:
+    """A one-line warning when `epsilon` sits far from the residuals' size, else None.
+
+    Far means beyond a factor of 100 either way: below, Huber takes steps of at
+    most epsilon and learns slowly; above, it is the squared loss, and an
+    epsilon-insensitive loss ignores every residual.
+    """
+    if loss not in MARGIN_LOSSES or not residual_rms > 0 or epsilon <= 0:
+        return None
+    ratio = epsilon / residual_rms
+    if 0.01 <= ratio <= 100:
+        return None
+    where = "below" if ratio < 0.01 else "above"
+    return (f"the {loss} margin --epsilon {epsilon:.4g} is far {where} the residuals' size (RMSE {residual_rms:.4g}); "
+            "leave --epsilon out for a margin of a tenth of the target's spread.")
+
+
 class Loss(NamedTuple):
     """A loss resolved from a name or a function (hashable: it keys compiled programs)."""
 

@@ -7,6 +7,8 @@ A model file is a plain `.npz` that NumPy alone can read, without pickle:
     feature_names   the feature columns, in order
     target_names    the target columns
     settings        JSON text: how the model was trained
+    encoding        JSON text, optional: how a table's columns became the features
+                    (see `jaxlr.tables.Encoding`), applied to the tables it predicts for
     jaxlr_version, format_version
 """
 
@@ -16,7 +18,7 @@ import stat
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -38,6 +40,8 @@ class Model(NamedTuple):
         feature_names: tuple of d column names.
         target_names: tuple of k column names.
         settings: dict of the training settings.
+        encoding: a `jaxlr.tables.Encoding` (the columns turned into the
+            features), or None for features read as they stand.
     """
 
     params: Params
@@ -46,6 +50,7 @@ class Model(NamedTuple):
     feature_names: tuple
     target_names: tuple
     settings: dict
+    encoding: Any = None
 
     def predict(self, X):
         """Predictions of shape (n, k) for raw (unstandardized) features X of shape (n, d)."""
@@ -125,6 +130,8 @@ def save_model(path, model):
         "jaxlr_version": np.array(__version__),
         "format_version": np.array(FORMAT_VERSION),
     }
+    if model.encoding is not None:
+        arrays["encoding"] = np.array(json.dumps(model.encoding.to_json()))
     atomic_write(path, lambda file: np.savez(file, **arrays))
 
 
@@ -171,6 +178,16 @@ def load_model(path):
             settings = archive.json("settings")
             if not isinstance(settings, dict):
                 raise ModelFileError(f"{path.name} is damaged: its settings are not a JSON object.")
+        encoding = None
+        if "encoding" in archive.names:
+            from jaxlr.tables import Encoding
+
+            try:
+                encoding = Encoding.from_json(archive.json("encoding"))
+            except ValueError as err:
+                raise ModelFileError(f"{path.name} is damaged: {err}") from None
+            if encoding.feature_names != tuple(str(v) for v in feature_names):
+                raise ModelFileError(f"{path.name} is damaged: its encoding does not make its feature names.")
     for name, array in (("w", w), ("b", b), ("x_mean", x_mean)):
         if not np.isfinite(array).all():
             raise ModelFileError(f"{path.name} is damaged: {name} holds NaN or inf.")
@@ -183,6 +200,7 @@ def load_model(path):
         feature_names=tuple(str(v) for v in feature_names),
         target_names=tuple(str(v) for v in target_names),
         settings=settings,
+        encoding=encoding,
     )
 
 

@@ -85,10 +85,14 @@ _BLOCK_BYTES = 16 << 20
 def _solve_in_blocks(X, y):
     """The same least squares, on the host in float64, with memory for a block of rows.
 
-    A QR factorisation of the centred rows [X | y], block by block (each
-    block is factored together with the R of the blocks before it): as stable
-    as one QR of the whole, and least squares needs only R. Its top-left
-    d x d part against its top-right d x k part gives w.
+    The normal equations of the centred, scaled columns, corrected once
+    ("corrected semi-normal equations"): the Gram matrix and X'y are summed a
+    block of rows at a time (matrix products, a few passes over X), solved
+    by SVD, and the solution is refined by solving again for the residual's
+    part. Scaling the columns to unit spread removes the conditioning that
+    comes from units alone, and the correction recovers most of what forming
+    X'X loses; on a million rows this is tens of times faster than a QR of
+    the rows block by block, which it replaced.
     """
     n, d = X.shape
     k = y.shape[1]
@@ -96,11 +100,26 @@ def _solve_in_blocks(X, y):
     blocks = range(0, n, rows)
     x_mean = sum(X[i : i + rows].sum(axis=0, dtype=np.float64) for i in blocks) / n
     y_mean = sum(y[i : i + rows].sum(axis=0, dtype=np.float64) for i in blocks) / n
-    R = np.zeros((0, d + k))
+
+    def centred(i):
+        return np.asarray(X[i : i + rows], np.float64) - x_mean, np.asarray(y[i : i + rows], np.float64) - y_mean
+
+    squares = sum(np.square(centred(i)[0]).sum(axis=0) for i in blocks)
+    scale = np.sqrt(squares / n)
+    scale[scale == 0] = 1.0  # a constant column: its weight is zero whatever its scale
+    gram, xty = np.zeros((d, d)), np.zeros((d, k))
     for i in blocks:
-        block = np.hstack([X[i : i + rows] - x_mean, y[i : i + rows] - y_mean])
-        R = np.linalg.qr(np.vstack([R, block]), mode="r")
-    w = np.linalg.lstsq(R[:d, :d], R[:d, d:], rcond=None)[0]
+        Xc, yc = centred(i)
+        Xc /= scale
+        gram += Xc.T @ Xc
+        xty += Xc.T @ yc
+    w = np.linalg.lstsq(gram, xty, rcond=None)[0]
+    correction = np.zeros((d, k))
+    for i in blocks:
+        Xc, yc = centred(i)
+        Xc /= scale
+        correction += Xc.T @ (yc - Xc @ w)
+    w = (w + np.linalg.lstsq(gram, correction, rcond=None)[0]) / scale[:, None]
     dtype = jax.dtypes.canonicalize_dtype(X.dtype)  # float32 unless x64 is on
     _warn_if_rounded(X, y, w, y_mean - x_mean @ w, dtype)
     return Params(w=jnp.asarray(w.astype(dtype)), b=jnp.asarray((y_mean - x_mean @ w).astype(dtype)))

@@ -3,26 +3,31 @@ import re
 import numpy as np
 import pytest
 
-from jaxlr.data import DataError, load_table
+from jaxlr.data import DataError
+from jaxlr.tables import load_table
 from jaxlr.persist import Model, ModelFileError, load_model, save_model
 from jaxlr.model import Params
 
 
-def test_csv_target_by_name_or_index_and_text_columns_skipped(tmp_path):
+def test_csv_target_by_name_or_index_and_an_identifier_left_out_with_a_note(tmp_path):
     (tmp_path / "t.csv").write_text("id,name,x,z,y\n1,a,0.5,2,10\n2,b,1.5,4,20\n")
     by_name = load_table(tmp_path / "t.csv", target="y")
     by_index = load_table(tmp_path / "t.csv", target=4)
+    # Two rows: 'name' has a distinct value in each, and is left out as an identifier, with a note.
     assert by_name.feature_names == by_index.feature_names == ("id", "x", "z")
+    assert [c["column"] for c in by_name.columns] == ["name"] and "identifier" in by_name.notes[0]
     np.testing.assert_array_equal(by_name.X, [[1, 0.5, 2], [2, 1.5, 4]])
     np.testing.assert_array_equal(by_name.y, [[10], [20]])
     chosen = load_table(tmp_path / "t.csv", target="y", features=["z", "2"])
     assert chosen.feature_names == ("z", "x")
 
 
-def test_a_requested_text_column_names_its_line(tmp_path):
-    (tmp_path / "t.csv").write_text("name,y\na,1\n")
-    with pytest.raises(DataError, match=r"line 2, column 'name' holds 'a', not a number"):
-        load_table(tmp_path / "t.csv", target="y", features=["name"])
+def test_a_requested_text_column_is_one_hot_encoded_or_refused_by_name(tmp_path):
+    (tmp_path / "t.csv").write_text("name,rate,y\na,1%,1\n")
+    table = load_table(tmp_path / "t.csv", target="y", features=["name"])
+    assert table.feature_names == ("name=a",) and table.columns[0]["use"] == "one-hot"
+    with pytest.raises(DataError, match=r"column 'rate' cannot be a feature: numbers written as text"):
+        load_table(tmp_path / "t.csv", target="y", features=["rate"])
 
 
 def test_target_cannot_be_a_feature(tmp_path):
