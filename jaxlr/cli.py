@@ -27,7 +27,7 @@ import numpy as np
 
 from jaxlr.callbacks import MIN_VALIDATION_ROWS, EarlyStopping, Progress
 from jaxlr.losses import MARGIN_FRACTION, default_margin, margin_warning
-from jaxlr.data import DataError, synthetic_data
+from jaxlr.data import DataError, aligned_empty, synthetic_data
 from jaxlr.tables import MAX_CATEGORIES, load_table, reader_for
 from jaxlr.metrics import RunningMetrics, host_metrics
 from jaxlr.model import Params
@@ -194,8 +194,8 @@ _finite = _typed(float, math.isfinite, "a finite number")
 # scikit-learn's diabetes data, clean and ill-conditioned synthetic tables and
 # a target far from zero): standardized features and target, SGD at 0.01 on
 # batches of 32, and up to 200 epochs ended by early stopping on a tenth of the
-# rows. A streamed or multi-process run cannot standardize nor hold rows out
-# yet; it uses its rows as they are, for 10 epochs.
+# rows. A streamed run cannot standardize nor hold rows out yet; it uses its
+# rows as they are, for 10 epochs.
 LESSON_DEFAULTS = dict(epochs=2, lr=0.001, batch_size=4, standardize=False, target_scaling="none",
                        val_fraction=0.0, early_stopping=0)  # fmt: skip
 TABLE_DEFAULTS = dict(epochs=200, lr=0.01, batch_size=32, standardize=True, target_scaling="scale",
@@ -220,7 +220,7 @@ def _default(name, lesson=None, table=None, raw=None, command="train"):
             return f"default: {table}"
         return f"default: {table} with --data, {lesson} for the lesson's job"
     text = f"default: {table} with --data, {lesson} for the lesson's job"
-    return text + (f", {raw} with --stream or across processes" if raw != table else "")
+    return text + (f", {raw} with --stream" if raw != table else "")
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -421,14 +421,14 @@ class _Split:
         dtype = np.float64 if args.x64 else np.float32
         if X.dtype == dtype:
             # The training rows go straight into their own buffer, standardized there.
-            train = _gather(X, kept, _aligned_empty((y.shape[0], X.shape[1]), dtype))
+            train = _gather(X, kept, aligned_empty((y.shape[0], X.shape[1]), dtype))
             self.scaler = Standardizer.fit(train, y, features=features, target=scaling)
             self.X = self.scaler.transform(train, dtype=dtype, out=train)
         else:  # centred in the table's own precision (float64) before the cast
             train = X if kept is None else X[kept]
             self.scaler = Standardizer.fit(train, y, features=features, target=scaling)
             with np.errstate(over="ignore"):
-                self.X = self.scaler.transform(train, dtype=dtype, out=_aligned_empty(train.shape, dtype))
+                self.X = self.scaler.transform(train, dtype=dtype, out=aligned_empty(train.shape, dtype))
             if not np.isfinite(self.X).all():
                 raise DataError(f"{args.data} has a feature value beyond the range of float32 even after "
                                 "centring: use --standardize, or --x64.")  # fmt: skip
@@ -476,6 +476,18 @@ class _Split:
             running.add(_on_standardized(model, self.X[start:stop]), self.y_original[start:stop])
         return running.result("train_")
 
+    def process_share(self, mesh):
+        """The training rows for a run across processes, as global arrays:
+        each process gives its equal share of the same split. Rows that do
+        not split evenly go whole to every process instead: the same model,
+        for more memory."""
+        from jaxlr import parallel
+
+        if self.X.shape[0] % jax.process_count():
+            return self.X, self.y
+        rows = parallel.local_rows(self.X.shape[0])
+        return parallel.global_rows(self.X[rows], mesh), parallel.global_rows(self.y[rows], mesh)
+
     @property
     def rows_trained(self):
         return self.X.shape[0]
@@ -494,18 +506,6 @@ def _gather(array, kept, out):
         out[filled : filled + block.shape[0]] = block
         filled += block.shape[0]
     return out
-
-
-def _aligned_empty(shape, dtype):
-    """An empty array whose data starts on a 64-byte boundary.
-
-    JAX's CPU client then uses it in place instead of copying it: the rows
-    put on the device cost no second copy.
-    """
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    raw = np.empty(nbytes + 64, np.uint8)
-    offset = -raw.ctypes.data % 64
-    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
 
 
 def _check_finite(name, X, y):
@@ -563,9 +563,14 @@ def _noted(table):
     return table
 
 
+# False in the processes of a multi-process run other than process 0.
+_speaks = True
+
+
 def _note(text):
     """A remark for the user (not a problem): one line on stderr."""
-    print(f"jaxlr: note: {' '.join(str(text).split())}", file=sys.stderr)
+    if _speaks:
+        print(f"jaxlr: note: {' '.join(str(text).split())}", file=sys.stderr)
 
 
 def _keys(args):
@@ -584,7 +589,7 @@ def _keys(args):
 
 def _settle_defaults(args):
     """Fills the options left unset with the defaults of the job at hand (see LESSON_DEFAULTS)."""
-    raw = getattr(args, "stream", False) or getattr(args, "coordinator", None) is not None
+    raw = getattr(args, "stream", False)
     defaults = LESSON_DEFAULTS if args.data is None else RAW_TABLE_DEFAULTS if raw else TABLE_DEFAULTS
     if args.command is _solve:
         defaults = dict(defaults, **SOLVE_DEFAULTS)
@@ -611,15 +616,19 @@ def _train(args):
     _, split_key, fit_key = _keys(args)
     if args.stream:
         table, is_seed_job, split = _streamed(args)
-    elif mesh is not None:
-        table, is_seed_job = _load(args)
-        split = _ProcessShare(table, mesh)
+        rows = split.X, split.y
     else:
+        # One process or many, the same split, scaling and start: every
+        # process reads the whole table and makes the same choices.
         table, is_seed_job = _load(args)
         split = _Split(table, args, split_key)
         table = table._replace(X=None, y=None, weight=None)  # the split holds what training needs
-        if args.engine != "loop":
-            split.to_device()
+        if mesh is not None:
+            rows = split.process_share(mesh)
+        else:
+            if args.engine != "loop":
+                split.to_device()
+            rows = split.X, split.y
     if "batch_size" in args.defaulted:
         args.batch_size = min(args.batch_size, split.rows_trained)
     show_lines = not (args.quiet or args.json)
@@ -638,7 +647,7 @@ def _train(args):
     start = time.perf_counter()
     try:
         result = fit(
-            split.X, split.y, key=fit_key, epochs=args.epochs, lr=args.lr,
+            *rows, key=fit_key, epochs=args.epochs, lr=args.lr,
             batch_size=args.batch_size, optimizer=args.optimizer, engine=args.engine,
             loss=args.loss, epsilon=args.epsilon / y_scale,
             penalty=None if args.penalty == "none" else args.penalty,
@@ -710,17 +719,16 @@ class _EpochLines:
 
 def _scale_out(args):
     """Joins a multi-process run when asked to; returns its mesh, or None."""
+    global _speaks
     if args.coordinator is None:
         if args.num_processes is not None or args.process_id is not None:
             raise UsageError("--num-processes and --process-id need --coordinator HOST:PORT.")
         return None
     if args.num_processes is None or args.process_id is None:
         raise UsageError("--coordinator needs --num-processes and --process-id.")
-    for option in ("val_fraction", "standardize", "early_stopping", "plot", "stream", "checkpoint", "sample_weight"):
+    for option in ("plot", "stream", "checkpoint"):
         if getattr(args, option):
             raise UsageError(f"--{option.replace('_', '-')} is not available across processes.")
-    if args.target_scaling != "none":
-        raise UsageError("--target-scaling is not available across processes.")
     if args.engine != "fused":
         raise UsageError("across processes, --engine must be fused.")
     from jaxlr import parallel
@@ -731,6 +739,8 @@ def _scale_out(args):
     sys.stdout = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), 1)
     parallel.initialize(args.coordinator, args.num_processes, args.process_id, timeout=args.peer_timeout)
+    if args.process_id != 0:  # process 0 speaks for the run; the others say only their errors
+        _speaks, args.quiet = False, True
     return parallel.data_mesh(jax.devices())
 
 
@@ -753,24 +763,6 @@ class _Whole:
                 stop = start + _BLOCK_ROWS
                 running.add(model.predict(X[start:stop]), y[start:stop])
         return running.result("train_")
-
-
-def _ProcessShare(table, mesh):
-    """This process's equal share of the rows, as part of global arrays."""
-    from jaxlr import parallel
-
-    rows = parallel.local_rows(table.X.shape[0])
-    # Centred in float64 with the whole table's means, as one process centres it.
-    mean = table.X.mean(axis=0) if table.X.shape[0] else np.zeros(table.X.shape[1])
-    X, y = (table.X[rows] - mean).astype(np.float32), table.y[rows].astype(np.float32)
-    share = _Whole(
-        parallel.global_rows(X, mesh), parallel.global_rows(y, mesh), table.X.shape[0], X.shape[1],
-        lambda: iter([(table.X[rows], y)]),
-    )
-    share.mean = mean
-    # Every process reads the whole target: each starts at the same mean.
-    share.start = Params(np.zeros((X.shape[1], 1), np.float32), table.y.mean(axis=0).astype(np.float32))
-    return share
 
 
 def _streamed(args):
@@ -1024,7 +1016,8 @@ def _warn_if_worse_than_the_mean(report, args):
 
 def _warn(text):
     """A warning for the user: one line on stderr, in the form of the errors."""
-    print(f"jaxlr: warning: {' '.join(str(text).split())}", file=sys.stderr)
+    if _speaks:
+        print(f"jaxlr: warning: {' '.join(str(text).split())}", file=sys.stderr)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

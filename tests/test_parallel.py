@@ -13,8 +13,10 @@ import textwrap
 
 import jax
 import numpy as np
+import pytest
 
 import jaxlr
+from jaxlr.persist import load_model
 
 MULTI_DEVICE = textwrap.dedent(
     """
@@ -119,19 +121,22 @@ def test_two_processes_train_the_model_one_process_would():
         np.testing.assert_allclose(r["b"], np.asarray(alone.params.b), atol=1e-5)
 
 
-def test_the_command_line_across_two_processes(tmp_path):
+@pytest.mark.parametrize("num_rows", [400, 401])
+def test_the_same_command_trains_the_same_model_on_one_or_two_processes(tmp_path, num_rows):
+    # The table's own defaults: a validation split, early stopping, standardized
+    # features and target; with sample weights. 400 rows leave 360 training rows,
+    # shared between the processes; 401 leave 361, which go whole to each.
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(400, 3))
-    y = X @ [1.0, -2.0, 0.5] + 3.0 + 0.1 * rng.normal(size=400)
-    rows = ["a,b,c,y"] + [f"{a},{b},{c},{t}" for (a, b, c), t in zip(X, y)]
+    X = rng.normal(size=(num_rows, 3)) * [1.0, 10.0, 100.0] + [0.0, 5.0, 1000.0]
+    y = X @ [1.0, -2.0, 0.05] + 300.0 + 0.5 * rng.normal(size=num_rows)
+    weight = rng.uniform(0.1, 2.0, size=num_rows)
+    # An identifier column, left out with a note: process 0 gives it, process 1 does not.
+    rows = ["id,a,b,c,y,w"] + [f"r{i},{a},{b},{c},{t},{u}" for i, ((a, b, c), t, u) in enumerate(zip(X, y, weight))]
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
-    common = ["-m", "jaxlr", "train", "--data", "t.csv", "--target", "y", "--epochs", "3", "--batch-size", "8",
-              "--lr", "0.01", "--json", "--no-cache"]  # fmt: skip
+    common = ["-m", "jaxlr", "train", "--data", "t.csv", "--target", "y", "--sample-weight", "w", "--json", "--no-cache"]
     env = _env(1)
-    # Across processes the rows are used as they are: so is the table alone.
-    as_they_are = ["--no-standardize", "--target-scaling", "none", "--val-fraction", "0"]
-    alone = subprocess.run([sys.executable, *common, *as_they_are], cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=600)  # fmt: skip
+    alone = subprocess.run([sys.executable, *common, "--save", "alone.npz"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=600)  # fmt: skip
     assert alone.returncode == 0, alone.stderr
     coordinator = f"127.0.0.1:{_free_port()}"
     processes = [
@@ -148,7 +153,11 @@ def test_the_command_line_across_two_processes(tmp_path):
                 p.kill()
                 p.wait()
     assert [p.returncode for p in processes] == [0, 0], [err[-2000:] for _, err in outputs]
-    assert outputs[1][0] == ""  # process 1 trains but stays quiet; process 0 reports
-    report = json.loads(outputs[0][0])
-    np.testing.assert_allclose(report["w"], json.loads(alone.stdout)["w"], atol=1e-5)
-    assert (tmp_path / "m.npz").is_file()
+    assert "jaxlr: note: " in outputs[0][1] and "jaxlr: note: " in alone.stderr
+    assert outputs[1][0] == "" and "jaxlr:" not in outputs[1][1]  # process 1 trains but stays quiet
+    report, alone_report = json.loads(outputs[0][0]), json.loads(alone.stdout)
+    assert report["epochs_run"] == alone_report["epochs_run"] < 200  # early stopping ended both alike
+    one, two = load_model(tmp_path / "alone.npz"), load_model(tmp_path / "m.npz")
+    np.testing.assert_allclose(np.asarray(two.params.w), np.asarray(one.params.w), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(two.params.b), np.asarray(one.params.b), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(two.predict(X), one.predict(X), rtol=1e-6)
