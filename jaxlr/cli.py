@@ -390,7 +390,6 @@ class _Split:
         if X.shape[0] == 0:
             raise DataError(f"{args.data} has no rows.")
         self.rows = X.shape[0]
-        _check_finite(args.data, X, y)
         val_X = val_y = unsplit = None
         if args.val_fraction:
             num_val = int(round(args.val_fraction * X.shape[0]))
@@ -506,20 +505,6 @@ def _gather(array, kept, out):
         out[filled : filled + block.shape[0]] = block
         filled += block.shape[0]
     return out
-
-
-def _check_finite(name, X, y):
-    """Refuses NaN or inf before anything is computed from the rows, naming the table's row."""
-    if np.isfinite(X.sum()) and np.isfinite(y.sum()):  # one pass, no temporary
-        return
-    bad = np.zeros(X.shape[0], bool)
-    for start in range(0, X.shape[0], _BLOCK_ROWS):
-        stop = start + _BLOCK_ROWS
-        bad[start:stop] = ~(np.isfinite(X[start:stop]).all(axis=1) & np.isfinite(y[start:stop]).all(axis=1))
-    raise DataError(
-        f"{name} has NaN or inf in {int(bad.sum())} row(s); the first is row {int(np.argmax(bad))} "
-        "(counting from 0, the header not counted). Drop or impute them before training."
-    )
 
 
 def _on_standardized(model, X):
