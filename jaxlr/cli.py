@@ -448,13 +448,12 @@ class _Split:
 
     def to_device(self):
         """Moves the training rows to the device, a piece at a time, and lets the host copy go."""
-        from jaxlr.data import to_device
+        from jaxlr.train import rows_on_device
 
         # Both: `fit` checks a pair on the device in one pass; a host y would
         # have it read X back to the host. A large X goes whole (on a CPU, in
         # place: it is aligned for that); `fit` pads only small ones.
-        self.X = jax.device_put(self.X) if self.X.nbytes > 16 << 20 else to_device(self.X)
-        self.y = to_device(self.y)
+        self.X, self.y = rows_on_device(self.X), rows_on_device(self.y)
 
     def train_metrics(self, model, trained):
         """Training MSE and R², in the target's units.

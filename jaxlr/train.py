@@ -840,6 +840,12 @@ def _padded(array, device, rows):
     return padded
 
 
+def rows_on_device(array: np.ndarray, device=None):
+    """Host rows on the device as `fit` keeps them: a large table as it is
+    (in place where JAX can), a small one copied in pieces."""
+    return _unpadded(array, device) if array.nbytes > _KEEP_PADDED_BYTES else to_device(array, device)
+
+
 def _unpadded(array: np.ndarray, device):
     """A host array on the device as it is: in place where JAX can (a CPU
     device and 64-byte-aligned, C-ordered memory), else one copy."""
