@@ -7,14 +7,15 @@ and `schedules` (what a practitioner tunes), `engines` (the one training
 program and the loop, fused and streamed ways to drive it), `callbacks`
 (early stopping, progress), `tables` (CSV, Parquet and NumPy files, and
 their columns turned into features), `preprocessing` (standardization), `metrics`,
-`solve` (the closed form), `checkpoint` (resumable runs), `parallel`
+`solve` (the closed form), `checkpoint` (resumable runs), `compilation_cache`
+(compiled programs kept between processes), `parallel`
 (devices and processes), `persist` (model files), `cli` (the `jaxlr`
 command) and `estimator` (`SGDRegressor`, for scikit-learn).
 """
 
 from typing import Any
 
-from jaxlr import checkpoint, losses, parallel, penalties, schedules, shuffle
+from jaxlr import checkpoint, compilation_cache, losses, parallel, penalties, schedules, shuffle
 from jaxlr.callbacks import EarlyStopping
 from jaxlr.data import NpyStream, aligned_empty, batches, permutation, synthetic_data, to_device
 from jaxlr.engines.core import FitState, clear_caches
@@ -26,6 +27,8 @@ from jaxlr.solve import solve
 from jaxlr.train import FitResult, SweepResult, TrainingDiverged, fit, moving_average, sweep
 
 __version__ = "0.2.0"
+
+compilation_cache._on_import()
 
 
 def __getattr__(name: str) -> Any:
@@ -60,6 +63,7 @@ __all__ = [
     "batches",
     "checkpoint",
     "clear_caches",
+    "compilation_cache",
     "fit",
     "init_params",
     "init_state",

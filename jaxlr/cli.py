@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlr import compilation_cache
 from jaxlr.callbacks import MIN_VALIDATION_ROWS, EarlyStopping, Progress
 from jaxlr.losses import MARGIN_FRACTION, default_margin, margin_warning
 from jaxlr.data import DataError, aligned_empty, synthetic_data
@@ -355,19 +356,8 @@ def _parser():
 def _configure_jax(args):
     if args.x64:
         jax.config.update("jax_enable_x64", True)
-    if args.no_cache or os.environ.get("JAXLR_NO_CACHE"):
-        return
-    # Compiled programs are kept between runs: a repeated command skips XLA.
-    cache = os.environ.get("JAXLR_CACHE_DIR") or Path(
-        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    ) / "jaxlr" / "xla"
-    try:
-        Path(cache).mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return  # an unwritable cache only costs speed
-    jax.config.update("jax_compilation_cache_dir", str(cache))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    if args.no_cache:  # `import jaxlr` turned the cache on (see jaxlr.compilation_cache)
+        compilation_cache.use_compilation_cache(None)
 
 
 # ------------------------------------------------------------------ data

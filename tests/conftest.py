@@ -1,5 +1,16 @@
+import atexit
+import os
+import shutil
+import tempfile
+
 import jax
 import pytest
+
+# `import jaxlr` keeps compiled programs on disk; the suite keeps them in a
+# directory of its own (one per worker, its subprocesses included), never the user's.
+if "JAXLR_CACHE_DIR" not in os.environ:
+    os.environ["JAXLR_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxlr-test-xla-")
+    atexit.register(shutil.rmtree, os.environ["JAXLR_CACHE_DIR"], ignore_errors=True)
 
 # (n, 1) against (n,) silently broadcasts to (n, n): the classic linear
 # regression bug. Strict mode turns any implicit rank promotion into an error.
@@ -24,8 +35,6 @@ def simulated_devices_env(devices: int) -> dict:
     machine, 8 device threads can take that long to meet at an all-reduce,
     and a test must not fail because the machine is busy.
     """
-    import os
-
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_cpu_collective_timeout_seconds=1800 "
