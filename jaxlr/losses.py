@@ -12,10 +12,12 @@ A new loss is one function and one entry in `LOSSES`.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 LossFunction = Callable[..., jax.Array]
@@ -129,6 +131,13 @@ def resolve(loss: Union[str, LossFunction]) -> Loss:
 def check_entries(loss: Loss, rows: int, outputs: int, dtype) -> None:
     """Refuses, before anything is traced, a loss that does not return one loss
     per entry: a mean would be taken again, and its shape breaks the program."""
+    if LOSSES.get(loss.name) is loss.function:
+        return  # jaxlr's own losses keep the shape
+    _check_entries(loss, rows, outputs, np.dtype(dtype))
+
+
+@functools.lru_cache(maxsize=64)  # tracing the loss costs a millisecond or two: a refit pays it once
+def _check_entries(loss: Loss, rows: int, outputs: int, dtype) -> None:
     example = jax.ShapeDtypeStruct((rows, outputs), dtype)
     try:
         out = jax.eval_shape(lambda yhat, y: loss.function(yhat, y, jnp.asarray(0.1, dtype)), example, example)
