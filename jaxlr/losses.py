@@ -39,8 +39,13 @@ def huber(yhat: ArrayLike, y: ArrayLike, epsilon: ArrayLike = 0.1) -> jax.Array:
 
 
 def epsilon_insensitive(yhat: ArrayLike, y: ArrayLike, epsilon: ArrayLike = 0.1) -> jax.Array:
-    """Support-vector regression's loss: ``max(0, |yhat - y| - epsilon)``."""
-    return jnp.maximum(0.0, jnp.abs(jnp.asarray(yhat) - y) - epsilon)
+    """Support-vector regression's loss: ``max(0, |yhat - y| - epsilon)``.
+
+    A residual of exactly `epsilon` is inside the margin: its gradient is 0,
+    as scikit-learn's (``jnp.maximum`` would give it half the slope).
+    """
+    beyond = jnp.abs(jnp.asarray(yhat) - y) - epsilon
+    return jnp.where(beyond > 0, beyond, 0.0)
 
 
 def squared_epsilon_insensitive(yhat: ArrayLike, y: ArrayLike, epsilon: ArrayLike = 0.1) -> jax.Array:

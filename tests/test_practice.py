@@ -284,6 +284,18 @@ def test_each_loss_matches_the_oracle(loss, batch_size, epsilon):
     assert np.sum(r < 0.9 * epsilon) > 5 and np.sum(r > 1.1 * epsilon) > 5
 
 
+def test_a_residual_exactly_at_the_margin_moves_nothing_as_in_scikit_learn():
+    # 0.5 and 0.25 are exact in float32: the residuals sit on the margin itself.
+    X = np.zeros((2, 1), np.float32)
+    y = np.array([0.5, -0.5], np.float32)
+    for loss in ("epsilon_insensitive", "squared_epsilon_insensitive"):
+        result = jaxlr.fit(X, y, key=jax.random.key(0), epochs=1, lr=0.1, batch_size=1, loss=loss, epsilon=0.5,
+                           init=jaxlr.Params(np.zeros((1, 1), np.float32), np.zeros(1, np.float32)))  # fmt: skip
+        assert float(result.params.b[0]) == 0.0, loss
+    slope = jax.grad(lambda b: jaxlr.losses.epsilon_insensitive(b, 0.25, 0.25))(0.0)
+    assert float(slope) == 0.0
+
+
 def test_the_losses_have_the_lessons_scale():
     r = np.array([-2.0, -0.05, 0.0, 0.05, 0.5, 3.0], np.float32)
     y = np.zeros_like(r)
