@@ -12,10 +12,12 @@ A new loss is one function and one entry in `LOSSES`.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 LossFunction = Callable[..., jax.Array]
@@ -129,6 +131,17 @@ def resolve(loss: Union[str, LossFunction]) -> Loss:
 def check_entries(loss: Loss, rows: int, outputs: int, dtype) -> None:
     """Refuses, before anything is traced, a loss that does not return one loss
     per entry: a mean would be taken again, and its shape breaks the program."""
+    try:
+        _checked_entries(loss, rows, outputs, np.dtype(dtype))
+    except TypeError as err:  # a loss that cannot key a cache is traced each time
+        if "unhashable" not in str(err):
+            raise
+        _checked_entries.__wrapped__(loss, rows, outputs, np.dtype(dtype))
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_entries(loss: Loss, rows: int, outputs: int, dtype) -> None:
+    # Cached: tracing the loss costs more than a small partial_fit's training.
     example = jax.ShapeDtypeStruct((rows, outputs), dtype)
     try:
         out = jax.eval_shape(lambda yhat, y: loss.function(yhat, y, jnp.asarray(0.1, dtype)), example, example)
