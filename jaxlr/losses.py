@@ -138,11 +138,17 @@ def check_entries(loss: Loss, rows: int, outputs: int, dtype) -> None:
     per entry: a mean would be taken again, and its shape breaks the program."""
     if LOSSES.get(loss.name) is loss.function:
         return  # jaxlr's own losses keep the shape
-    _check_entries(loss, rows, outputs, np.dtype(dtype))
+    try:
+        hash(loss)
+    except TypeError:  # a loss that cannot key a cache is traced each time
+        return _checked_entries.__wrapped__(loss, rows, outputs, np.dtype(dtype))
+    _checked_entries(loss, rows, outputs, np.dtype(dtype))
 
 
-@functools.lru_cache(maxsize=64)  # tracing the loss costs a millisecond or two: a refit pays it once
-def _check_entries(loss: Loss, rows: int, outputs: int, dtype) -> None:
+@functools.lru_cache(maxsize=64)
+def _checked_entries(loss: Loss, rows: int, outputs: int, dtype) -> None:
+    # Cached: tracing the loss costs a millisecond or two, more than a small
+    # partial_fit's training; a refit pays it once.
     example = jax.ShapeDtypeStruct((rows, outputs), dtype)
     try:
         out = jax.eval_shape(lambda yhat, y: loss.function(yhat, y, jnp.asarray(0.1, dtype)), example, example)

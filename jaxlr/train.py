@@ -886,9 +886,17 @@ def _check_state(state, rule, d, k, dtype) -> FitState:
     if not isinstance(state, FitState):
         raise TypeError(f"`state` (={validate._describe(state)}) must be a jaxlr.FitState, e.g. a FitResult's .state.")
     validate.check_params(state.params, d, k)
-    like = init_fit_state(Params(jnp.zeros((d, k), dtype), jnp.zeros(k, dtype)), rule)
+    like = _state_like(rule, d, k, np.dtype(dtype))
     _check_opt_state(state.opt_state, like.opt_state, d, k, "state")
-    return jax.tree.map(lambda a, b: jnp.asarray(a, jnp.asarray(b).dtype), state, like)
+    # A state fit returned (partial_fit's) is on the device in its dtypes already: kept as it is.
+    keep = lambda a, b: a if isinstance(a, jax.Array) and a.dtype == b.dtype else jnp.asarray(a, b.dtype)  # noqa: E731
+    return jax.tree.map(keep, state, like)
+
+
+@functools.lru_cache(maxsize=32)
+def _state_like(rule, d, k, dtype):
+    """The shapes and dtypes of a fresh state of `rule` for d features and k outputs (nothing computed)."""
+    return jax.eval_shape(lambda: init_fit_state(Params(jnp.zeros((d, k), dtype), jnp.zeros(k, dtype)), rule))
 
 
 def _check_opt_state(opt_state, like, d, k, name):

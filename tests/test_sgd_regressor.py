@@ -406,3 +406,37 @@ def test_values_beyond_float32_are_named_as_such_not_as_nan():
     y[[2, 5]] = -1e39
     with pytest.raises(ValueError, match=r"`y` has values beyond float32's range .* in 2 row\(s\), the first row 2"):
         jaxlr.SGDRegressor().fit(TINY_X.astype(np.float32), y)
+
+
+def test_a_float64_table_is_cast_once_and_trained_on_in_place(monkeypatch):
+    # The estimator's float32 cast is 64-byte aligned, so that fit uses it on
+    # a CPU as it is instead of copying it again to the device.
+    import jaxlr.estimator
+    import jaxlr.train
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((400_000, 12))  # past fit's padding threshold (16 MiB once cast)
+    y = X @ rng.standard_normal(12)
+    given = []
+    real_fit = jaxlr.train.fit
+    monkeypatch.setattr(jaxlr.estimator, "fit", lambda X, *a, **k: given.append(X) or real_fit(X, *a, **k))
+    jaxlr.SGDRegressor(max_iter=1, tol=None, random_state=0).fit(X, y)
+    assert given[0].dtype == np.float32 and jaxlr.data.is_aligned(given[0])
+
+
+def test_many_partial_fits_keep_the_state_on_the_device_and_equal_one_long_fit(diabetes):
+    from jaxlr.train import _check_state
+
+    X, _, y, _ = diabetes
+    X, y = X[:40], y[:40]
+    model = jaxlr.SGDRegressor(random_state=0, shuffle=False, learning_rate="constant", eta0=0.01)
+    for _ in range(50):
+        before = model._state if hasattr(model, "coef_") else None
+        model.partial_fit(X, y)
+    # The state fit returned is what the next call continues from, not a copy of it.
+    kept = _check_state(before, "sgd", X.shape[1], 1, before.params.w.dtype)
+    assert all(a is b for a, b in zip(jax.tree.leaves(kept), jax.tree.leaves(before)))
+    whole = jaxlr.SGDRegressor(random_state=0, shuffle=False, learning_rate="constant", eta0=0.01, max_iter=50,
+                               tol=None).fit(X, y)  # fmt: skip
+    np.testing.assert_allclose(model.coef_, whole.coef_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.intercept_, whole.intercept_, rtol=1e-5, atol=1e-6)
