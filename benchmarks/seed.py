@@ -59,7 +59,7 @@ def run(*, num_examples=10_000, repeats=5):
 
 
 def targets(rows):
-    """The issue's speed targets, as ratios from this run."""
+    """The speed targets, as ratios from this run."""
     t = {r.name: r.seconds for r in rows if r.seconds}
     steps_loop = next((r.metrics["us_per_step"] for r in rows if r.name == "jaxlr loop"), None)
     checks = {}
