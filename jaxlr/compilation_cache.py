@@ -7,6 +7,7 @@ in `~/.cache/jaxlr/xla` (or `$XDG_CACHE_HOME/jaxlr/xla`, or
 `$JAXLR_CACHE_DIR`). When it holds more than `MAX_BYTES`, the programs
 least recently used are removed as jaxlr is imported. Every program is kept, however quickly it compiled: JAX's own
 default keeps only those that took a second or more, and few of jaxlr's do.
+The setting is JAX's, for the whole process: its other programs are kept too.
 
 It stays off where the process says so: with `JAXLR_NO_CACHE=1` in the
 environment, after `use_compilation_cache(None)` before the first fit, and
