@@ -13,7 +13,7 @@ SIZES = {
     "scale": ({"num_examples": 2_000_000, "num_features": 100, "batch_size": 1024},
               {"num_examples": 4096, "num_features": 8, "batch_size": 64}),  # fmt: skip
     "sweep": ({"num_examples": 10_000, "num_rates": 64}, {"num_examples": 200, "num_rates": 4}),
-    "cold": ({}, {}),
+    "cold": ({}, {"repeats": 1}),
     "practice": ({"num_rows": 200_000, "num_tables": 3, "num_settings": 16, "num_seeds": 5},
                  {"num_rows": 2000, "num_tables": 1, "num_settings": 2, "num_seeds": 2, "budget_s": 0.1}),
     "engines": ({}, {"num_rows": 2000, "features": (2,), "batches": (1, 64), "budget_s": 0.1, "accuracy": False}),
