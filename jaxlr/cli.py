@@ -120,6 +120,8 @@ class _CourteousStream:
 
 def main(argv=None):
     """Runs the command line; returns the exit status."""
+    global _speaks
+    _speaks = True  # until this run joins a multi-process run as a process other than 0
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv = ["train", *argv]  # `jaxlr` alone runs the lesson's job
