@@ -289,13 +289,17 @@ def test_a_rate_beyond_the_datas_precision_is_refused_by_name():
         jaxlr.sweep(X, y, key=jax.random.key(1), lrs=[0.1, 1e39])
 
 
+def _linnerud():
+    """scikit-learn's linnerud table (20 rows, unscaled features, 3 targets), in float32."""
+    table = pytest.importorskip("sklearn.datasets").load_linnerud()
+    return table.data.astype(np.float32), table.target.astype(np.float32)
+
+
 @pytest.mark.parametrize("engine", ["fused", "loop"])
 def test_a_loss_that_grows_a_millionfold_but_stays_finite_is_divergence(engine):
     # The lesson's settings on unscaled features (scikit-learn's linnerud
     # table): the loss climbs by ~10^22 in ten steps and never overflows.
-    datasets = pytest.importorskip("sklearn.datasets")
-    table = datasets.load_linnerud()
-    X, y = table.data.astype(np.float32), table.target.astype(np.float32)
+    X, y = _linnerud()
     with pytest.raises(jaxlr.TrainingDiverged, match="grew past") as caught:
         jaxlr.fit(X, y, key=jax.random.key(0), engine=engine)
     error = caught.value
@@ -311,9 +315,7 @@ def test_a_loss_that_grows_a_millionfold_but_stays_finite_is_divergence(engine):
 def test_without_loss_growth_only_what_stops_being_finite_is_divergence(engine):
     # scikit-learn's rule (its SGDRegressor's): the same climb runs on until
     # the params themselves leave float32's safe range.
-    datasets = pytest.importorskip("sklearn.datasets")
-    table = datasets.load_linnerud()
-    X, y = table.data.astype(np.float32), table.target.astype(np.float32)
+    X, y = _linnerud()
     with pytest.raises(jaxlr.TrainingDiverged, match="grew past") as grew:
         jaxlr.fit(X, y, key=jax.random.key(0), engine=engine)
     # Its two epochs end with weights of about 1e12: large, but finite.
