@@ -38,7 +38,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from jaxlr.data import DataError, _feature_columns, _load_npy, _npy_columns, aligned, aligned_empty
+from jaxlr.arrays import DataError, _feature_columns, _load_npy, _npy_columns, aligned, aligned_empty
 
 MAX_CATEGORIES = 20
 """The most distinct values a text column may hold to be one-hot encoded without being asked."""
@@ -141,11 +141,7 @@ def _read_csv(path):
     types: dict = {}
     while True:
         try:
-            # Block by block: each block's parsing buffers are freed before the next, so the
-            # peak is the table and one block, not the table and the whole file parsed.
-            batches = pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(block_size=_BLOCK_BYTES),
-                                      convert_options=pa_csv.ConvertOptions(column_types=types, **convert))  # fmt: skip
-            return pa.Table.from_batches(list(batches), schema=batches.schema)
+            return _parse_in_pieces(pa, pa_csv, path, types, convert)
         except pa.ArrowInvalid as err:
             text = str(err)
             if text.startswith("Empty CSV file"):
@@ -153,13 +149,52 @@ def _read_csv(path):
             # The type is settled on the first block of rows; a later block
             # that does not fit it is read again as text, and judged as such.
             late = re.match(r"In CSV column #(\d+): CSV conversion error", text)
-            if late and int(late.group(1)) not in types:
+            if late:
                 header = pa_csv.read_csv(path, read_options=pa_csv.ReadOptions(block_size=1 << 16)).column_names
-                types[header[int(late.group(1))]] = pa.string()
-                continue
+                if header[int(late.group(1))] not in types:
+                    types[header[int(late.group(1))]] = pa.string()
+                    continue
             raise DataError(_csv_problem(path) or f"{path.name} could not be read as CSV: {' '.join(text.split())}") from None
         except UnicodeDecodeError:
             raise DataError(f"{path.name} is not a text CSV file (use .npy or .npz for binary data).") from None
+
+
+def _parse_in_pieces(pa, pa_csv, path, types, convert):
+    """The CSV at `path` as a pyarrow Table, parsed a piece of whole lines at a time.
+
+    Each piece is parsed by pyarrow's threaded reader; the first settles the
+    column names and types (`types` overrides), and the others are read
+    with them. Freed piece by piece, the parsing buffers cost one piece, not
+    the file, and the threaded reader is faster than the streaming one.
+    Cutting at line ends is what pyarrow does itself (a quoted value may
+    not hold a line break).
+    """
+    pieces, names, column_types, rest = [], None, dict(types), b""
+    with pa.input_stream(str(path)) as stream:  # decompresses by the file's suffix
+        while True:
+            data = stream.read(_PIECE_BYTES)
+            text = rest + data
+            cut = text.rfind(b"\n") + 1 if data else len(text)
+            # The types are settled on the first piece: it holds a row besides the header.
+            too_short = cut == 0 or (names is None and text.find(b"\n", text.find(b"\n") + 1) < 0)
+            if data and too_short:  # a line longer than a piece: read on
+                rest = text
+                continue
+            text, rest = text[:cut], text[cut:]
+            if names is None:
+                piece = pa_csv.read_csv(pa.py_buffer(text), convert_options=pa_csv.ConvertOptions(
+                    column_types=column_types, **convert))  # fmt: skip
+                names = piece.column_names
+                column_types = {**dict(zip(names, piece.schema.types)), **types}
+            elif text:
+                piece = pa_csv.read_csv(pa.py_buffer(text), read_options=pa_csv.ReadOptions(column_names=names),
+                                        convert_options=pa_csv.ConvertOptions(column_types=column_types, **convert))
+            else:
+                piece = None
+            if piece is not None:
+                pieces.append(piece)
+            if not data:
+                return pa.concat_tables(pieces)
 
 
 def _check_text(path):
@@ -184,8 +219,9 @@ def _read_parquet(path):
         raise DataError(f"{path.name} is not a readable Parquet file: {' '.join(str(err).split())}") from None
 
 
-# Bytes of CSV parsed per block: larger blocks parse little faster and cost memory.
-_BLOCK_BYTES = 4 << 20
+# Bytes of CSV parsed at a time (each by several threads): larger pieces cost
+# memory and gain nothing; much smaller ones lose the threads' gain.
+_PIECE_BYTES = 16 << 20
 
 # Rows written into X at a time from the columns: a block of X stays in cache.
 _FILL_ROWS = 4096

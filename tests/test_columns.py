@@ -155,11 +155,30 @@ def test_numbers_are_read_strictly_and_a_header_of_empty_names_stays_a_header(tm
 
 
 def test_a_column_whose_text_comes_after_the_first_block_is_judged_as_text(tmp_path, monkeypatch):
-    monkeypatch.setattr(tables, "_BLOCK_BYTES", 1 << 10)  # many blocks of a small file
+    monkeypatch.setattr(tables, "_PIECE_BYTES", 1 << 10)  # many pieces of a small file
     lines = ["x,y"] + [f"{i},{i}" for i in range(500)] + ["oops,1"]
     (tmp_path / "late.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"line 502, column 'x' holds 'oops', not a number"):
         load_table(tmp_path / "late.csv", target="y")
+
+
+@pytest.mark.parametrize("piece_bytes", [8, 40, 1 << 10])
+def test_a_csv_read_in_pieces_is_the_csv_read_whole(tmp_path, monkeypatch, piece_bytes):
+    rows = ["when,city,x,y"] + [f"2024-01-{1 + i % 28:02d},{'AB'[i % 2]},{i / 7!r},{i % 5}" for i in range(200)]
+    texts = {"t.csv": "\n".join(rows) + "\n", "crlf.csv": "\r\n".join(rows), "gz.csv.gz": "\n".join(rows) + "\n\n"}
+    for name, text in texts.items():
+        if name.endswith(".gz"):
+            with gzip.open(tmp_path / name, "wt") as file:
+                file.write(text)
+        else:
+            (tmp_path / name).write_bytes(text.encode())
+    whole = {name: load_table(tmp_path / name, target="y") for name in texts}
+    monkeypatch.setattr(tables, "_PIECE_BYTES", piece_bytes)  # pieces shorter than a line, too
+    for name in texts:
+        table = load_table(tmp_path / name, target="y")
+        np.testing.assert_array_equal(table.X, whole[name].X)
+        np.testing.assert_array_equal(table.y, whole[name].y)
+        assert table.feature_names == whole[name].feature_names == whole["t.csv"].feature_names
 
 
 def test_compressed_csv_and_parquet_nulls_are_named(tmp_path):
