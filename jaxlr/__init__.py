@@ -9,42 +9,73 @@ program and the loop, fused and streamed ways to drive it), `callbacks`
 their columns turned into features), `preprocessing` (standardization), `metrics`,
 `solve` (the closed form), `checkpoint` (resumable runs), `compilation_cache`
 (compiled programs kept between processes), `parallel`
-(devices and processes), `persist` (model files), `cli` (the `jaxlr`
-command) and `estimator` (`SGDRegressor`, for scikit-learn).
+(devices and processes), `persist` (model files), `arrays` (host
+buffers and `.npy` files), `cli` and `commands` (the `jaxlr` command: its
+arguments, then its work) and `estimator` (`SGDRegressor`, for scikit-learn).
 """
 
+import sys
+import types
+from importlib import import_module
 from typing import Any
-
-from jaxlr import checkpoint, compilation_cache, losses, parallel, penalties, schedules, shuffle
-from jaxlr.callbacks import EarlyStopping
-from jaxlr.data import NpyStream, aligned_empty, batches, permutation, synthetic_data, to_device
-from jaxlr.engines.core import FitState, clear_caches
-from jaxlr.metrics import mse, r2
-from jaxlr.model import Params, init_params, net, square_loss
-from jaxlr.optim import TrainState, init_state, make_step, sgd
-from jaxlr.preprocessing import Standardizer
-from jaxlr.solve import solve
-from jaxlr.train import FitResult, SweepResult, TrainingDiverged, fit, moving_average, sweep
 
 __version__ = "0.2.0"
 
-compilation_cache._on_import()
+# Importing jaxlr imports nothing else: each name loads its module on first
+# use. JAX takes a second or more to import, and the command reads its table
+# meanwhile (see jaxlr.cli); `jaxlr.fit` and the like load it when first used.
+_SUBMODULES = ("checkpoint", "compilation_cache", "losses", "parallel", "penalties", "schedules", "shuffle")
+_NAMES = {
+    "jaxlr.callbacks": ("EarlyStopping",),
+    "jaxlr.data": ("NpyStream", "aligned_empty", "batches", "permutation", "synthetic_data", "to_device"),
+    "jaxlr.engines.core": ("FitState", "clear_caches"),
+    "jaxlr.metrics": ("mse", "r2"),
+    "jaxlr.model": ("Params", "init_params", "net", "square_loss"),
+    "jaxlr.optim": ("TrainState", "init_state", "make_step", "sgd"),
+    "jaxlr.preprocessing": ("Standardizer",),
+    "jaxlr.solve": ("solve",),
+    "jaxlr.train": ("FitResult", "SweepResult", "TrainingDiverged", "fit", "moving_average", "sweep"),
+    "jaxlr.estimator": ("SGDRegressor", "LinearRegressor"),
+}
+_MODULE_OF = {name: module for module, names in _NAMES.items() for name in names}
 
 
 def __getattr__(name: str) -> Any:
-    # The estimators import scikit-learn, which jaxlr itself does not need:
-    # load them only when asked for.
-    if name in ("SGDRegressor", "LinearRegressor"):
-        try:
-            from jaxlr import estimator
-        except ModuleNotFoundError as err:
-            if err.name is not None and err.name.startswith("sklearn"):
-                raise ModuleNotFoundError(
-                    f"jaxlr.{name} needs scikit-learn: pip install 'jaxlr[sklearn]'.", name=err.name
-                ) from None
-            raise
-        return getattr(estimator, name)
-    raise AttributeError(f"module 'jaxlr' has no attribute {name!r}")
+    if name in _SUBMODULES:
+        return import_module(f"jaxlr.{name}")
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'jaxlr' has no attribute {name!r}")
+    from jaxlr import compilation_cache
+
+    compilation_cache.turn_on_once()
+    try:
+        module = import_module(_MODULE_OF[name])
+    except ModuleNotFoundError as err:
+        # The estimators import scikit-learn, which jaxlr itself does not need.
+        if _MODULE_OF[name] == "jaxlr.estimator" and err.name is not None and err.name.startswith("sklearn"):
+            raise ModuleNotFoundError(
+                f"jaxlr.{name} needs scikit-learn: pip install 'jaxlr[sklearn]'.", name=err.name
+            ) from None
+        raise
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name, value):
+        # Importing the submodule jaxlr.solve sets the package's attribute
+        # `solve` to it; the name stays the function's, as it always was.
+        if name == "solve" and isinstance(value, types.ModuleType):
+            value = value.solve
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [

@@ -2,15 +2,17 @@
 
 XLA compiles each new kind of run (a loss, a shape, an engine) once per
 process: 0.2 to 3 seconds on a CPU. JAX's persistent compilation cache keeps
-the compiled programs in a directory; jaxlr turns it on when it is imported,
-in `~/.cache/jaxlr/xla` (or `$XDG_CACHE_HOME/jaxlr/xla`, or
-`$JAXLR_CACHE_DIR`). When it holds more than `MAX_BYTES`, the programs
-least recently used are removed as jaxlr is imported. Every program is kept, however quickly it compiled: JAX's own
+the compiled programs in a directory; jaxlr turns it on as it loads its
+training code (the first use of `jaxlr.fit`, `jaxlr.solve`, `jaxlr.SGDRegressor`
+and the like, `import jaxlr.train`, or a command that trains), in
+`~/.cache/jaxlr/xla` (or `$XDG_CACHE_HOME/jaxlr/xla`, or `$JAXLR_CACHE_DIR`).
+When it holds more than `MAX_BYTES`, the programs least recently used are
+removed then. Every program is kept, however quickly it compiled: JAX's own
 default keeps only those that took a second or more, and few of jaxlr's do.
 The setting is JAX's, for the whole process: its other programs are kept too.
 
 It stays off where the process says so: with `JAXLR_NO_CACHE=1` in the
-environment, after `use_compilation_cache(None)` before the first fit, and
+environment, after `use_compilation_cache(None)` (or any other call of it), and
 where the process set JAX's cache directory itself (its choice stands).
 The cache is a cache: a directory that cannot be written costs only speed.
 """
@@ -41,6 +43,8 @@ def use_compilation_cache(path="default") -> bool:
     """
     from jax.experimental.compilation_cache import compilation_cache
 
+    global _decided
+    _decided = True  # the process chose: jaxlr's default no longer applies
     if path is None:
         jax.config.update("jax_compilation_cache_dir", None)
         jax.config.update("jax_enable_compilation_cache", False)
@@ -60,9 +64,18 @@ def use_compilation_cache(path="default") -> bool:
     return True
 
 
-def _on_import() -> None:
-    """What `import jaxlr` does: the default cache, unless the environment or JAX says otherwise."""
-    if os.environ.get("JAXLR_NO_CACHE") or getattr(jax.config, "jax_compilation_cache_dir"):
+# Whether the cache was set up, by jaxlr's default or by a call of use_compilation_cache.
+_decided = False
+
+
+def turn_on_once() -> None:
+    """jaxlr's default, once per process: the cache in `default_dir()`, unless
+    the environment, JAX's own setting or an earlier call says otherwise."""
+    global _decided
+    if _decided:
+        return
+    _decided = True
+    if os.environ.get("JAXLR_NO_CACHE") or getattr(jax.config, "jax_compilation_cache_dir"):  # noqa: B009 (typed)
         return
     use_compilation_cache()
 

@@ -83,7 +83,15 @@ _BLOCK_BYTES = 16 << 20
 
 
 def _solve_in_blocks(X, y):
-    """The same least squares, on the host in float64, with memory for a block of rows.
+    """`least_squares` rounded to the training dtype, with a warning where that loses the fit."""
+    w, b = least_squares(X, y)
+    dtype = jax.dtypes.canonicalize_dtype(X.dtype)  # float32 unless x64 is on
+    _warn_if_rounded(X, y, w, b, dtype)
+    return Params(w=jnp.asarray(w.astype(dtype)), b=jnp.asarray(b.astype(dtype)))
+
+
+def least_squares(X, y):
+    """Least squares with an intercept on a host table, in float64, with memory for a block of rows.
 
     The normal equations of the centred, scaled columns, corrected once
     ("corrected semi-normal equations"): the Gram matrix and X'y are summed a
@@ -93,36 +101,36 @@ def _solve_in_blocks(X, y):
     comes from units alone, and the correction recovers most of what forming
     X'X loses; on a million rows this is tens of times faster than a QR of
     the rows block by block, which it replaced.
+
+    Args:
+        X: array of shape (n, d), any float dtype.
+        y: array of shape (n, k).
+
+    Returns:
+        (w, b): float64 NumPy arrays of shapes (d, k) and (k,), in the table's units.
     """
     n, d = X.shape
     k = y.shape[1]
     rows = max(d + k, _BLOCK_BYTES // (8 * (d + k)))
+    scaler = Standardizer.fit(X, y, features=True, target="center")
+
+    def scaled(i):
+        return (scaler.transform(X[i : i + rows]), scaler.transform_target(y[i : i + rows]))
+
     blocks = range(0, n, rows)
-    x_mean = sum(X[i : i + rows].sum(axis=0, dtype=np.float64) for i in blocks) / n
-    y_mean = sum(y[i : i + rows].sum(axis=0, dtype=np.float64) for i in blocks) / n
-
-    def centred(i):
-        return np.asarray(X[i : i + rows], np.float64) - x_mean, np.asarray(y[i : i + rows], np.float64) - y_mean
-
-    squares = sum(np.square(centred(i)[0]).sum(axis=0) for i in blocks)
-    scale = np.sqrt(squares / n)
-    scale[scale == 0] = 1.0  # a constant column: its weight is zero whatever its scale
     gram, xty = np.zeros((d, d)), np.zeros((d, k))
     for i in blocks:
-        Xc, yc = centred(i)
-        Xc /= scale
-        gram += Xc.T @ Xc
-        xty += Xc.T @ yc
+        Xs, ys = scaled(i)
+        gram += Xs.T @ Xs
+        xty += Xs.T @ ys
     w = np.linalg.lstsq(gram, xty, rcond=None)[0]
     correction = np.zeros((d, k))
     for i in blocks:
-        Xc, yc = centred(i)
-        Xc /= scale
-        correction += Xc.T @ (yc - Xc @ w)
-    w = (w + np.linalg.lstsq(gram, correction, rcond=None)[0]) / scale[:, None]
-    dtype = jax.dtypes.canonicalize_dtype(X.dtype)  # float32 unless x64 is on
-    _warn_if_rounded(X, y, w, y_mean - x_mean @ w, dtype)
-    return Params(w=jnp.asarray(w.astype(dtype)), b=jnp.asarray((y_mean - x_mean @ w).astype(dtype)))
+        Xs, ys = scaled(i)
+        correction += Xs.T @ (ys - Xs @ w)
+    w = w + np.linalg.lstsq(gram, correction, rcond=None)[0]
+    original = scaler.to_original(Params(w, np.zeros(k)))
+    return original.w, original.b
 
 
 @jax.jit

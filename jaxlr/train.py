@@ -28,7 +28,7 @@ from jax.typing import ArrayLike
 
 from jaxlr import callbacks as callbacks_lib
 from jaxlr import checkpoint as checkpoint_lib
-from jaxlr import engines, losses, parallel, penalties, schedules, validate
+from jaxlr import compilation_cache, engines, losses, parallel, penalties, schedules, validate
 from jaxlr import shuffle as shuffle_lib
 from jaxlr.data import NpyStream, is_aligned, key_words, to_device
 from jaxlr.engines import core
@@ -37,6 +37,8 @@ from jaxlr.engines import scan as scan_engine
 from jaxlr.engines.core import FitState, init_fit_state
 from jaxlr.model import Params, init_params
 from jaxlr.optim import Rule, RuleNumbers, check_rule, rule_value
+
+compilation_cache.turn_on_once()  # before the first fit compiles: see jaxlr.compilation_cache
 
 __all__ = ["FitResult", "FitState", "SweepResult", "TrainingDiverged", "fit", "moving_average", "sweep"]
 

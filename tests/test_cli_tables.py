@@ -149,11 +149,13 @@ def test_progress_without_a_terminal_is_bounded_and_the_report_says_early_stoppi
 def test_python_warnings_become_one_line(monkeypatch, capsys):
     import warnings
 
+    from jaxlr import commands
+
     def warns(args):
         warnings.warn("checkpoint-00000003.npz is damaged:\n  skipped", UserWarning)
         return 0
 
-    monkeypatch.setattr(cli, "_solve", warns)
+    monkeypatch.setattr(commands, "_solve", warns)
     assert cli.main(["solve"]) == 0
     assert capsys.readouterr().err == "jaxlr: warning: checkpoint-00000003.npz is damaged: skipped\n"
 

@@ -6,6 +6,7 @@ import sys
 
 import jax
 
+import jaxlr
 from jaxlr import compilation_cache
 
 # A fit in a fresh process; prints how many programs XLA compiled for it
@@ -17,6 +18,7 @@ events = collections.Counter()
 jax.monitoring.register_event_listener(lambda event, **kw: events.update([event]))
 jax.monitoring.register_event_duration_secs_listener(lambda event, duration, **kw: events.update([event]))
 import jaxlr
+{prelude}
 rng = np.random.default_rng(0)
 X = rng.normal(size=(300, 4)).astype(np.float32)
 y = X @ np.arange(4.0, dtype=np.float32) + 1
@@ -27,10 +29,10 @@ print(compiled, jax.config.jax_compilation_cache_dir)
 """
 
 
-def _first_fit(**env):
+def _first_fit(prelude="", **env):
     base = {k: v for k, v in os.environ.items() if not k.startswith(("JAXLR_", "JAX_COMPILATION"))}
-    done = subprocess.run([sys.executable, "-c", FIRST_FIT], env={**base, **env}, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", FIRST_FIT.replace("{prelude}", prelude)], env={**base, **env},
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     compiled, directory = done.stdout.split()[-2:]
     return int(compiled), directory
@@ -48,6 +50,10 @@ def test_the_cache_is_off_when_the_environment_says_so_and_the_users_own_directo
     assert _first_fit(JAXLR_CACHE_DIR=str(ours), JAXLR_NO_CACHE="1") == (4, "None")
     assert not ours.exists()
     assert _first_fit(JAXLR_CACHE_DIR=str(ours), JAX_COMPILATION_CACHE_DIR=str(theirs))[1] == str(theirs)
+    assert not ours.exists()
+    # Turned off before jaxlr loads its training code: loading it does not turn it on again.
+    off = "jaxlr.compilation_cache.use_compilation_cache(None)"
+    assert _first_fit(off, JAXLR_CACHE_DIR=str(ours)) == (4, "None")
     assert not ours.exists()
 
 
@@ -77,4 +83,5 @@ def test_the_command_without_the_cache_writes_none(tmp_path):
                           text=True, timeout=600, env={**base, "JAXLR_CACHE_DIR": str(cache)})  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert not cache.exists() or not any(cache.iterdir())
+    assert jaxlr.fit is not None  # loads the training code, which turns this process's cache on
     assert jax.config.jax_compilation_cache_dir  # this process (the suite) keeps its own cache
