@@ -51,6 +51,20 @@ def test_engines_agree_when_the_batch_size_does_not_divide_n(n, batch_size, opti
     np.testing.assert_allclose(runs[0].params.b, runs[1].params.b, atol=1e-5)
 
 
+@pytest.mark.parametrize("settings", [
+    {"average": True}, {"average": 300}, {"penalty": "l2", "alpha": 0.01}, {"penalty": "l1", "alpha": 0.01},
+    {"penalty": "elasticnet", "alpha": 0.01, "average": True},
+])  # fmt: skip
+def test_the_padding_batches_of_an_epoch_move_nothing(settings):
+    # 1000 batches of one row are run as 1008 (a bucketed count): the last 8
+    # hold no rows and must neither average nor shrink the weights.
+    X, y = jaxlr.synthetic_data(jax.random.key(1), num_examples=1000)
+    runs = [jaxlr.fit(X, y, key=jax.random.key(2), epochs=2, batch_size=1, lr=0.01, engine=e, **settings)
+            for e in ("fused", "loop")]  # fmt: skip
+    np.testing.assert_allclose(runs[0].params.w, runs[1].params.w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(runs[0].params.b, runs[1].params.b, rtol=1e-5, atol=1e-6)
+
+
 def test_the_same_key_repeats_the_run_bit_for_bit(seed_data):
     X, y = seed_data
     first = jaxlr.fit(X[:2000], y[:2000], key=jax.random.key(7), batch_size=16)
