@@ -1,11 +1,11 @@
-"""python -m benchmarks {seed,scale,sweep,cold,practice,engines,shuffle,tables,all} [--size tiny] [--device gpu] [--batch-size N] [--json FILE]"""
+"""python -m benchmarks {seed,scale,sweep,cold,practice,estimator,engines,shuffle,tables,all} [--size tiny] [--device gpu] [--batch-size N] [--json FILE]"""
 
 import argparse
 import datetime
 import json
 import sys
 
-from benchmarks import cold, engines, harness, practice, scale, seed, shuffle, sweep, tables
+from benchmarks import cold, engines, estimator, harness, practice, scale, seed, shuffle, sweep, tables
 
 SIZES = {
     # case: (full size, tiny size used by the tests)
@@ -16,6 +16,7 @@ SIZES = {
     "cold": ({}, {"repeats": 1}),
     "practice": ({"num_rows": 200_000, "num_tables": 3, "num_settings": 16, "num_seeds": 5},
                  {"num_rows": 2000, "num_tables": 1, "num_settings": 2, "num_seeds": 2, "budget_s": 0.1}),
+    "estimator": ({}, {"num_rows": 1000, "chunk_rows": 400, "widths": (3,), "budget_s": 0.1}),
     "engines": ({}, {"num_rows": 2000, "features": (2,), "batches": (1, 64), "budget_s": 0.1, "accuracy": False}),
     "shuffle": ({"sizes": (10_000, 2_000_000)}, {"sizes": (100, 1000)}),
     "tables": ({"num_rows": 1_000_000, "num_features": 20}, {"num_rows": 2000, "num_features": 3}),
@@ -27,12 +28,13 @@ REFERENCE = {
     "sweep": "one jaxlr fused fit",
     "cold": 'python -c "import jax"',
     "practice": "scikit-learn SGDRegressor (each group's own: the vs_sklearn column)",
+    "estimator": "scikit-learn SGDRegressor (each group's own: the vs_sklearn column)",
     "engines": "the fused engine at the same features and batch size (the vs_fused column)",
     "shuffle": None,
     "tables": "pandas.read_csv + numpy lstsq",
 }
-MODULES = {"seed": seed, "scale": scale, "sweep": sweep, "cold": cold, "practice": practice, "engines": engines,
-           "shuffle": shuffle, "tables": tables}
+MODULES = {"seed": seed, "scale": scale, "sweep": sweep, "cold": cold, "practice": practice, "estimator": estimator,
+           "engines": engines, "shuffle": shuffle, "tables": tables}
 
 
 def main(argv=None):

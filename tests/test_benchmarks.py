@@ -8,7 +8,7 @@ import pytest
 from benchmarks.__main__ import main
 
 
-@pytest.mark.parametrize("case", ["seed", "sweep", "scale", "cold", "practice", "engines", "shuffle", "tables"])
+@pytest.mark.parametrize("case", ["seed", "sweep", "scale", "cold", "practice", "estimator", "engines", "shuffle", "tables"])
 def test_case_runs_and_reports(case, tmp_path, capsys):
     out = tmp_path / "results.json"
     main([case, "--size", "tiny", "--repeats", "1", "--json", str(out)])
