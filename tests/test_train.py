@@ -53,6 +53,7 @@ def test_engines_agree_when_the_batch_size_does_not_divide_n(n, batch_size, opti
 
 @pytest.mark.parametrize("settings", [
     {"average": True}, {"average": 300}, {"penalty": "l2", "alpha": 0.01}, {"penalty": "l1", "alpha": 0.01},
+    {"penalty": "l2", "alpha": 0.01, "average": True}, {"penalty": "l2", "alpha": 0.01, "schedule": "invscaling"},
     {"penalty": "elasticnet", "alpha": 0.01, "average": True},
 ])  # fmt: skip
 def test_the_padding_batches_of_an_epoch_move_nothing(settings):
