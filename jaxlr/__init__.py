@@ -30,7 +30,8 @@ _NAMES = {
     "jaxlr.data": ("NpyStream", "aligned_empty", "batches", "permutation", "synthetic_data", "to_device"),
     "jaxlr.engines.core": ("FitState", "clear_caches"),
     "jaxlr.metrics": ("mse", "r2"),
-    "jaxlr.model": ("Params", "init_params", "net", "square_loss"),
+    "jaxlr.model": ("init_params", "net", "square_loss"),
+    "jaxlr.params": ("Params",),
     "jaxlr.optim": ("TrainState", "init_state", "make_step", "sgd"),
     "jaxlr.preprocessing": ("Standardizer",),
     "jaxlr.solve": ("solve",),
@@ -45,9 +46,6 @@ def __getattr__(name: str) -> Any:
         return import_module(f"jaxlr.{name}")
     if name not in _MODULE_OF:
         raise AttributeError(f"module 'jaxlr' has no attribute {name!r}")
-    from jaxlr import compilation_cache
-
-    compilation_cache.turn_on_once()
     try:
         module = import_module(_MODULE_OF[name])
     except ModuleNotFoundError as err:
@@ -57,6 +55,8 @@ def __getattr__(name: str) -> Any:
                 f"jaxlr.{name} needs scikit-learn: pip install 'jaxlr[sklearn]'.", name=err.name
             ) from None
         raise
+    if "jax" in sys.modules:  # before anything compiles (see jaxlr.compilation_cache)
+        import_module("jaxlr.compilation_cache").turn_on_once()
     value = getattr(module, name)
     globals()[name] = value
     return value

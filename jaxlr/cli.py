@@ -8,8 +8,9 @@
 Errors a user can cause print one line, ``jaxlr: error: ...``, and exit with
 status 2, writing no file; a diverging run exits with status 1.
 
-This module parses the arguments and reads the table; it imports no JAX, so
-that the table is read while `jaxlr.commands`, which does the work, imports it.
+This module parses the arguments and reads the table, and imports no JAX:
+`jaxlr.commands` does the work, and its `train` imports JAX while the table
+is read on a thread; `solve` and `predict` never import it.
 """
 
 import argparse
@@ -21,7 +22,6 @@ import threading
 import warnings
 from pathlib import Path
 
-from jaxlr._interrupts import end_at_once
 from jaxlr.arrays import DataError
 from jaxlr.tables import MAX_CATEGORIES, load_table, reader_for
 
@@ -123,9 +123,7 @@ def main(argv=None):
             args = _parser().parse_args(argv)
             _check_destinations(args)
             args.read_ahead = _ReadAhead.start(args)
-            # JAX and the training code load (a second or more) while the table is read.
-            with end_at_once():
-                from jaxlr import commands
+            from jaxlr import commands  # `train` imports JAX as it starts, while the table is read
 
             status = commands.run(args)
     except FloatingPointError as err:

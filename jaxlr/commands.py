@@ -3,6 +3,9 @@
     train    SGD on a table or on the lesson's synthetic data
     solve    the closed-form fit of a table
     predict  a saved model applied to a table
+
+Only `train` needs JAX, and imports it as it starts (while the table is
+read, see `jaxlr.cli`); `solve` and `predict` work on the host with NumPy.
 """
 
 import csv
@@ -14,13 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxlr import cli, compilation_cache
+from jaxlr import cli
+from jaxlr._interrupts import end_at_once
 from jaxlr.arrays import DataError, aligned_empty
-from jaxlr.callbacks import MIN_VALIDATION_ROWS, EarlyStopping, Progress
 from jaxlr.cli import (
     LESSON_DEFAULTS,
     RAW_TABLE_DEFAULTS,
@@ -34,24 +35,23 @@ from jaxlr.cli import (
     _warn,
     table_request,
 )
-from jaxlr.data import synthetic_data
-from jaxlr.losses import MARGIN_FRACTION, default_margin, margin_warning
 from jaxlr.metrics import RunningMetrics, host_metrics
-from jaxlr.model import Params
-from jaxlr.persist import Model, load_model, atomic_write, save_model
-from jaxlr.preprocessing import Standardizer
-from jaxlr.solve import least_squares
+from jaxlr.params import Params
+from jaxlr.persist import Model, atomic_write, load_model, save_model
+from jaxlr.preprocessing import Standardizer, least_squares
 from jaxlr.tables import load_table, reader_for
-from jaxlr.train import fit
 
 
 def run(args):
     """Runs the parsed command; returns its exit status."""
-    _configure_jax(args)
     return {"train": _train, "solve": _solve, "predict": _predict}[args.command](args)
 
 
 def _configure_jax(args):
+    import jax
+
+    from jaxlr import compilation_cache
+
     if args.x64:
         jax.config.update("jax_enable_x64", True)
     if args.no_cache:  # importing jaxlr.train turned the cache on (see jaxlr.compilation_cache)
@@ -84,6 +84,8 @@ class _Split:
         self.rows = X.shape[0]
         val_X = val_y = unsplit = None
         if args.val_fraction:
+            from jaxlr.callbacks import MIN_VALIDATION_ROWS
+
             num_val = int(round(args.val_fraction * X.shape[0]))
             if not 1 <= num_val < X.shape[0]:
                 if "val_fraction" not in args.defaulted:
@@ -162,7 +164,9 @@ class _Split:
         """
         running = RunningMetrics()
         predict = _on_standardized if self.standardized else _on_original
-        if isinstance(self.X, jax.Array):
+        if not isinstance(self.X, np.ndarray):  # on the device: predicted there, in one product
+            import jax.numpy as jnp
+
             w, b = (jnp.asarray(p, self.X.dtype) for p in trained)
             scaled = np.asarray(self.X @ w + b, np.float64)
             running.add(scaled * self.scaler.y_scale + self.scaler.y_mean, self.y_original)
@@ -177,6 +181,8 @@ class _Split:
         each process gives its equal share of the same split. Rows that do
         not split evenly go whole to every process instead: the same model,
         for more memory."""
+        import jax
+
         from jaxlr import parallel
 
         if self.X.shape[0] % jax.process_count():
@@ -220,6 +226,8 @@ def _load(args):
     """The training table: from --data (read ahead when the command could), or the lesson's synthetic data."""
     request = table_request(args)
     if request is None:
+        from jaxlr.data import synthetic_data
+
         X, y = synthetic_data(_keys(args)[0], true_w=SEED_TRUE_W, true_b=SEED_TRUE_B)
         from jaxlr.tables import Table
 
@@ -244,6 +252,8 @@ def _keys(args):
     eager jax.random calls would compile three small programs, a tenth of a
     second of a fresh process's start.
     """
+    import jax
+
     words = np.random.SeedSequence(args.seed % 2**64).generate_state(6, np.uint32)
     return tuple(jax.random.wrap_key_data(pair) for pair in words.reshape(3, 2))
 
@@ -267,6 +277,15 @@ def _settle_defaults(args):
 
 
 def _train(args):
+    # JAX and the training code load here (a second or more), while the table is read (see jaxlr.cli).
+    with end_at_once():
+        import jax
+
+        from jaxlr.callbacks import EarlyStopping, Progress
+        from jaxlr.losses import MARGIN_FRACTION, default_margin, margin_warning
+        from jaxlr.train import fit
+
+    _configure_jax(args)
     _settle_defaults(args)
     for option in ("resume", "resume_if_present", "overwrite", "checkpoint_every"):
         if getattr(args, option) and not args.checkpoint:
@@ -404,6 +423,8 @@ def _scale_out(args):
     parallel.initialize(args.coordinator, args.num_processes, args.process_id, timeout=args.peer_timeout)
     if args.process_id != 0:  # process 0 speaks for the run; the others say only their errors
         cli._speaks, args.quiet = False, True
+    import jax
+
     return parallel.data_mesh(jax.devices())
 
 
@@ -463,7 +484,7 @@ def _streamed(args):
 def _solve(args):
     _settle_defaults(args)
     table, is_seed_job = _load(args)
-    _, split_key, _ = _keys(args)
+    split_key = _keys(args)[1] if args.val_fraction else None  # keys are JAX's: only to hold rows out
     split = _Split(table, args, split_key, standardized=False)
     table = table._replace(X=None, y=None, weight=None)
     start = time.perf_counter()
@@ -562,9 +583,12 @@ def _model(params, split, table, settings):
     Params trained on a scaled target are turned back into the target's own
     units, so that the model file predicts it directly.
     """
-    from jaxlr.parallel import host_value
+    if all(isinstance(p, np.ndarray) for p in params):
+        w, b = params
+    else:
+        from jaxlr.parallel import host_value
 
-    w, b = (np.asarray(host_value(p)) for p in params)
+        w, b = (np.asarray(host_value(p)) for p in params)
     y_mean, y_scale = split.scaler.y_mean, split.scaler.y_scale
     if np.any(y_mean != 0) or np.any(y_scale != 1):
         w = (w.astype(np.float64) * y_scale[None, :]).astype(w.dtype)
@@ -671,6 +695,8 @@ def _warn_if_worse_than_the_mean(report, args):
                          "rows never fell)")  # fmt: skip
         elif report.get("early_stopped") is False or "early_stopped" not in report:
             tries.append(f"more --epochs (ran {report['epochs_run']})")
+        from jaxlr.callbacks import MIN_VALIDATION_ROWS
+
         if report.get("val_rows", MIN_VALIDATION_ROWS) < MIN_VALIDATION_ROWS:
             tries.append(f"a larger --val-fraction (validation R^2 on {report['val_rows']} rows is mostly noise)")
         if not (report.get("early_stopped") and report.get("best_epoch") == 0):

@@ -1,17 +1,27 @@
-"""How good a fit is: mean squared error and R², on the device or the host."""
+"""How good a fit is: mean squared error and R², on the device or the host.
+
+The host's (`host_metrics`, `RunningMetrics`) need no JAX: the command's
+closed form and predictions use them without importing it. The device's
+import it when called.
+"""
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from jax.typing import ArrayLike
+from typing import TYPE_CHECKING
 
-from jaxlr.model import square_loss
+import numpy as np
+
+if TYPE_CHECKING:
+    import jax
+    from jax.typing import ArrayLike
 
 
 def mse(yhat: ArrayLike, y: ArrayLike) -> jax.Array:
     """Mean squared error over every example and output (the lesson's `square_loss`)."""
+    import jax.numpy as jnp
+
+    from jaxlr.model import square_loss
+
     return square_loss(jnp.asarray(yhat), jnp.asarray(y))
 
 
@@ -26,6 +36,8 @@ def r2(yhat: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) ->
         y: targets of the same shape.
         sample_weight: optional weights of shape (n,).
     """
+    import jax.numpy as jnp
+
     yhat, y = jnp.asarray(yhat), jnp.asarray(y)
     if yhat.shape != y.shape:
         raise ValueError(f"`yhat` shape {yhat.shape} and `y` shape {y.shape} differ.")
@@ -37,6 +49,8 @@ def r2(yhat: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) ->
 
 def r2_from(yhat: jax.Array, y: jax.Array, weight: jax.Array) -> jax.Array:
     """R² of (n, k) predictions with (n, 1) row weights; zero weights drop rows (traceable)."""
+    import jax.numpy as jnp
+
     total_weight = jnp.sum(weight)
     mean = jnp.sum(weight * y, axis=0) / jnp.where(total_weight > 0, total_weight, 1.0)
     residual = jnp.sum(weight * (y - yhat) ** 2, axis=0)

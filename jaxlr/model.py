@@ -1,21 +1,9 @@
 """The model of the lesson: parameters, the linear network, and the squared loss."""
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 
-
-class Params(NamedTuple):
-    """Weights and bias of a linear model, a pytree that `jax.grad` differentiates.
-
-    Attributes:
-        w: array of shape (d, k), one column of weights per output.
-        b: array of shape (k,), one intercept per output.
-    """
-
-    w: jax.Array
-    b: jax.Array
+from jaxlr.params import Params  # weights and bias: a NamedTuple, so a pytree
 
 
 def init_params(key, num_inputs, num_outputs=1, *, dtype=jnp.float32):

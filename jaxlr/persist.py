@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxlr.model import Params
+from jaxlr.params import Params
 
 FORMAT_VERSION = 1
 

@@ -1,4 +1,5 @@
-"""Standardization: features (and optionally the target) to mean 0 and spread 1.
+"""Standardization: features (and optionally the target) to mean 0 and spread 1;
+and the float64 least squares of a host table, which it keeps well conditioned.
 
 SGD's stable step size depends on the data's scale; on standardized data one
 learning rate suits any table. Statistics are computed in float64 on the host
@@ -12,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxlr.model import Params
+from jaxlr.params import Params
 
 
 class Standardizer(NamedTuple):
@@ -102,6 +103,8 @@ class Standardizer(NamedTuple):
 
 # Rows per block: the float64 temporaries of a large table stay a few MB.
 _BLOCK_ROWS = 1 << 14
+# Bytes of float64 rows per block of `least_squares`: its products run on whole blocks.
+_BLOCK_BYTES = 16 << 20
 
 
 def _moments(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -112,3 +115,46 @@ def _moments(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     square = sum(((A[i : i + _BLOCK_ROWS].astype(np.float64) - mean) ** 2).sum(axis=0) for i in blocks)
     spread = np.sqrt(square / n)
     return mean, np.where(spread > 0, spread, 1.0)  # a constant column stays as it is
+
+
+def least_squares(X, y):
+    """Least squares with an intercept on a host table, in float64, with memory for a block of rows.
+
+    The normal equations of the centred, scaled columns, corrected once
+    ("corrected semi-normal equations"): the Gram matrix and X'y are summed a
+    block of rows at a time (matrix products, a few passes over X), solved
+    by SVD, and the solution is refined by solving again for the residual's
+    part. Scaling the columns to unit spread removes the conditioning that
+    comes from units alone, and the correction recovers most of what forming
+    X'X loses; on a million rows this is tens of times faster than a QR of
+    the rows block by block, which it replaced.
+
+    Args:
+        X: array of shape (n, d), any float dtype.
+        y: array of shape (n, k).
+
+    Returns:
+        (w, b): float64 NumPy arrays of shapes (d, k) and (k,), in the table's units.
+    """
+    n, d = X.shape
+    k = y.shape[1]
+    rows = max(d + k, _BLOCK_BYTES // (8 * (d + k)))
+    scaler = Standardizer.fit(X, y, features=True, target="center")
+
+    def scaled(i):
+        return (scaler.transform(X[i : i + rows]), scaler.transform_target(y[i : i + rows]))
+
+    blocks = range(0, n, rows)
+    gram, xty = np.zeros((d, d)), np.zeros((d, k))
+    for i in blocks:
+        Xs, ys = scaled(i)
+        gram += Xs.T @ Xs
+        xty += Xs.T @ ys
+    w = np.linalg.lstsq(gram, xty, rcond=None)[0]
+    correction = np.zeros((d, k))
+    for i in blocks:
+        Xs, ys = scaled(i)
+        correction += Xs.T @ (ys - Xs @ w)
+    w = w + np.linalg.lstsq(gram, correction, rcond=None)[0]
+    original = scaler.to_original(Params(w, np.zeros(k)))
+    return original.w, original.b

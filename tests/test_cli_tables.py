@@ -263,7 +263,7 @@ def test_a_large_table_is_solved_in_blocks_as_lstsq_solves_it(monkeypatch, x64):
 
     solve_module = importlib.import_module("jaxlr.solve")  # the module, not the function of that name
     monkeypatch.setattr(solve_module, "_IN_BLOCKS_BYTES", 0)
-    monkeypatch.setattr(solve_module, "_BLOCK_BYTES", 8 * 4 * 50)  # blocks of 50 rows
+    monkeypatch.setattr(importlib.import_module("jaxlr.preprocessing"), "_BLOCK_BYTES", 8 * 4 * 50)  # least squares on blocks of 50 rows
     rng = np.random.default_rng(1)
     X = rng.normal(size=(1003, 3)) @ [[1.0, 0.9, 0.0], [0.0, 0.1, 0.0], [0.0, 0.0, 1e3]] + [5.0, -5.0, 1e4]
     y = X @ [[2.0], [-1.0], [0.003]] + 7.0 + rng.normal(size=(1003, 1))

@@ -33,7 +33,7 @@ from jaxlr import fit, SGDRegressor  # noqa: F401
     )
 
 
-def test_the_command_reads_its_table_once_on_a_thread_of_its_own(tmp_path):
+def test_solve_reads_its_table_ahead_and_solve_and_predict_import_no_jax(tmp_path):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 3))
     y = X @ [1.0, -2.0, 0.5] + 3.0
@@ -51,13 +51,15 @@ def load_table(*args, **kwargs):
     return real(*args, **kwargs)
 
 cli.load_table = tables.load_table = load_table  # the read ahead's, and the command's
-status = cli.main(["solve", "--data", "t.csv", "--target", "y", "--json"])
-print(json.dumps({"status": status, "reads": reads}))
+status = cli.main(["solve", "--data", "t.csv", "--target", "y", "--json", "--save", "m.npz"])
+status += cli.main(["predict", "--model", "m.npz", "--data", "t.csv", "--output", "p.csv"])
+print(json.dumps({"status": status, "reads": reads, "jax": "jax" in sys.modules}))
 """,
         tmp_path,
     )
     result = json.loads(out.splitlines()[-1])
-    assert result == {"status": 0, "reads": ["jaxlr-read-ahead"]}
+    # solve read once, ahead; predict read in turn; neither needed JAX.
+    assert result == {"status": 0, "reads": ["jaxlr-read-ahead", "MainThread"], "jax": False}
 
 
 @pytest.mark.parametrize("options", [[], ["--no-standardize", "--target-scaling", "none"], ["--val-fraction", "0.25"]])
