@@ -24,7 +24,9 @@ __version__ = "0.2.0"
 # Importing jaxlr imports nothing else: each name loads its module on first
 # use. JAX takes a second or more to import, and the command reads its table
 # meanwhile (see jaxlr.cli); `jaxlr.fit` and the like load it when first used.
-_SUBMODULES = ("checkpoint", "compilation_cache", "losses", "parallel", "penalties", "schedules", "shuffle")
+_SUBMODULES = ("arrays", "callbacks", "checkpoint", "cli", "commands", "compilation_cache", "data", "engines",
+               "estimator", "losses", "metrics", "model", "optim", "parallel", "params", "penalties", "persist",
+               "preprocessing", "schedules", "shuffle", "tables", "train", "validate")  # and solve, the function
 _NAMES = {
     "jaxlr.callbacks": ("EarlyStopping",),
     "jaxlr.data": ("NpyStream", "aligned_empty", "batches", "permutation", "synthetic_data", "to_device"),
@@ -63,7 +65,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__():
-    return sorted(set(globals()) | set(__all__))
+    return sorted({*__all__, *_SUBMODULES, "__version__"})
 
 
 class _Package(types.ModuleType):

@@ -10,7 +10,7 @@ status 2, writing no file; a diverging run exits with status 1.
 
 This module parses the arguments and reads the table, and imports no JAX:
 `jaxlr.commands` does the work, and its `train` imports JAX while the table
-is read on a thread; `solve` and `predict` never import it.
+is read on a thread; `solve` on a table and `predict` need none.
 """
 
 import argparse

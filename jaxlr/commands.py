@@ -4,8 +4,10 @@
     solve    the closed-form fit of a table
     predict  a saved model applied to a table
 
-Only `train` needs JAX, and imports it as it starts (while the table is
-read, see `jaxlr.cli`); `solve` and `predict` work on the host with NumPy.
+`train` imports JAX as it starts (while the table is read, see
+`jaxlr.cli`). `solve` and `predict` work on the host with NumPy and import
+no JAX, except for what only JAX does here: the keyed split of `solve
+--val-fraction` and the lesson's synthetic data.
 """
 
 import csv

@@ -150,7 +150,7 @@ def _read_csv(path):
             # that does not fit it is read again as text, and judged as such.
             late = re.match(r"In CSV column #(\d+): CSV conversion error", text)
             if late:
-                header = pa_csv.read_csv(path, read_options=pa_csv.ReadOptions(block_size=1 << 16)).column_names
+                header = pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(block_size=1 << 16)).schema.names
                 if header[int(late.group(1))] not in types:
                     types[header[int(late.group(1))]] = pa.string()
                     continue
@@ -176,8 +176,8 @@ def _parse_in_pieces(pa, pa_csv, path, types, convert):
             text = rest + data
             cut = text.rfind(b"\n") + 1 if data else len(text)
             # The types are settled on the first piece: it holds a row besides the header.
-            too_short = cut == 0 or (names is None and text.find(b"\n", text.find(b"\n") + 1) < 0)
-            if data and too_short:  # a line longer than a piece: read on
+            too_short = cut == 0 or (names is None and not _holds_a_row(text[:cut]))
+            if data and too_short:  # a line longer than a piece, or only a header so far: read on
                 rest = text
                 continue
             text, rest = text[:cut], text[cut:]
@@ -195,6 +195,16 @@ def _parse_in_pieces(pa, pa_csv, path, types, convert):
                 pieces.append(piece)
             if not data:
                 return pa.concat_tables(pieces)
+
+
+def _holds_a_row(text):
+    """Whether the whole lines of `text` hold two that are not blank: a header and a row."""
+    found = 0
+    for line in io.BytesIO(text):
+        found += bool(line.strip())
+        if found == 2:
+            return True
+    return False
 
 
 def _check_text(path):

@@ -165,7 +165,8 @@ def test_a_column_whose_text_comes_after_the_first_block_is_judged_as_text(tmp_p
 @pytest.mark.parametrize("piece_bytes", [8, 40, 1 << 10])
 def test_a_csv_read_in_pieces_is_the_csv_read_whole(tmp_path, monkeypatch, piece_bytes):
     rows = ["when,city,x,y"] + [f"2024-01-{1 + i % 28:02d},{'AB'[i % 2]},{i / 7!r},{i % 5}" for i in range(200)]
-    texts = {"t.csv": "\n".join(rows) + "\n", "crlf.csv": "\r\n".join(rows), "gz.csv.gz": "\n".join(rows) + "\n\n"}
+    texts = {"t.csv": "\n".join(rows) + "\n", "crlf.csv": "\r\n".join(rows), "gz.csv.gz": "\n".join(rows) + "\n\n",
+             "blank.csv": "\n\n\n" + rows[0] + "\n\n\n" + "\n".join(rows[1:]) + "\n"}  # blank lines before and after the header
     for name, text in texts.items():
         if name.endswith(".gz"):
             with gzip.open(tmp_path / name, "wt") as file:

@@ -122,3 +122,38 @@ def test_solve_warns_when_float32_params_cannot_hold_the_fit():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         jaxlr.solve(t - 1.7e9, y)  # centred: float32 holds it
+
+
+def _nearly_dependent(eps, n=3000, seed=2):
+    rng = np.random.default_rng(seed)
+    x, z, u = rng.normal(size=(3, n))
+    X = np.column_stack([x, x + eps * z, u])  # two columns eps apart
+    return X, (z + u + 1e-3 * rng.normal(size=n))[:, None]
+
+
+@pytest.mark.parametrize("eps", [1e-8, 1e-6, 1e-3])
+def test_host_least_squares_fits_as_well_as_lstsq_however_close_two_columns_are(eps):
+    from jaxlr.preprocessing import least_squares
+
+    X, y = _nearly_dependent(eps)
+    w, b = least_squares(X, y)
+    design = np.column_stack([X, np.ones(len(X))])
+    best = np.mean((design @ np.linalg.lstsq(design, y, rcond=None)[0] - y) ** 2)
+    assert np.mean((X @ w + b - y) ** 2) <= best * (1 + 1e-6)
+
+
+def test_host_least_squares_factors_the_rows_in_blocks_as_the_normal_equations_solve(monkeypatch):
+    from jaxlr import preprocessing
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(1001, 4)) * [1.0, 10.0, 0.1, 1e3] + [0.0, 5.0, -2.0, 1.7e9]
+    y = X @ [[1.0, 2.0], [-0.5, 0.0], [3.0, 1.0], [1e-3, 2e-3]] + 4.0 + 0.01 * rng.normal(size=(1001, 2))
+    normal = preprocessing.least_squares(X, y)
+    monkeypatch.setattr(preprocessing, "_GRAM_CONDITION", 0.0)  # the rows' QR, whatever the conditioning
+    monkeypatch.setattr(preprocessing, "_BLOCK_BYTES", 8 * 6 * 100)  # blocks of 100 rows
+    monkeypatch.setattr(preprocessing, "_QR_ROWS", 30)
+    factored = preprocessing.least_squares(X, y)
+    np.testing.assert_allclose(factored[0], normal[0], rtol=1e-9)
+    np.testing.assert_allclose(factored[1], normal[1], rtol=1e-9)
+    w, b = preprocessing.least_squares(X[:3], y[:3])  # fewer rows than features: an exact fit
+    np.testing.assert_allclose(X[:3] @ w + b, y[:3], atol=1e-6)

@@ -27,6 +27,8 @@ assert jaxlr.solve is module.solve and callable(jaxlr.solve)
 for name in jaxlr.__all__:
     assert getattr(jaxlr, name) is not None, name
 assert set(jaxlr.__all__) <= set(dir(jaxlr))
+for name in ("model", "train", "data", "optim", "metrics", "engines", "callbacks", "preprocessing", "persist"):
+    assert getattr(jaxlr, name).__name__ == f"jaxlr.{name}"  # the lesson's modules, as attributes
 from jaxlr import fit, SGDRegressor  # noqa: F401
 """,
         tmp_path,
