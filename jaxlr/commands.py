@@ -492,9 +492,7 @@ def _solve(args):
     start = time.perf_counter()
     # In float64 on the table as it is, then as the params of the standardized
     # rows on the scaled target that the model file holds (see _model).
-    trained = split.scaler.to_standardized(Params(*least_squares(split.X, split.y_original)))
-    dtype = np.float64 if args.x64 else np.float32
-    params = Params(*(p.astype(dtype) for p in trained))
+    params = split.scaler.to_standardized(Params(*least_squares(split.X, split.y_original)))
     elapsed = time.perf_counter() - start
     model = _model(
         params, split, table,
@@ -583,7 +581,8 @@ def _model(params, split, table, settings):
     """The model file's contents: params on the host, the standardization, the names.
 
     Params trained on a scaled target are turned back into the target's own
-    units, so that the model file predicts it directly.
+    units, so that the model file predicts it directly; in float64, for an
+    intercept near a target's mean of 1e9 would be rounded to 64 in float32.
     """
     if all(isinstance(p, np.ndarray) for p in params):
         w, b = params
@@ -593,8 +592,8 @@ def _model(params, split, table, settings):
         w, b = (np.asarray(host_value(p)) for p in params)
     y_mean, y_scale = split.scaler.y_mean, split.scaler.y_scale
     if np.any(y_mean != 0) or np.any(y_scale != 1):
-        w = (w.astype(np.float64) * y_scale[None, :]).astype(w.dtype)
-        b = (b.astype(np.float64) * y_scale + y_mean).astype(b.dtype)
+        w = w.astype(np.float64) * y_scale[None, :]
+        b = b.astype(np.float64) * y_scale + y_mean
     return Model(
         params=Params(w, b),
         x_mean=split.mean,

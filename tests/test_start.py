@@ -92,3 +92,20 @@ def test_solve_gives_the_least_squares_of_its_training_rows_in_float64(tmp_path,
     predicted = np.array(done.stdout.split()[1:], float)
     np.testing.assert_allclose(predicted, y[:50], atol=0.1)  # noise 0.01; float32 holds 1e6 to 0.06
     assert report["train_r2"] > 0.999
+
+
+def test_a_model_file_predicts_a_target_near_1e9_to_its_noise(tmp_path):
+    # float32 holds 1e9 only to 64: the params in the target's units are kept in float64.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2000, 3))
+    y = X @ [1.0, 2.0, 3.0] + 1e9 + 20.0 + 0.5 * rng.normal(size=2000)  # float32: 1e9 or 1e9 + 64
+    np.savetxt(tmp_path / "t.csv", np.column_stack([X, y]), delimiter=",", header="a,b,c,y", comments="", fmt="%.17g")
+    for command in (["solve"], ["train", "--epochs", "30"]):
+        done = run_cli(*command, "--data", "t.csv", "--target", "y", "--save", "m.npz", "--quiet",
+                       cwd=tmp_path, cache_dir=tmp_path / "cache")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        done = run_cli("predict", "--model", "m.npz", "--data", "t.csv", "--output", "p.csv",
+                       cwd=tmp_path, cache_dir=tmp_path / "cache")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        predicted = np.loadtxt(tmp_path / "p.csv", skiprows=1)
+        assert np.mean((predicted - y) ** 2) < 0.3, command  # the noise's variance is 0.25
