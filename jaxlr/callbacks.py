@@ -13,8 +13,6 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from jaxlr import parallel
-
 Callback = Callable[[int, Any], bool]
 
 MIN_VALIDATION_ROWS = 20
@@ -60,6 +58,8 @@ class EarlyStopping:
             "waited": np.array(self.waited), "epochs_seen": np.array(self.epochs_seen), "stopped": np.array(self.stopped),
         }  # fmt: skip
         if self.best_params is not None:
+            from jaxlr import parallel
+
             state["best_w"], state["best_b"] = (parallel.host_value(p) for p in self.best_params)
         return state
 
@@ -73,6 +73,8 @@ class EarlyStopping:
         self.best_params = Params(state["best_w"], state["best_b"]) if "best_w" in state else None
 
     def __call__(self, epoch: int, result: Any) -> bool:
+        from jaxlr import parallel
+
         self.epochs_seen += 1
         w, b = (parallel.host_value(p).astype(np.float64) for p in result.params)
         error = float(np.mean((self.X_val @ w + b - self.y_val) ** 2))

@@ -6,8 +6,7 @@
 
 `train` imports JAX as it starts (while the table is read, see
 `jaxlr.cli`). `solve` and `predict` work on the host with NumPy and import
-no JAX, except for what only JAX does here: the keyed split of `solve
---val-fraction` and the lesson's synthetic data.
+no JAX on a table (the lesson's synthetic data is drawn with it).
 """
 
 import csv
@@ -77,7 +76,7 @@ class _Split:
     when none are held out; the statistics are still taken, for the model.
     """
 
-    def __init__(self, table, args, key, *, standardized=True):
+    def __init__(self, table, args, split_words, *, standardized=True):
         X, y, weight = table.X, table.y, table.weight
         if y is None:
             raise DataError("--target is required with --data.")
@@ -102,9 +101,10 @@ class _Split:
                     args.early_stopping = 0
         kept = None
         if args.val_fraction:
-            from jaxlr.data import permutation
+            from jaxlr.shuffle import permutation_from_words
 
-            held = np.sort(np.asarray(permutation(key, X.shape[0]))[:num_val])
+            # The keyed permutation `jaxlr.data.permutation` draws, on the host, without JAX.
+            held = np.sort(permutation_from_words(split_words, X.shape[0])[:num_val])
             val_X, val_y = X[held], y[held]
             kept = np.ones(X.shape[0], bool)  # a mask, not indices: an eighth of the memory
             kept[held] = False
@@ -247,17 +247,21 @@ def _noted(table):
 
 
 
-def _keys(args):
-    """Three keys from --seed: the synthetic data's, the validation split's, and training's.
+def _key_words(args):
+    """The words of three keys from --seed: the synthetic data's, the validation split's, and training's.
 
-    Their words come from NumPy's SeedSequence on the host: deriving them with
-    eager jax.random calls would compile three small programs, a tenth of a
-    second of a fresh process's start.
+    They come from NumPy's SeedSequence on the host: deriving them with eager
+    jax.random calls would compile three small programs, a tenth of a second
+    of a fresh process's start.
     """
+    return np.random.SeedSequence(args.seed % 2**64).generate_state(6, np.uint32).reshape(3, 2)
+
+
+def _keys(args):
+    """The three keys of `_key_words`, as JAX keys."""
     import jax
 
-    words = np.random.SeedSequence(args.seed % 2**64).generate_state(6, np.uint32)
-    return tuple(jax.random.wrap_key_data(pair) for pair in words.reshape(3, 2))
+    return tuple(jax.random.wrap_key_data(pair) for pair in _key_words(args))
 
 
 # ------------------------------------------------------------------ commands
@@ -298,7 +302,8 @@ def _train(args):
         raise UsageError("--early-stopping needs --val-fraction to measure improvement.")
     plot_ready = _check_plotting(args.plot)
     mesh = _scale_out(args)
-    _, split_key, fit_key = _keys(args)
+    fit_key = _keys(args)[2]
+    split_words = _key_words(args)[1]
     if args.stream:
         table, is_seed_job, split = _streamed(args)
         rows = split.X, split.y
@@ -306,7 +311,7 @@ def _train(args):
         # One process or many, the same split, scaling and start: every
         # process reads the whole table and makes the same choices.
         table, is_seed_job = _load(args)
-        split = _Split(table, args, split_key)
+        split = _Split(table, args, split_words)
         table = table._replace(X=None, y=None, weight=None)  # the split holds what training needs
         if mesh is not None:
             rows = split.process_share(mesh)
@@ -486,8 +491,7 @@ def _streamed(args):
 def _solve(args):
     _settle_defaults(args)
     table, is_seed_job = _load(args)
-    split_key = _keys(args)[1] if args.val_fraction else None  # keys are JAX's: only to hold rows out
-    split = _Split(table, args, split_key, standardized=False)
+    split = _Split(table, args, _key_words(args)[1], standardized=False)
     table = table._replace(X=None, y=None, weight=None)
     start = time.perf_counter()
     # In float64 on the table as it is, then as the params of the standardized

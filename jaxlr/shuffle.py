@@ -24,11 +24,12 @@ domains run more rounds: with few bits, one round mixes little.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+
+if TYPE_CHECKING:
+    import jax
 
 # Odd constants with well-spread bits (from well-tested 32-bit hashes); the
 # odd rounds multiply them by a key too.
@@ -161,6 +162,9 @@ def device_permutation(words: jax.Array, n, size: int) -> jax.Array:
         the host draws for the same words, followed by the numbers from n to
         size - 1 in order (padding, which comes last).
     """
+    import jax
+    import jax.numpy as jnp
+
     n = jnp.asarray(n, jnp.int32)
     bits = jnp.maximum(n - 1, 0)
     bits = jnp.where(n <= 1, 0, 32 - jax.lax.clz(bits.astype(jnp.uint32)).astype(jnp.int32))

@@ -55,13 +55,14 @@ def load_table(*args, **kwargs):
 cli.load_table = tables.load_table = load_table  # the read ahead's, and the command's
 status = cli.main(["solve", "--data", "t.csv", "--target", "y", "--json", "--save", "m.npz"])
 status += cli.main(["predict", "--model", "m.npz", "--data", "t.csv", "--output", "p.csv"])
+status += cli.main(["solve", "--data", "t.csv", "--target", "y", "--val-fraction", "0.25", "--quiet"])
 print(json.dumps({"status": status, "reads": reads, "jax": "jax" in sys.modules}))
 """,
         tmp_path,
     )
     result = json.loads(out.splitlines()[-1])
-    # solve read once, ahead; predict read in turn; neither needed JAX.
-    assert result == {"status": 0, "reads": ["jaxlr-read-ahead", "MainThread"], "jax": False}
+    # solve read once, ahead; predict read in turn; none needed JAX, a held-out split included.
+    assert result == {"status": 0, "reads": ["jaxlr-read-ahead", "MainThread", "jaxlr-read-ahead"], "jax": False}
 
 
 @pytest.mark.parametrize("options", [[], ["--no-standardize", "--target-scaling", "none"], ["--val-fraction", "0.25"]])
