@@ -419,7 +419,16 @@ def run_epoch(spec: Spec, numbers: Numbers, state: FitState, data: Data, order: 
         if chunk_rows.shape[0] == 1:
             state, values = one(state, jax.tree.map(lambda a: a[0], gathered))
             return state, jax.tree.map(lambda v: v[None], values)
-        return jax.lax.scan(one, state, gathered)
+        if not _carried_packed(spec):
+            return jax.lax.scan(one, state, gathered)
+        pack, unpack = _packing(state, X.dtype)
+
+        def packed_step(packed, batch):
+            carried, outputs = one(unpack(packed), batch)
+            return pack(carried), outputs
+
+        packed, values = jax.lax.scan(packed_step, pack(state), gathered)
+        return unpack(packed), values
 
     pieces = []
     carried = tuple(getattr(state, name) for name in changing)
@@ -450,6 +459,45 @@ def run_epoch(spec: Spec, numbers: Numbers, state: FitState, data: Data, order: 
             last_loss=losses[jnp.maximum(real_steps - 1, 0)],
         )  # fmt: skip
     return state, outputs
+
+
+def _carried_packed(spec: Spec) -> bool:
+    """Whether the loop carries its state as one flat vector (see `_packing`).
+
+    Measured on a CPU, batch 1, 20 000 rows: plain SGD with L1 runs 1.3 to 3.7
+    times faster packed (d = 300 to 20); with averaging or another rule too,
+    packing is faster at d = 20 but slower at d = 100 and 300, so they stay apart.
+    """
+    return spec.l1 and spec.rule == "sgd" and not spec.average and not spec.guard
+
+
+def _packing(carried, dtype):
+    """(pack, unpack) for the loop's carried state: its leaves of `dtype` as
+    one flat vector, the others as they are. With L1's state carried apart,
+    XLA's CPU runtime runs the loop body as a graph of small kernels rather
+    than in sequence, at several times the cost of the step itself.
+    """
+    leaves, treedef = jax.tree.flatten(carried)
+    same = [jnp.result_type(leaf) == dtype for leaf in leaves]
+
+    def pack(tree):
+        parts = jax.tree.leaves(tree)
+        flat = [jnp.ravel(p) for p, s in zip(parts, same) if s]
+        return jnp.concatenate(flat), tuple(p for p, s in zip(parts, same) if not s)
+
+    def unpack(packed):
+        flat, others = packed
+        others, out, offset = iter(others), [], 0
+        for leaf, s in zip(leaves, same):
+            if s:
+                size = int(np.prod(jnp.shape(leaf)))
+                out.append(flat[offset : offset + size].reshape(jnp.shape(leaf)))
+                offset += size
+            else:
+                out.append(next(others))
+        return jax.tree.unflatten(treedef, out)
+
+    return pack, unpack
 
 
 def _changing_fields(spec: Spec) -> tuple[str, ...]:
