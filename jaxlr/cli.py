@@ -480,11 +480,12 @@ class _ReadAhead:
             self._error = err
 
     def table(self, request):
-        """The table read for `request`; None when it was read for another one."""
+        """The table read for `request`, given once; None when it was read for another one."""
         if request != self.request:
             return None
         self._thread.join()
         if self._error is not None:
             raise self._error
-        return self._table
+        table, self._table = self._table, None  # the command alone holds it: it lets the table go after its split
+        return table
 
