@@ -170,12 +170,16 @@ class _Split:
             import jax.numpy as jnp
 
             w, b = (jnp.asarray(p, self.X.dtype) for p in trained)
-            scaled = np.asarray(self.X @ w + b, np.float64)
-            running.add(scaled * self.scaler.y_scale + self.scaler.y_mean, self.y_original)
-            return running.result("train_")
+            scaled = np.asarray(self.X @ w + b)  # predictions of the scaled target
+
+            def predict(model, predicted):
+                return predicted.astype(np.float64) * self.scaler.y_scale + self.scaler.y_mean
+        else:
+            scaled = self.X
+        # A block at a time: float64 copies of a large table's predictions stay a few MB.
         for start in range(0, self.rows_trained, _BLOCK_ROWS):
             stop = start + _BLOCK_ROWS
-            running.add(predict(model, self.X[start:stop]), self.y_original[start:stop])
+            running.add(predict(model, scaled[start:stop]), self.y_original[start:stop])
         return running.result("train_")
 
     def process_share(self, mesh):
