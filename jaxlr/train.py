@@ -1230,7 +1230,7 @@ def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01
     m = rates.size
     floats, ints = run.numbers
     floats = np.repeat(np.asarray(floats)[None], m, axis=0)
-    floats[:, 0] = rates  # eta0, the rate of each run
+    floats[:, core.packed_at("rate.eta0")] = rates  # the rate of each run
     states = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (m, *jnp.shape(leaf))), state)
     N = core.order_length(run.data, batch_size)
     if run.draw == "none":
@@ -1253,7 +1253,7 @@ def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01
     if grew.any() or not bool(jnp.all(final.ok)):
         # Rare: the runs again with the guard on (and the loss limit), so that
         # each diverged run keeps its last good params.
-        floats[:, core.LOSS_LIMIT_AT] = limits
+        floats[:, core.packed_at("loss_limit")] = limits
         guarded = _sweep_program(run.spec._replace(guard=True))
         final, (losses, moving, *_) = guarded(states, run.data, (floats, ints), orders, np.int32(epochs))
         losses = np.asarray(losses[:, :, :steps].reshape(m, -1))

@@ -405,3 +405,19 @@ def test_fold_sizes_never_seen_reuse_the_program_of_their_bucket():
         for n in (355, 358):
             jaxlr.fit(X[:n], y[:n], **settings)
     assert compiles.count == 0
+
+
+def test_every_number_of_a_run_comes_back_from_its_packing_under_its_own_name():
+    from jaxlr.engines import core
+
+    template = core.Numbers(rate=jaxlr.schedules.Rate(eta0=0.0))
+    paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(template)[0]]
+    # A distinct value per field: a field packed in another's place comes back wrong.
+    distinct = jax.tree.unflatten(
+        jax.tree.structure(template),
+        [i + 2 if isinstance(leaf, int) else i + 0.5 for i, leaf in enumerate(jax.tree.leaves(template))],
+    )
+    back = core.unpack(core.pack(distinct, np.float32))
+    for path, sent, got in zip(paths, jax.tree.leaves(distinct), jax.tree.leaves(back)):
+        assert float(got) == sent, jax.tree_util.keystr(path)
+    assert back.average_start.dtype == back.stop.patience.dtype == jnp.int32  # counts stay counts

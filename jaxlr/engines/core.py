@@ -669,18 +669,33 @@ def end_epoch(spec: Spec, numbers: Numbers, state: FitState, data: Data, objecti
     return jax.tree.map(lambda a, b: jnp.where(ok, a, b), judged, state)._replace(ok=ok)
 
 
-LOSS_LIMIT_AT = 13  # where `pack` puts the loss limit among the floats
+def _layout(template: Numbers) -> tuple[tuple[str, ...], tuple[str, ...], Any]:
+    """The dotted name of each field of `Numbers` ("rate.eta0"), in the tree's
+    order, the names of its counts, and the tree: a field whose default is an
+    int is a count, packed as int32; the others take the run's float dtype."""
+    leaves, tree = jax.tree_util.tree_flatten_with_path(template)
+    names = tuple(".".join(key.name for key in path) for path, _ in leaves)
+    counts = tuple(name for name, (_, leaf) in zip(names, leaves) if isinstance(leaf, int))
+    return names, counts, tree
+
+
+_FIELD_NAMES, COUNT_NAMES, _NUMBERS_TREE = _layout(Numbers(rate=schedules.Rate(eta0=0.0)))
+FLOAT_NAMES = tuple(name for name in _FIELD_NAMES if name not in COUNT_NAMES)
+
+
+def packed_at(name: str) -> int:
+    """Where `pack` puts the float field `name` ("loss_limit", "rate.eta0")."""
+    return FLOAT_NAMES.index(name)
 
 
 def pack(numbers: Numbers, dtype: Any) -> tuple[jax.Array, jax.Array]:
     """`numbers` as one float and one int array on the device: a fit with the
     same numbers as an earlier one copies nothing to the device."""
-    floats = [*numbers.rate, *numbers.rule, *numbers.penalty, numbers.epsilon, numbers.smoothing, numbers.stop.tol,
-              numbers.loss_limit]
-    ints = [numbers.average_start, numbers.stop.patience]
+    value = dict(zip(_FIELD_NAMES, jax.tree.leaves(numbers)))
     with np.errstate(over="ignore"):  # a limit beyond float32 becomes inf
-        packed = np.array(floats, dtype)
-    return on_device(packed), on_device(np.array(ints, np.int32))
+        floats = np.array([value[name] for name in FLOAT_NAMES], dtype)
+    counts = np.array([value[name] for name in COUNT_NAMES], np.int32)
+    return on_device(floats), on_device(counts)
 
 
 def on_device(value: np.ndarray) -> jax.Array:
@@ -698,12 +713,10 @@ def _on_device(data: bytes, dtype: str, shape: tuple) -> jax.Array:
 
 def unpack(packed) -> Numbers:
     """The inverse of `pack` (inside a compiled program)."""
-    f, i = packed
-    return Numbers(
-        rate=schedules.Rate(*f[0:4]), rule=RuleNumbers(*f[4:8]), penalty=penalties.Penalty(*f[8:10]),
-        epsilon=f[10], smoothing=f[11], average_start=i[0], stop=StopNumbers(tol=f[12], patience=i[1]),
-        loss_limit=f[13],
-    )  # fmt: skip
+    floats, counts = packed
+    value = {name: floats[i] for i, name in enumerate(FLOAT_NAMES)}
+    value.update({name: counts[i] for i, name in enumerate(COUNT_NAMES)})
+    return jax.tree.unflatten(_NUMBERS_TREE, [value[name] for name in _FIELD_NAMES])
 
 
 @functools.lru_cache(maxsize=16)
