@@ -575,10 +575,9 @@ def _drive(engine, run: _Run, state: FitState, log_every, callback, dtype, avera
         if not bool(parallel.host_value(state.ok)):
             limit = None if first_loss is None else _loss_limit(run, first_loss, start)
             _raise_diverged(engine, run, block, limit, grew=False)
-        # The reference over every row is worked out only when the first loss alone would not do.
-        if first_loss is not None and not _within(block, LOSS_GROWTH * first_loss):
-            limit = _loss_limit(run, first_loss, start)
-            if not _within(block, limit):
+        if first_loss is not None:
+            limit, grew = _growth(run, first_loss, start, lambda limit: not _within(block, limit))
+            if grew:
                 _raise_diverged(engine, run, block, limit, grew=True)
         loss_parts.append(block.losses)
         moving_parts.append(block.moving)
@@ -622,6 +621,17 @@ def _loss_limit(run: _Run, first_loss: float, start: Params) -> float:
     over every row (a first batch can be far from typical: all zero rows, or
     zero weights)."""
     return LOSS_GROWTH * max(first_loss, run.reference_loss(start))
+
+
+def _growth(run: _Run, first_loss: float, start: Params, grew_past: Callable[[float], bool]) -> tuple[float, bool]:
+    """The growth rule, for `fit` and `sweep`: (the loss limit, whether
+    `grew_past` it). The reference over every row is worked out only when the
+    first loss alone would not do."""
+    limit = LOSS_GROWTH * first_loss
+    if not grew_past(limit):
+        return limit, False
+    limit = _loss_limit(run, first_loss, start)
+    return limit, grew_past(limit)
 
 
 def _within(block, limit: float) -> bool:
@@ -1241,19 +1251,19 @@ def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01
     steps = run.steps_per_epoch
     losses = np.asarray(losses[:, :, :steps].reshape(m, -1))
     first = losses[:, 0]
-    limits = np.full(m, math.inf)
-    grew = np.zeros(m, bool)
+    limit = math.inf
     if np.isfinite(first).any():
+
+        def grew_past(limit):  # for each run
+            return ~np.all(core.loss_ok(losses, limit) | np.isnan(losses), axis=1)
+
         first_loss = float(np.nanmax(np.where(np.isfinite(first), first, np.nan)))
-        for reference in (lambda: first_loss, lambda: max(first_loss, run.reference_loss(state.params))):  # the second only if needed
-            limits[:] = LOSS_GROWTH * reference()
-            grew = ~np.all(core.loss_ok(losses, limits[:, None]) | np.isnan(losses), axis=1)
-            if not grew.any():
-                break
+        limit, _ = _growth(run, first_loss, state.params, lambda limit: bool(grew_past(limit).any()))
+    grew = grew_past(limit) if math.isfinite(limit) else np.zeros(m, bool)
     if grew.any() or not bool(jnp.all(final.ok)):
         # Rare: the runs again with the guard on (and the loss limit), so that
         # each diverged run keeps its last good params.
-        floats[:, core.packed_at("loss_limit")] = limits
+        floats[:, core.packed_at("loss_limit")] = limit
         guarded = _sweep_program(run.spec._replace(guard=True))
         final, (losses, moving, *_) = guarded(states, run.data, (floats, ints), orders, np.int32(epochs))
         losses = np.asarray(losses[:, :, :steps].reshape(m, -1))
