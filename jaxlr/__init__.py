@@ -30,14 +30,14 @@ _SUBMODULES = ("arrays", "callbacks", "checkpoint", "cli", "commands", "compilat
 _NAMES = {
     "jaxlr.callbacks": ("EarlyStopping",),
     "jaxlr.data": ("NpyStream", "aligned_empty", "batches", "permutation", "synthetic_data", "to_device"),
-    "jaxlr.engines.core": ("FitState", "clear_caches"),
+    "jaxlr.engines.core": ("FitState",),
     "jaxlr.metrics": ("mse", "r2"),
     "jaxlr.model": ("init_params", "net", "square_loss"),
     "jaxlr.params": ("Params",),
     "jaxlr.optim": ("TrainState", "init_state", "make_step", "sgd"),
     "jaxlr.preprocessing": ("Standardizer",),
     "jaxlr.solve": ("solve",),
-    "jaxlr.train": ("FitResult", "SweepResult", "TrainingDiverged", "fit", "moving_average", "sweep"),
+    "jaxlr.train": ("FitResult", "SweepResult", "TrainingDiverged", "clear_caches", "fit", "moving_average", "sweep"),
     "jaxlr.estimator": ("SGDRegressor", "LinearRegressor"),
 }
 _MODULE_OF = {name: module for module, names in _NAMES.items() for name in names}

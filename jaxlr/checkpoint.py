@@ -22,7 +22,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from jaxlr.persist import NpzReader, atomic_write
+from jaxlr.npz import NpzReader
+from jaxlr.persist import atomic_write
 
 FORMAT_VERSION = 4
 _NAME = re.compile(r"^checkpoint-([0-9a-f]{12})-(\d{8})\.npz$")

@@ -13,6 +13,7 @@ A new loss is one function and one entry in `LOSSES`.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable, NamedTuple, Union
 
 import jax
@@ -66,6 +67,11 @@ MARGIN_LOSSES = ("huber", "epsilon_insensitive", "squared_epsilon_insensitive")
 
 MARGIN_FRACTION = 0.1
 """A table's default margin, as a fraction of its target's standard deviation."""
+
+
+def loss_ok(losses, limit):
+    """Per loss: finite and not above `limit`, the divergence rule's test (NumPy in, NumPy out)."""
+    return (losses <= limit) & (losses < math.inf)
 
 
 def default_margin(y) -> float:

@@ -750,7 +750,7 @@ def _load_npy_table(path, target, features, weight):
 def _load_npz(path, target, features):
     if target is not None and str(target).strip() != "y":
         raise DataError(f"the target of a .npz table is its array y; leave out the target (got {str(target)!r}).")
-    from jaxlr.persist import ModelFileError, NpzReader
+    from jaxlr.npz import ModelFileError, NpzReader
 
     try:
         with NpzReader(path, ".npz archive") as archive:

@@ -11,6 +11,8 @@ checkpoints, whatever the engine.
 from __future__ import annotations
 
 import functools
+import ctypes
+import gc
 import hashlib
 import inspect
 import json
@@ -28,7 +30,7 @@ from jax.typing import ArrayLike
 
 from jaxlr import callbacks as callbacks_lib
 from jaxlr import checkpoint as checkpoint_lib
-from jaxlr import compilation_cache, engines, losses, parallel, penalties, schedules, validate
+from jaxlr import compilation_cache, engines, losses, optim, parallel, penalties, schedules, validate
 from jaxlr import shuffle as shuffle_lib
 from jaxlr.data import NpyStream, is_aligned, key_words, to_device
 from jaxlr.engines import core
@@ -40,7 +42,7 @@ from jaxlr.optim import Rule, RuleNumbers, check_rule, rule_value
 
 compilation_cache.turn_on_once()  # before the first fit compiles: see jaxlr.compilation_cache
 
-__all__ = ["FitResult", "FitState", "SweepResult", "TrainingDiverged", "fit", "moving_average", "sweep"]
+__all__ = ["FitResult", "FitState", "SweepResult", "TrainingDiverged", "clear_caches", "fit", "moving_average", "sweep"]
 
 
 class FitResult(NamedTuple):
@@ -1279,6 +1281,25 @@ def _sweep_program(spec):
 
     # Each run has its own state and rate; data and orders are shared.
     return jax.jit(jax.vmap(one, in_axes=(0, None, (0, None), None, None)))
+
+
+def clear_caches() -> None:
+    """Frees every compiled program jaxlr keeps, and JAX's own caches.
+
+    jaxlr keeps a bounded number of programs (by settings and shapes) so
+    that refits compile nothing; a long-lived process that has trained many
+    kinds of model can release them all here.
+    """
+    core.clear_caches()
+    for cached in (optim._jitted_step, _begin, _sweep_program):
+        cached.cache_clear()
+    _padded_copies.clear()
+    jax.clear_caches()
+    gc.collect()
+    try:  # glibc keeps freed memory for reuse; hand it back to the system
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 # ------------------------------------------------------------------ moving average

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlr.arrays import aligned
+
 
 def _describe(value):
     """A short, safe description of a value for an error message."""
@@ -143,9 +145,7 @@ def in_training_precision(name, value):
     if isinstance(value, jax.Array):
         return value.astype(dtype)
     with np.errstate(over="ignore", invalid="ignore"):
-        from jaxlr.data import aligned  # the cast's copy aligned: on a CPU, JAX then uses it in place
-
-        cast = aligned(value, dtype)
+        cast = aligned(value, dtype)  # the copy aligned: on a CPU, JAX then uses it in place
         narrowed = np.dtype(dtype).itemsize < value.dtype.itemsize and value.dtype.kind == "f"
         if narrowed and not np.isfinite(cast.sum()):
             overflowed = np.isinf(cast) & np.isfinite(value)

@@ -41,3 +41,47 @@ def test_the_package_type_checks():
     assert (root / "jaxlr" / "py.typed").exists()
     done = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental"], cwd=root, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+PACKAGE = Path(__file__).resolve().parents[1] / "jaxlr"
+# The command's entry parses its arguments, then loads the work it names.
+ENTRY_DISPATCH = {("jaxlr.cli", "jaxlr.commands")}
+
+
+def _imports_of_each_module() -> dict[str, set[str]]:
+    """module -> the package's modules it imports, at its top or inside a function."""
+    import ast
+
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(("jaxlr", *path.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
+        modules[name] = path
+    imports = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # `from jaxlr.engines import core` imports the module jaxlr.engines.core
+                found.update(f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+                             for alias in node.names)  # fmt: skip
+        imports[name] = {module for module in found if module in modules and module != name}
+    return imports
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    imports = _imports_of_each_module()
+    for importer, imported in ENTRY_DISPATCH:
+        imports[importer].discard(imported)
+
+    def reachable_from(start):
+        seen, todo = set(), [start]
+        while todo:
+            for module in imports[todo.pop()] - seen:
+                seen.add(module)
+                todo.append(module)
+        return seen
+
+    cycles = sorted((a, b) for a in imports for b in imports[a] if a in reachable_from(b))
+    assert not cycles, cycles

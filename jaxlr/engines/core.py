@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlr import penalties, schedules, shuffle
-from jaxlr.losses import Loss
+from jaxlr.engines import scan
+from jaxlr.losses import Loss, loss_ok
 from jaxlr.metrics import r2_from
 from jaxlr.model import Params, net
 from jaxlr.optim import Rule, RuleNumbers, rule_apply, rule_init
@@ -165,6 +166,29 @@ def _init_fit_state(rule: Rule) -> Callable:
     return jax.jit(build)
 
 
+class Block(NamedTuple):
+    """What a block of epochs produced.
+
+    Attributes:
+        state: the FitState after it (not finite if training diverged: see `ok`).
+        start: the FitState the block started from (to replay it).
+        first_epoch, first_step: where the block started.
+        losses, moving: each real step's loss and moving average, shape (steps,).
+        epoch_losses: each epoch's mean loss, shape (epochs run,).
+        peaks: each epoch's first and largest loss, shape (epochs run, 2), for
+            the divergence rule when the steps' losses are not kept.
+    """
+
+    state: Any
+    start: Any
+    first_epoch: int
+    first_step: int
+    losses: Any
+    moving: Any
+    epoch_losses: Any
+    peaks: Any
+
+
 class Data(NamedTuple):
     """Rows on the device, and how many of them are real.
 
@@ -283,11 +307,6 @@ def sound(params) -> jax.Array:
     return functools.reduce(jnp.logical_and, checks)
 
 
-def loss_ok(losses, limit) -> jax.Array:
-    """Per loss: finite and not above `limit` (NumPy in, NumPy out)."""
-    return (losses <= limit) & (losses < math.inf)
-
-
 def train_step(spec: Spec, numbers: Numbers, state: FitState, X, y, weight, count, real, lr=None):
     """One step on a batch of rows (X, y) with row weights (0 on padding).
 
@@ -373,8 +392,6 @@ def run_epoch(spec: Spec, numbers: Numbers, state: FitState, data: Data, order: 
         objectives of the epoch's N / batch_size steps.
     """
     if spec.parallel and not spec.guard:
-        from jaxlr.engines import scan
-
         return scan.run_epoch(spec, numbers, state, data, order)
     X, y, weight = data.X, data.y, data.weight
     d = X.shape[1]
@@ -851,26 +868,6 @@ def pad_rows(array, rows: int):
 
 
 def clear_caches() -> None:
-    """Frees every compiled program jaxlr keeps, and JAX's own caches.
-
-    jaxlr keeps a bounded number of programs (by settings and shapes) so
-    that refits compile nothing; a long-lived process that has trained many
-    kinds of model can release them all here.
-    """
-    import gc
-
-    from jaxlr import optim, train
-
-    for cached in (_init_fit_state, _on_device, program, epoch_program, step_program, epoch_end_program,
-                   optim._jitted_step, train._begin, train._sweep_program):  # fmt: skip
+    """Forgets the programs and device arrays kept here (`jaxlr.clear_caches` frees them all)."""
+    for cached in (_init_fit_state, _on_device, program, epoch_program, step_program, epoch_end_program):
         cached.cache_clear()
-    train._padded_copies.clear()
-    jax.clear_caches()
-    gc.collect()
-    try:  # glibc keeps freed memory for reuse; hand it back to the system
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-

@@ -10,7 +10,8 @@ import jax
 import numpy as np
 
 from jaxlr import parallel
-from jaxlr.engines import Block, core
+from jaxlr.engines import core
+from jaxlr.engines.core import Block
 
 # Host-drawn orders are built a block of epochs at a time: at most this many
 # row indices at once (4 MB), so memory does not grow with the number of

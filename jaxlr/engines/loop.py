@@ -9,7 +9,8 @@ import numpy as np
 
 from jaxlr import parallel
 from jaxlr.data import batches
-from jaxlr.engines import Block, core
+from jaxlr.engines import core
+from jaxlr.engines.core import Block
 
 
 def run(run, state) -> Iterator[Block]:

@@ -202,8 +202,6 @@ def _impulses_plain(M, n, weights):
 
 def run_epoch(spec, numbers, state, data, order):
     """`core.run_epoch`, computed in parallel time (same results to rounding)."""
-    from jaxlr.engines import core
-
     X, y, weight = data.X, data.y, data.weight
     dtype = X.dtype
     d, K = X.shape[1], y.shape[1]
@@ -276,7 +274,7 @@ def run_epoch(spec, numbers, state, data, order):
     new = state._replace(
         params=state.params._replace(w=Z[0, :d], b=Z[0, d]), moving=moving, average=average,
         step=state.step + real_steps.astype(state.step.dtype),
-        ok=state.ok & jnp.all(core.loss_ok(step_losses, numbers.loss_limit) | ~is_real),
+        ok=state.ok & jnp.all(losses_lib.loss_ok(step_losses, numbers.loss_limit) | ~is_real),
         last_loss=step_losses[jnp.maximum(real_steps - 1, 0)],
     )  # fmt: skip
     if s == 2:

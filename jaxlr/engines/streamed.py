@@ -14,7 +14,8 @@ import numpy as np
 
 from jaxlr import shuffle
 from jaxlr.data import to_device
-from jaxlr.engines import Block, core
+from jaxlr.engines import core
+from jaxlr.engines.core import Block
 
 
 def run(run, state) -> Iterator[Block]:
