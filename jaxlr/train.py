@@ -443,6 +443,8 @@ def _prepare(  # fmt: skip
         state = state._replace(opt_state=deprecated["opt_state"])
     end_epoch = (first_epoch if given_state is None else int(state.epoch)) + epochs
 
+    # Built before the identity, which holds its rows' digest.
+    validation_data = None if validation is None else _validation_data(validation, d, k, dtype, device)
     saving, found = None, None
     if checkpoint is not None:
         every = None if checkpoint_every is None else validate.check_int("checkpoint_every", checkpoint_every, low=1)
@@ -455,8 +457,10 @@ def _prepare(  # fmt: skip
                       "data": _data_digest(stream if stream is not None else (X, y), weight),
                       "init": None if init is None and "params" not in deprecated else _digest_arrays(params),
                       "power_t": power_t, "average": average_start, "tol": tol, "n_iter_no_change": n_iter_no_change,
-                      "shuffle": draw, "fit_intercept": bool(fit_intercept), "max_slope": spec.max_slope,
-                      "smoothing": smoothing, "sample_weight": weight is not None, "validation": validation is not None,
+                      "shuffle": draw != "none",  # host and device draw the same orders
+                      "fit_intercept": bool(fit_intercept), "max_slope": spec.max_slope,
+                      "smoothing": smoothing, "sample_weight": weight is not None,
+                      "validation": None if validation_data is None else _digest_arrays(validation_data[:3]),
                       "callbacks": [cb.checkpoint_settings() for cb in keepers]},
         )  # fmt: skip
         found = saving.start(resume, overwrite, jax.tree.map(np.asarray, state))
@@ -489,7 +493,6 @@ def _prepare(  # fmt: skip
         keep_steps=bool(record_steps), epochs_per_call=per_call, lr=lr, known_words=known_words, capped=capped,
         loss_growth=bool(loss_growth),
     )  # fmt: skip
-    validation_data = None if validation is None else _validation_data(validation, d, k, dtype, device)
     run = run._replace(validation_data=core.Data(None, None, None, None, validation_data))
     if engine == "streamed":
         run = run._replace(stream=stream, steps_per_epoch=stream.steps_per_epoch(batch_size))
@@ -1162,7 +1165,7 @@ def _differences(names, theirs: dict, ours: dict) -> str:
     parts = []
     for name in names:
         was, now = theirs.get(name), ours.get(name)
-        if name in ("data", "init") or len(repr(was)) + len(repr(now)) > 80:  # digests say nothing to a reader
+        if name in ("data", "init", "validation") or len(repr(was)) + len(repr(now)) > 80:  # digests say nothing to a reader
             parts.append(f"{name} differs")
         else:
             parts.append(f"{name}={was!r}, now {now!r}")

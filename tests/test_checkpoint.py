@@ -274,6 +274,7 @@ def test_by_default_checkpoints_are_saved_by_time_and_after_the_last_epoch(tmp_p
         (lambda X, y: dict(init=jaxlr.Params(np.ones((2, 1), np.float32), np.zeros(1, np.float32))), "init differs"),
         (lambda X, y: dict(loss=lambda yhat, target: (yhat - target) ** 2), "loss="),
         (lambda X, y: dict(schedule=lambda t: 0.001 + 0 * t), "schedule="),
+        (lambda X, y: dict(validation=(X[:20], y[:20] + 1)), "validation differs"),
     ],
 )
 def test_resume_refuses_other_data_weights_start_or_functions(tmp_path, change, named):
@@ -281,12 +282,25 @@ def test_resume_refuses_other_data_weights_start_or_functions(tmp_path, change, 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(100, 2)).astype(np.float32)
     y = X.sum(axis=1)
-    jaxlr.fit(X, y, key=jax.random.key(0), epochs=2, checkpoint=tmp_path)
+    first = change(X, y).get("validation") and {"validation": (X[:20], y[:20])}
+    jaxlr.fit(X, y, key=jax.random.key(0), epochs=2, checkpoint=tmp_path, **(first or {}))
     given = {"X": X, "y": y, **change(X, y)}
     with pytest.raises(jaxlr.checkpoint.CheckpointError, match=named):
         jaxlr.fit(given.pop("X"), given.pop("y"), key=jax.random.key(0), epochs=3, checkpoint=tmp_path,
                   resume=True, **given)  # fmt: skip
-    jaxlr.fit(X, y, key=jax.random.key(0), epochs=3, checkpoint=tmp_path, resume=True)  # the same run resumes
+    jaxlr.fit(X, y, key=jax.random.key(0), epochs=3, checkpoint=tmp_path, resume=True, **(first or {}))  # the same run resumes
+
+
+def test_a_run_resumes_whichever_side_draws_its_orders(tmp_path):
+    """Host and device draw the same orders: where they are drawn is no part of the run."""
+    X = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    y = X.sum(axis=1)
+    whole = jaxlr.fit(X, y, key=jax.random.key(0), epochs=4, shuffle="host")
+    jaxlr.fit(X, y, key=jax.random.key(0), epochs=2, checkpoint=tmp_path, shuffle="host")
+    resumed = jaxlr.fit(X, y, key=jax.random.key(0), epochs=4, checkpoint=tmp_path, resume=True, shuffle="device")
+    np.testing.assert_array_equal(resumed.params.w, whole.params.w)
+    with pytest.raises(jaxlr.checkpoint.CheckpointError, match="shuffle=True, now False"):
+        jaxlr.fit(X, y, key=jax.random.key(0), epochs=4, checkpoint=tmp_path, resume=True, shuffle=False)
 
 
 def test_two_user_losses_on_one_line_are_two_runs(tmp_path):
