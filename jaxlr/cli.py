@@ -22,6 +22,7 @@ import threading
 import warnings
 from pathlib import Path
 
+from jaxlr import names
 from jaxlr.arrays import DataError
 from jaxlr.tables import MAX_CATEGORIES, load_table, reader_for
 
@@ -289,23 +290,22 @@ def _parser():
     train.add_argument("--lr", type=_positive, help="learning rate (" + _default("lr") + ")")
     train.add_argument("--batch-size", type=_positive_int, help="rows per step (" + _default("batch_size") + "; "
                        "the default never exceeds the number of training rows)")  # fmt: skip
-    train.add_argument("--engine", choices=("fused", "loop", "scan", "auto"), default="fused",
+    train.add_argument("--engine", choices=names.ENGINES, default="fused",
                        help="fused: the whole run as one compiled program; loop: a jitted step in a Python loop; "
                             "scan: the fused run with each epoch's steps in parallel time (squared loss, sgd, "
                             "momentum or nesterov); auto: fused or scan, whichever was measured faster")  # fmt: skip
-    train.add_argument("--optimizer", choices=("sgd", "momentum", "nesterov", "adam"), default="sgd",
+    train.add_argument("--optimizer", choices=names.RULES, default="sgd",
                        help="the update rule")
-    train.add_argument("--loss", choices=("squared", "huber", "epsilon_insensitive", "squared_epsilon_insensitive"),
-                       default="squared", help="the loss per example (see jaxlr.losses)")
+    train.add_argument("--loss", choices=names.LOSSES, default="squared", help="the loss per example (see jaxlr.losses)")
     train.add_argument("--epsilon", type=_nonnegative,
                        help="margin of the huber and epsilon-insensitive losses, in the target's units (default: "
                        "{MARGIN_FRACTION} x the training target's standard deviation with --data, {MARGIN_FRACTION} "
                        "for the lesson's job)")  # fmt: skip
-    train.add_argument("--penalty", choices=("none", "l2", "l1", "elasticnet"), default="none",
+    train.add_argument("--penalty", choices=[name or "none" for name in names.PENALTIES], default="none",
                        help="penalty on the weights")
     train.add_argument("--alpha", type=_nonnegative, default=0.0001, help="strength of the penalty")
     train.add_argument("--l1-ratio", type=_unit, default=0.15, help="L1 share of the elastic net")
-    train.add_argument("--schedule", choices=("constant", "optimal", "invscaling", "adaptive"), default="constant",
+    train.add_argument("--schedule", choices=names.SCHEDULES, default="constant",
                        help="learning-rate schedule (see jaxlr.schedules)")
     train.add_argument("--power-t", type=_finite, default=0.25, help="exponent of the invscaling schedule")
     train.add_argument("--average", type=_count, nargs="?", const=1, default=0, metavar="T0",

@@ -344,7 +344,7 @@ def _train(args):
             *rows, key=fit_key, epochs=args.epochs, lr=args.lr,
             batch_size=args.batch_size, optimizer=args.optimizer, engine=args.engine,
             loss=args.loss, epsilon=args.epsilon / y_scale,
-            penalty=None if args.penalty == "none" else args.penalty,
+            penalty=args.penalty,
             alpha=args.alpha, l1_ratio=args.l1_ratio, schedule=args.schedule, power_t=args.power_t,
             average=args.average, sample_weight=split.weight,
             verbose=show_lines and is_seed_job,

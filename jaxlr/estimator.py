@@ -19,7 +19,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from jaxlr import losses
+from jaxlr import losses, names
 from jaxlr.data import aligned
 from jaxlr.model import Params
 from jaxlr.preprocessing import Standardizer
@@ -98,7 +98,7 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "loss": [StrOptions(set(_LOSSES))],
-        "penalty": [StrOptions({"l2", "l1", "elasticnet"}), None],
+        "penalty": [StrOptions({name for name in names.PENALTIES if name}), None],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "l1_ratio": [Interval(Real, 0, 1, closed="both"), None],
         "fit_intercept": ["boolean"],
@@ -108,7 +108,7 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         "verbose": ["verbose"],
         "epsilon": [Interval(Real, 0, None, closed="left")],
         "random_state": ["random_state"],
-        "learning_rate": [StrOptions({"constant", "optimal", "invscaling", "adaptive"})],
+        "learning_rate": [StrOptions(set(names.SCHEDULES))],
         "eta0": [Interval(Real, 0, None, closed="neither")],
         "power_t": [Interval(Real, None, None, closed="neither")],
         "early_stopping": ["boolean"],
@@ -117,7 +117,7 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         "warm_start": ["boolean"],
         "average": [Interval(Integral, 1, None, closed="left"), "boolean"],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "optimizer": [StrOptions({"sgd", "momentum", "nesterov", "adam"})],
+        "optimizer": [StrOptions(set(names.RULES))],
         "devices": [Hidden(object), None],
     }
 
@@ -446,7 +446,7 @@ class LinearRegressor(RegressorMixin, BaseEstimator):
         "lr": [Interval(Real, 0, None, closed="neither")],
         "epochs": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "optimizer": [StrOptions({"sgd", "momentum", "nesterov", "adam"})],
+        "optimizer": [StrOptions(set(names.RULES))],
         "random_state": ["random_state"],
     }
 

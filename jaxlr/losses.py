@@ -7,7 +7,7 @@ the squared loss ``(yhat - y) ** 2``, so one learning rate means the same for
 both. scikit-learn halves its squared and Huber losses;
 `jaxlr.SGDRegressor` converts (see its notes).
 
-A new loss is one function and one entry in `LOSSES`.
+A new loss is one function here, named by its entry in `jaxlr.names.LOSSES`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
+
+from jaxlr import names
 
 LossFunction = Callable[..., jax.Array]
 
@@ -54,12 +56,8 @@ def squared_epsilon_insensitive(yhat: ArrayLike, y: ArrayLike, epsilon: ArrayLik
     return epsilon_insensitive(yhat, y, epsilon) ** 2
 
 
-LOSSES: dict[str, LossFunction] = {
-    "squared": squared,
-    "huber": huber,
-    "epsilon_insensitive": epsilon_insensitive,
-    "squared_epsilon_insensitive": squared_epsilon_insensitive,
-}
+# Each named loss is the function of that name above.
+LOSSES: dict[str, LossFunction] = {name: globals()[name] for name in names.LOSSES}
 
 
 MARGIN_LOSSES = ("huber", "epsilon_insensitive", "squared_epsilon_insensitive")

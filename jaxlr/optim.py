@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlr import validate
+from jaxlr import names, validate
 from jaxlr.model import Params, net, square_loss
 
-RULES = ("sgd", "momentum", "nesterov", "adam")
+RULES = names.RULES
 
 
 def sgd(params: Any, grads: Any, lr: Any) -> Any:

@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxlr import validate
+from jaxlr import names, validate
 
-PENALTIES = (None, "l2", "l1", "elasticnet")
+PENALTIES = names.PENALTIES
 
 
 class Penalty(NamedTuple):

@@ -21,9 +21,9 @@ from typing import Callable, NamedTuple, Union
 import jax
 import jax.numpy as jnp
 
-from jaxlr import validate
+from jaxlr import names, validate
 
-SCHEDULES = ("constant", "optimal", "invscaling", "adaptive")
+SCHEDULES = names.SCHEDULES
 
 Schedule = Union[str, Callable[[jax.Array], jax.Array]]
 

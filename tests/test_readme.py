@@ -78,3 +78,16 @@ def test_every_shell_block_runs_in_order(tmp_path):
     assert {"houses.csv", "model.npz", "exact.npz", "predictions.csv", "training.png", "big.npy"} <= {
         p.name for p in work.iterdir()
     }
+
+
+def test_the_choices_the_readme_lists_are_the_commands():
+    """`--engine {fused,...}` in the README: the names the command takes, read from `jaxlr.names`."""
+    from jaxlr import cli
+
+    parsers = cli._parser()._subparsers._group_actions[0].choices
+    choices = {option: action.choices for parser in parsers.values() for action in parser._actions
+               for option in action.option_strings if action.choices}  # fmt: skip
+    listed = re.findall(r"(--[a-z][a-z0-9-]*)\s+\{([^}]*)\}", README.read_text())
+    assert listed, "the README lists no option's choices"
+    for option, names in listed:
+        assert tuple(names.split(",")) == tuple(choices[option]), option

@@ -20,6 +20,8 @@ state the driver hands back. Divergence, logging, callbacks and the result are t
 
 from __future__ import annotations
 
+from jaxlr.names import ENGINES  # noqa: F401 - `jaxlr.engines.ENGINES`, the names `fit` takes
+
 
 def get(name: str):
     """The engine function for a name."""
@@ -27,5 +29,3 @@ def get(name: str):
 
     return {"fused": fused.run, "loop": loop.run, "streamed": streamed.run}[name]
 
-
-ENGINES = ("fused", "loop", "scan", "auto")
