@@ -7,6 +7,7 @@ takes one or a list. The classes here are the library's own.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from typing import Any, Callable, Optional, Sequence, Union
@@ -18,6 +19,12 @@ Callback = Callable[[int, Any], bool]
 MIN_VALIDATION_ROWS = 20
 """The fewest held-out rows a default validation split may have: with fewer, the
 validation MSE is mostly noise, and early stopping keeps an early epoch for it."""
+
+
+def validation_rows(rows: int, fraction: float) -> int:
+    """How many of `rows` a validation `fraction` holds out: rounded up, as
+    scikit-learn's split does (so 0.1 of 5 rows is 1, not none)."""
+    return math.ceil(fraction * rows)
 
 
 class EarlyStopping:

@@ -85,9 +85,9 @@ class _Split:
         self.rows = X.shape[0]
         val_X = val_y = unsplit = None
         if args.val_fraction:
-            from jaxlr.callbacks import MIN_VALIDATION_ROWS
+            from jaxlr.callbacks import MIN_VALIDATION_ROWS, validation_rows
 
-            num_val = int(round(args.val_fraction * X.shape[0]))
+            num_val = validation_rows(X.shape[0], args.val_fraction)
             if not 1 <= num_val < X.shape[0]:
                 if "val_fraction" not in args.defaulted:
                     raise DataError(f"--val-fraction {args.val_fraction} of {X.shape[0]} rows leaves an empty split.")

@@ -5,7 +5,6 @@ Needs scikit-learn (the `sklearn` extra); jaxlr itself does not.
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from numbers import Integral, Real
@@ -20,6 +19,7 @@ from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from jaxlr import losses, names
+from jaxlr.callbacks import validation_rows
 from jaxlr.data import aligned
 from jaxlr.model import Params
 from jaxlr.preprocessing import Standardizer
@@ -320,7 +320,7 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         n = X.shape[0]
         rng = check_random_state(self.random_state)
         order = rng.permutation(n)
-        num_val = math.ceil(self.validation_fraction * n)
+        num_val = validation_rows(n, self.validation_fraction)
         if not 0 < num_val < n:
             raise ValueError(
                 f"Splitting {n} samples into a train set and a validation set with validation_fraction="

@@ -272,3 +272,12 @@ def test_stream_a_npy_table_from_disk(tmp_path, cache_dir):
     done = run_cli("train", "--data", "big.npy", "--target", "3", "--stream", "--standardize",
                    cwd=tmp_path, cache_dir=cache_dir)  # fmt: skip
     assert done.returncode == 2 and "cannot go with --stream" in done.stderr
+
+
+@pytest.mark.parametrize("rows, held", [(5, 1), (25, 3)])
+def test_a_validation_fraction_holds_out_rows_rounded_up_as_the_estimator_does(tmp_path, cache_dir, rows, held):
+    write_table(tmp_path / "t.csv", n=rows)
+    done = run_cli("solve", "--data", "t.csv", "--target", "price", "--val-fraction", "0.1", "--json",
+                   cwd=tmp_path, cache_dir=cache_dir)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["val_rows"] == held == jaxlr.callbacks.validation_rows(rows, 0.1)
