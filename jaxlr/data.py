@@ -243,7 +243,7 @@ class NpyStream:
             raise DataError(f"{self.path.name} must hold a 2-D C-ordered numeric matrix, got {dtype} {shape}.")
         self.num_rows, self.num_columns = shape
         self.file_dtype = np.dtype(dtype)
-        self.dtype = validate._float_dtype(dtype)
+        self.dtype = validate.training_dtype(dtype)
         names = [str(j) for j in range(self.num_columns)]
         if target is not None:
             target = validate.check_int("target", target, low=0, high=self.num_columns - 1, high_name="the last column")

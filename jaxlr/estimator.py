@@ -18,7 +18,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from jaxlr import losses, names
+from jaxlr import losses, names, validate
 from jaxlr.callbacks import validation_rows
 from jaxlr.data import aligned
 from jaxlr.model import Params
@@ -338,9 +338,9 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
 
     def _run(self, X, y, sample_weight, *, epochs, init, validation, tol, shuffle):
         name, factor = _LOSSES[self.loss]
-        dtype = np.float64 if jax.config.read("jax_enable_x64") else np.float32
         seed = check_random_state(self.random_state).randint(0, 2**31 - 1)
         state = self._state
+        dtype = _training_dtype(X, state)
         if state is not None:
             # A call of its own: the stopping rule, the adaptive rate and the
             # L1 bookkeeping start afresh, as scikit-learn's do.
@@ -415,6 +415,11 @@ def _starting_values(name: str, value, size: int) -> np.ndarray:
     if not np.all(np.isfinite(given)):
         raise ValueError(f"`{name}` has NaN or inf: the starting point must be finite.")
     return given
+
+
+def _training_dtype(X, state) -> np.dtype:
+    """A run goes on in its own precision; a new one takes the data's, as `fit` does."""
+    return validate.training_dtype(X.dtype) if state is None else np.dtype(state.params.w.dtype)
 
 
 def _check_range(X, y, dtype) -> None:
@@ -496,7 +501,7 @@ class LinearRegressor(RegressorMixin, BaseEstimator):
         self.n_iter_, self.loss_curve_, self._state = 0, [], None
 
     def _train(self, X, y, epochs):
-        dtype = np.float64 if jax.config.read("jax_enable_x64") else np.float32
+        dtype = _training_dtype(X, self._state)
         X = np.asarray(self._scaler.transform(X), dtype)
         result = fit(
             X, np.asarray(y, dtype).reshape(len(y), -1), key=np.array([0, self._seed], np.uint32), epochs=epochs,

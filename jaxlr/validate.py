@@ -87,8 +87,9 @@ def _is_real(dtype):
     return np.dtype(dtype).kind in "biuf" or jnp.issubdtype(dtype, jnp.floating)
 
 
-def _float_dtype(dtype):
-    """The floating dtype training runs in: float64 only when x64 is on."""
+def training_dtype(dtype):
+    """The floating dtype training on data of `dtype` runs in: the data's own
+    (float32 at least), but float64 only when x64 is on."""
     return jax.dtypes.canonicalize_dtype(np.result_type(dtype, np.float32))
 
 
@@ -139,7 +140,7 @@ def in_training_precision(name, value):
     A float64 value beyond float32's range is refused by name and row,
     rather than turned into inf with a NumPy warning.
     """
-    dtype = _float_dtype(value.dtype)
+    dtype = training_dtype(value.dtype)
     if value.dtype == dtype:
         return value
     if isinstance(value, jax.Array):

@@ -440,3 +440,16 @@ def test_many_partial_fits_keep_the_state_on_the_device_and_equal_one_long_fit(d
                                tol=None).fit(X, y)  # fmt: skip
     np.testing.assert_allclose(model.coef_, whole.coef_, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(model.intercept_, whole.intercept_, rtol=1e-5, atol=1e-6)
+
+
+def test_with_float64_on_a_float32_table_trains_in_float32_as_fit_does_and_goes_on_so():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    y = X @ [1.0, 2.0, 3.0] + 0.5
+    with jax.enable_x64(True):
+        model = jaxlr.SGDRegressor(random_state=0).fit(X.astype(np.float32), y.astype(np.float32))
+        alike = jaxlr.fit(X.astype(np.float32), y.astype(np.float32), key=jax.random.key(0), epochs=1)
+        assert model._state.params.w.dtype == alike.params.w.dtype == np.float32
+        model.partial_fit(X, y)  # a float64 table continues the float32 run
+        assert model._state.params.w.dtype == np.float32
+        assert jaxlr.SGDRegressor(random_state=0).fit(X, y)._state.params.w.dtype == np.float64
