@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from jaxlr import names
+from jaxlr import names, validate
 
 LossFunction = Callable[..., jax.Array]
 
@@ -166,16 +166,7 @@ def _checked_entries(loss: Loss, rows: int, outputs: int, dtype) -> None:
 
 
 def _with_epsilon(function: LossFunction) -> LossFunction:
-    import inspect
-
-    try:
-        parameters = inspect.signature(function).parameters.values()
-        takes_three = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters) >= 3 or any(
-            p.kind == p.VAR_POSITIONAL for p in parameters
-        )
-    except (TypeError, ValueError):
-        takes_three = False
-    if takes_three:
+    if validate.takes_arguments(function, 3):
         return function
     return _TwoArgumentLoss(function)
 

@@ -10,7 +10,11 @@ scikit-learn's four, with t counting updates from 1:
 
 The schedule's name is part of the compiled program and its numbers are
 traced, so new values compile nothing. Any optax schedule (a function of the
-step count, from 0) may be given instead; it is part of the program too.
+step count, from 0) may be given instead; it is part of the program too. A
+function of two arguments is given the run's total number of updates as
+well, so it can end where the run does::
+
+    fit(X, y, key=key, schedule=lambda count, total: 0.05 * (1 - count / total))
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class Rate(NamedTuple):
     power_t: float = 0.25
     t0: float = 1.0  # the "optimal" schedule's offset
     alpha: float = 0.0001  # the "optimal" schedule's alpha
+    total_steps: int = 0  # the updates the run makes in all, for a schedule of (count, total)
 
 
 def check(schedule: Schedule) -> Schedule:
@@ -57,7 +62,8 @@ def rate(schedule: Schedule, numbers: Rate, t: jax.Array, drops: jax.Array) -> j
     if callable(schedule):
         # A schedule may ignore its argument (optax.constant_schedule): one rate per step still.
         t = jnp.asarray(t)
-        return jnp.broadcast_to(jnp.asarray(schedule(t - 1)), t.shape)
+        value = schedule(t - 1, numbers.total_steps) if validate.takes_arguments(schedule, 2) else schedule(t - 1)
+        return jnp.broadcast_to(jnp.asarray(value), t.shape)
     t = jnp.asarray(t, jnp.asarray(numbers.eta0).dtype)
     if schedule == "optimal":
         return 1.0 / (numbers.alpha * (numbers.t0 + t - 1.0))

@@ -194,7 +194,9 @@ def fit(
         alpha: the penalty's strength (and the "optimal" schedule's).
         l1_ratio: the L1 share of "elasticnet".
         schedule: "constant", "optimal", "invscaling", "adaptive" (see
-            `jaxlr.schedules`), or an optax schedule of the step count.
+            `jaxlr.schedules`), or an optax schedule of the step count; a
+            function of two arguments gets ``(count, total)``, total being
+            the updates this run makes in all (those of a given `state` too).
         power_t: the exponent of "invscaling".
         average: True (or an int t0) returns the average of the params over
             all updates (from update t0 on): averaged SGD.
@@ -408,7 +410,6 @@ def _prepare(  # fmt: skip
     for name, value in (("lr", lr), ("alpha", alpha), ("epsilon", epsilon), ("power_t", power_t)):
         if value is not None and not _finite_in(value, dtype):
             raise ValueError(f"`{name}` (={value}) must be finite in {np.dtype(dtype).name}, the data's precision.")
-    packed = core.pack(numbers, dtype)
     if shuffle is True:
         # Host and device draw the same orders (`jaxlr.shuffle`): the device
         # when the epochs' count is open (`tol`) or the rows sit on an
@@ -488,7 +489,7 @@ def _prepare(  # fmt: skip
         saving.directory.mkdir(parents=True, exist_ok=True)
     callback = callbacks_lib.combine([callback, saving and saving.callback(initial_epoch, end_epoch)])
     run = _Run(
-        spec=spec, numbers=packed, epochs=epochs, initial_epoch=initial_epoch, initial_step=initial_step,
+        spec=spec, numbers=None, epochs=epochs, initial_epoch=initial_epoch, initial_step=initial_step,
         steps_per_epoch=-(-n // batch_size), rows=n, draw=draw, shuffle_key=shuffle_key, mesh=mesh,
         keep_steps=bool(record_steps), epochs_per_call=per_call, lr=lr, known_words=known_words, capped=capped,
         loss_growth=bool(loss_growth),
@@ -500,6 +501,9 @@ def _prepare(  # fmt: skip
         run = run._replace(host_rows=(np.asarray(X), np.asarray(y), weight))
     else:
         run = run._replace(data=_device_data(X, y, weight, batch_size, device, mesh, validation_data))
+    # The run's end is known only now (a checkpoint may have moved its start).
+    total_steps = min(initial_step + epochs * run.steps_per_epoch, _MOST_COUNT)
+    run = run._replace(numbers=core.pack(numbers._replace(rate=rate._replace(total_steps=total_steps)), dtype))
     stored = (lambda part: None if part is None else part.X.shape[0])  # noqa: E731
     run = run._replace(spec=run.spec._replace(shapes=(d, k, np.dtype(dtype).name, stored(run.data),
                                                       stored(validation_data))))  # fmt: skip

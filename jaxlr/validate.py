@@ -4,6 +4,7 @@ Every error names the argument and the value it got, so that a bad call fails
 at once, with a message that says what to change, and before any work is done.
 """
 
+import inspect
 import math
 import numbers
 import weakref
@@ -14,6 +15,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlr.arrays import aligned
+
+
+def takes_arguments(function, count: int) -> bool:
+    """Whether a user's `function` can be called with `count` positional arguments
+    (a loss with its epsilon, a schedule with the run's total steps)."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # a builtin or a C function: as few as it is given
+        return False
+    positional = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters)
+    return positional >= count or any(p.kind == p.VAR_POSITIONAL for p in parameters)
 
 
 def _describe(value):

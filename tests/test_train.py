@@ -421,3 +421,22 @@ def test_every_number_of_a_run_comes_back_from_its_packing_under_its_own_name():
     for path, sent, got in zip(paths, jax.tree.leaves(distinct), jax.tree.leaves(back)):
         assert float(got) == sent, jax.tree_util.keystr(path)
     assert back.average_start.dtype == back.stop.patience.dtype == jnp.int32  # counts stay counts
+
+
+@pytest.mark.parametrize("engine", ["loop", "fused", "scan"])
+def test_a_schedule_of_two_arguments_is_given_the_runs_total_updates(engine):
+    """A rate that stops halfway through the run: 4 epochs of it are 2 epochs at the full rate."""
+    X = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    y = X @ np.array([1.0, -2.0], np.float32)
+    settings = dict(key=jax.random.key(0), batch_size=8, engine=engine)
+    halfway = jaxlr.fit(X, y, epochs=4, schedule=lambda count, total: 0.05 * (count < total // 2), **settings)
+    whole = jaxlr.fit(X, y, epochs=2, lr=0.05, **settings)
+    np.testing.assert_allclose(halfway.params.w, whole.params.w, rtol=1e-6)
+    # Going on from a state: the total counts the updates made before as well.
+    again = jaxlr.fit(X, y, epochs=2, state=halfway.state, schedule=lambda count, total: 0.05 * (count < total - 8),
+                      **settings)  # fmt: skip
+    once_more = jaxlr.fit(X, y, epochs=1, lr=0.05, state=halfway.state, **settings)
+    np.testing.assert_allclose(again.params.w, once_more.params.w, rtol=1e-6)
+    swept = jaxlr.sweep(X, y, key=jax.random.key(0), lrs=[1.0], epochs=4, batch_size=8,
+                        schedule=lambda count, total: 0.05 * (count < total // 2))  # fmt: skip
+    np.testing.assert_allclose(swept.params.w[0], whole.params.w, rtol=1e-6)
