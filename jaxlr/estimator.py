@@ -21,6 +21,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from jaxlr import losses, names, validate
 from jaxlr.callbacks import validation_rows
 from jaxlr.data import aligned
+from jaxlr.engines import core
 from jaxlr.model import Params
 from jaxlr.preprocessing import Standardizer
 from jaxlr.train import TrainingDiverged, fit
@@ -344,8 +345,10 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         if state is not None:
             # A call of its own: the stopping rule, the adaptive rate and the
             # L1 bookkeeping start afresh, as scikit-learn's do.
-            fresh_stop = jax.tree.map(lambda a: np.zeros_like(a), state.stop)._replace(best=np.float32(-np.inf))
-            state = state._replace(stop=fresh_stop, l1=jax.tree.map(np.zeros_like, state.l1))
+            # (Device arrays kept for their contents: a call copies none of them again.)
+            fresh = lambda a, value=0: core.on_device(np.full_like(a, value))  # noqa: E731
+            fresh_stop = jax.tree.map(fresh, state.stop)._replace(best=fresh(state.stop.best, -np.inf))
+            state = state._replace(stop=fresh_stop, l1=jax.tree.map(fresh, state.l1))
         n = X.shape[0]
         weights = None if np.all(sample_weight == 1) else sample_weight
         key = np.array([0, seed], np.uint32)  # jax.random.key(seed)'s words, without its dispatch
