@@ -200,7 +200,7 @@ def test_an_expanding_step_is_caught_as_divergence(batch_size):
         (dict(optimizer="adam"), "`optimizer` (='adam')"),
         (dict(penalty="l1", alpha=0.1), "L1 `penalty`"),
         (dict(penalty="elasticnet", alpha=0.1), "L1 `penalty`"),
-        (dict(max_slope=10.0), "max_slope"),
+        (dict(max_slope=10.0, optimizer="momentum"), "max_slope"),
     ],
 )
 def test_what_is_not_affine_is_refused_with_the_reason(settings, named):
@@ -208,6 +208,18 @@ def test_what_is_not_affine_is_refused_with_the_reason(settings, named):
     with pytest.raises(ValueError, match="engine") as caught:
         jaxlr.fit(X, y, key=jax.random.key(0), engine="scan", **settings)
     assert named in str(caught.value)
+
+
+@pytest.mark.parametrize("batch_size", [1, 64])  # chunked residuals, composed maps
+@pytest.mark.parametrize("max_slope", [1e12, 0.5])  # never reached; reached, so run in sequence
+def test_a_slope_cap_runs_exactly_with_plain_sgd(batch_size, max_slope):
+    X, y, w0, b0 = problem(9, 500, 3)
+    settings = dict(key=jax.random.key(2), init=jaxlr.Params(w0, b0), epochs=2, lr=0.01, batch_size=batch_size,
+                    penalty="l2", alpha=0.01, max_slope=max_slope)  # fmt: skip
+    fused = jaxlr.fit(X, y, engine="fused", **settings)
+    scanned = jaxlr.fit(X, y, engine="scan", **settings)
+    assert within(scanned.params, fused.params) < 1e-5
+    np.testing.assert_allclose(scanned.losses, fused.losses, rtol=1e-4, atol=1e-5 * np.max(fused.losses))
 
 
 def test_the_small_inverse_is_the_inverse():

@@ -69,8 +69,9 @@ def unsupported(spec) -> Optional[str]:
         return f"`optimizer` (={name!r}): only sgd, momentum and nesterov steps are affine in the params"
     if spec.l1:
         return "an L1 `penalty`: its clipped step is not affine in the params"
-    if spec.max_slope is not None:
-        return "`max_slope`: a capped slope is not affine in the params"
+    if spec.max_slope is not None and (spec.rule != "sgd" or spec.average):
+        # Plain SGD checks each epoch's slopes and runs it in sequence when one reached the cap.
+        return "`max_slope` with momentum, nesterov or averaging: a capped slope is not affine in the params"
     if spec.sharding is not None:
         return "several `devices`: the scan engine runs on one"
     return None
@@ -279,7 +280,7 @@ def run_epoch(spec, numbers, state, data, order):
         carry, (rows, jnp.arange(blocks) * per_block),
     )  # fmt: skip
     Z, average, _ = carry
-    step_losses, plain, norms = (o.reshape(-1)[:steps] for o in outputs)
+    step_losses, plain, norms, steepest = (o.reshape(-1)[:steps] for o in outputs)
 
     real_steps = (data.n + B - 1) // B
     is_real = jnp.arange(steps) < real_steps
@@ -302,6 +303,12 @@ def run_epoch(spec, numbers, state, data, order):
     if s == 2:
         velocity = state.params._replace(w=Z[1, :d], b=Z[1, d])
         new = new._replace(opt_state=state.opt_state._replace(trace=velocity))
+    if spec.max_slope is not None:
+        # Exact while no row's slope reached the cap; else the epoch is run
+        # again in sequence from its start, capped step by step.
+        capped = jnp.any(steepest > spec.max_slope)
+        return jax.lax.cond(capped, lambda: core.run_epoch(spec._replace(parallel=False), numbers, state, data, order),
+                            lambda: (new, (step_losses, moving_out, watched)))
     return new, (step_losses, moving_out, watched)
 
 
@@ -413,7 +420,7 @@ def _chunk_block(spec, carry, block, *, gather, step_scalars, lr, momentum, l2, 
         w_before = jnp.einsum("ctj,cjdk->ctdk", start[0][:, :k, 0, :], starts[:, :, :d], precision=HIGHEST)
         w_before = w_before + jnp.einsum("ctr,crd,crk->ctdk", along, X_c, gain[..., None] * e, precision=HIGHEST)
         norms = jnp.sum(w_before * w_before, (2, 3))
-    return carry, (weighted, plain_losses, norms)
+    return carry, (weighted, plain_losses, norms, jnp.zeros((C, k), dtype))  # max_slope is refused here
 
 
 def _lean_block(spec, carry, block, *, gather, step_scalars, lr, l2, k, C, factor, **_):
@@ -497,7 +504,15 @@ def _lean_block(spec, carry, block, *, gather, step_scalars, lr, l2, k, C, facto
         w_before = from_start[:, :k, None, None] * starts[:, None, 0, :d]
         w_before = w_before - jnp.einsum("ctr,crd,crk->ctdk", pulls, X_c, e, precision=HIGHEST)
         norms = jnp.sum(w_before * w_before, (2, 3))
-    return carry, (weighted, plain_losses, norms)
+    steepest = _steepest(e.reshape(C, k, B, K), row_weight.reshape(C, k, B), real.reshape(C, k, B), factor)
+    return carry, (weighted, plain_losses, norms, steepest)
+
+
+def _steepest(e, row_weight, real, factor):
+    """Each step's largest slope of a real row's loss, |weight · 2 c e|, the
+    quantity a `max_slope` caps (the last axes, rows and outputs, reduced)."""
+    slope = jnp.abs(2 * factor * row_weight[..., None] * e)
+    return jnp.max(jnp.where(real[..., None], slope, 0), axis=(-2, -1))
 
 
 def _shrink_ratios(shrink, from_start):
@@ -575,7 +590,8 @@ def _map_block(spec, carry, block, *, gather, step_scalars, lr, momentum, l2, k,
     if spec.average:
         sums = jnp.einsum("t,tik->ik", takes, W_after, precision=HIGHEST)
         average = _average_into(average, sums, jnp.sum(takes), step_before, average_from)
-    return (after[-1].reshape(s, D, K), average, step_before + T), (weighted, plain, norms)
+    steepest = _steepest(e, row_weight, real, factor)
+    return (after[-1].reshape(s, D, K), average, step_before + T), (weighted, plain, norms, steepest)
 
 
 def _small_matmul(a, b):
