@@ -368,7 +368,7 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
                 fit_intercept=self.fit_intercept, record_steps=bool(self.verbose), devices=self.devices,
                 # scikit-learn's rule: only weights that stop being finite have
                 # diverged, not a transient climb of the loss.
-                max_slope=1e12, loss_growth=False,
+                max_slope=1e12, loss_growth=False, engine="auto",
                 init=None if init is None else Params(np.asarray(init.w, dtype), np.asarray(init.b, dtype)),
                 state=state,
             )  # fmt: skip
