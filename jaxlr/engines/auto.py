@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from typing import Optional
 
-# On a CPU, where the scan engine beat the fused one in each of three runs of
-# `python -m benchmarks engines` (2-core Xeon, 2026-11-26; RESULTS.md): as
-# (fewest features, most rows per batch). At 100 features and batch 1 scan
-# took 0.84-0.92 x fused's time; at 10 features, or batches of 8 and more,
-# fused was faster (scan 2-12 x its time), so it is kept there.
-CPU_SCAN_WINS: tuple[tuple[int, int], ...] = ((100, 1),)
+# On a CPU, where the scan engine beat the fused one in each of three runs
+# (2-core Xeon; RESULTS.md): as (fewest features, most rows per batch). With
+# the lean chunked form (plain SGD, batch 1, L2, one epoch of 200 000 rows,
+# 2026-11-27) scan took 0.45-0.46 x fused's time at 50 features and
+# 0.41-0.45 x at 100; at 20 it took 1.8-2.0 x, so fused is kept below 50.
+# Batches of 8 and more were measured before the lean form (scan 2-12 x
+# fused's time) and are kept on fused.
+CPU_SCAN_WINS: tuple[tuple[int, int], ...] = ((50, 1),)
 
 # On an accelerator a sequential step costs a kernel launch or more (~10 µs)
 # whatever its size, while the scan engine does an epoch in O(log steps)
