@@ -392,7 +392,8 @@ def run_epoch(spec: Spec, numbers: Numbers, state: FitState, data: Data, order: 
         objectives of the epoch's N / batch_size steps.
     """
     if spec.parallel and not spec.guard:
-        return scan.run_epoch(spec, numbers, state, data, order)
+        in_sequence = functools.partial(run_epoch, spec._replace(parallel=False), numbers, state, data, order)
+        return scan.run_epoch(spec, numbers, state, data, order, in_sequence)
     X, y, weight = data.X, data.y, data.weight
     d = X.shape[1]
     B = spec.batch_size

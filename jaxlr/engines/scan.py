@@ -212,8 +212,11 @@ def _impulses_plain(M, n, weights):
 # ------------------------------------------------------------------ one epoch
 
 
-def run_epoch(spec, numbers, state, data, order):
-    """`core.run_epoch`, computed in parallel time (same results to rounding)."""
+def run_epoch(spec, numbers, state, data, order, in_sequence=None):
+    """`core.run_epoch`, computed in parallel time (same results to rounding).
+
+    `in_sequence()` runs the epoch step by step instead: with a slope cap,
+    the epoch falls back on it when a row's slope reached the cap."""
     X, y, weight = data.X, data.y, data.weight
     dtype = X.dtype
     d, K = X.shape[1], y.shape[1]
@@ -307,8 +310,7 @@ def run_epoch(spec, numbers, state, data, order):
         # Exact while no row's slope reached the cap; else the epoch is run
         # again in sequence from its start, capped step by step.
         capped = jnp.any(steepest > spec.max_slope)
-        return jax.lax.cond(capped, lambda: core.run_epoch(spec._replace(parallel=False), numbers, state, data, order),
-                            lambda: (new, (step_losses, moving_out, watched)))
+        return jax.lax.cond(capped, in_sequence, lambda: (new, (step_losses, moving_out, watched)))
     return new, (step_losses, moving_out, watched)
 
 
