@@ -20,7 +20,6 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from jaxlr import losses, names, validate
 from jaxlr.callbacks import validation_rows
-from jaxlr.data import aligned
 from jaxlr.engines import core
 from jaxlr.model import Params
 from jaxlr.preprocessing import Standardizer
@@ -341,7 +340,7 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         name, factor = _LOSSES[self.loss]
         seed = check_random_state(self.random_state).randint(0, 2**31 - 1)
         state = self._state
-        dtype = _training_dtype(X, state)
+        dtype = validate.training_dtype(X.dtype)  # as `fit` takes it
         if state is not None:
             # A call of its own: the stopping rule, the adaptive rate and the
             # L1 bookkeeping start afresh, as scikit-learn's do.
@@ -352,12 +351,11 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         n = X.shape[0]
         weights = None if np.all(sample_weight == 1) else sample_weight
         key = np.array([0, seed], np.uint32)  # jax.random.key(seed)'s words, without its dispatch
-        _check_range(X, y, dtype)
         try:
             result = fit(
-                # A cast 64-byte aligned, which JAX then uses in place on a CPU:
-                # one copy of a float64 table, not a second one to the device.
-                X if X.dtype == dtype else aligned(X, dtype), np.asarray(y, dtype).reshape(n, -1), key=key, epochs=epochs,
+                # `fit` casts a float64 table once, 64-byte aligned, which JAX
+                # then uses in place on a CPU, and refuses values beyond float32.
+                X, np.asarray(y).reshape(n, -1), key=key, epochs=epochs,
                 lr=self.eta0, batch_size=min(self.batch_size, n), optimizer=self.optimizer,
                 # jaxlr averages the loss over the outputs too; summed over them,
                 # each column trains as a model of its own would.
@@ -418,26 +416,6 @@ def _starting_values(name: str, value, size: int) -> np.ndarray:
     if not np.all(np.isfinite(given)):
         raise ValueError(f"`{name}` has NaN or inf: the starting point must be finite.")
     return given
-
-
-def _training_dtype(X, state) -> np.dtype:
-    """A run goes on in its own precision; a new one takes the data's, as `fit` does."""
-    return validate.training_dtype(X.dtype) if state is None else np.dtype(state.params.w.dtype)
-
-
-def _check_range(X, y, dtype) -> None:
-    """Refuses finite values that the training precision cannot hold, naming them (not as NaN or inf)."""
-    limit = np.finfo(dtype).max
-    for name, array in (("X", X), ("y", y)):
-        if array.dtype.itemsize <= np.dtype(dtype).itemsize or -limit <= array.min() and array.max() <= limit:
-            continue  # two reductions, no copy: the common case
-        rows = np.flatnonzero(np.any(np.abs(array.reshape(array.shape[0], -1)) > limit, axis=1))
-        if rows.size:
-            raise ValueError(
-                f"`{name}` has values beyond {np.dtype(dtype).name}'s range (about {limit:.3g}) in {rows.size} "
-                f"row(s), the first row {rows[0]}: scale it, or enable float64 with "
-                "jax.config.update('jax_enable_x64', True)."
-            )
 
 
 class LinearRegressor(RegressorMixin, BaseEstimator):
@@ -504,7 +482,7 @@ class LinearRegressor(RegressorMixin, BaseEstimator):
         self.n_iter_, self.loss_curve_, self._state = 0, [], None
 
     def _train(self, X, y, epochs):
-        dtype = _training_dtype(X, self._state)
+        dtype = validate.training_dtype(X.dtype)
         X = np.asarray(self._scaler.transform(X), dtype)
         result = fit(
             X, np.asarray(y, dtype).reshape(len(y), -1), key=np.array([0, self._seed], np.uint32), epochs=epochs,
