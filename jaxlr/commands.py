@@ -173,7 +173,7 @@ class _Split:
             scaled = np.asarray(self.X @ w + b)  # predictions of the scaled target
 
             def predict(model, predicted):
-                return predicted.astype(np.float64) * self.scaler.y_scale + self.scaler.y_mean
+                return self.scaler.inverse_target(predicted)
         else:
             scaled = self.X
         # A block at a time: float64 copies of a large table's predictions stay a few MB.
@@ -598,12 +598,11 @@ def _model(params, split, table, settings):
         from jaxlr.parallel import host_value
 
         w, b = (np.asarray(host_value(p)) for p in params)
-    y_mean, y_scale = split.scaler.y_mean, split.scaler.y_scale
-    if np.any(y_mean != 0) or np.any(y_scale != 1):
-        w = w.astype(np.float64) * y_scale[None, :]
-        b = b.astype(np.float64) * y_scale + y_mean
+    params = Params(w, b)
+    if np.any(split.scaler.y_mean != 0) or np.any(split.scaler.y_scale != 1):
+        params = split.scaler.target_part().to_original(params)
     return Model(
-        params=Params(w, b),
+        params=params,
         x_mean=split.mean,
         x_scale=split.scale,
         feature_names=table.feature_names,

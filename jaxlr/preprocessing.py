@@ -88,6 +88,14 @@ class Standardizer(NamedTuple):
     def inverse(self, X):
         return np.asarray(X, np.float64) * self.x_scale + self.x_mean
 
+    def inverse_target(self, y):
+        """Values of the scaled target (predictions) in the target's own units, in float64."""
+        return np.asarray(y, np.float64) * self.y_scale + self.y_mean
+
+    def target_part(self) -> "Standardizer":
+        """The target's scaling alone, the features left as they are."""
+        return self._replace(x_mean=np.zeros_like(self.x_mean), x_scale=np.ones_like(self.x_scale))
+
     def to_original(self, params: Params) -> Params:
         """Params of the model on standardized data, as a model of the original data."""
         w = np.asarray(params.w, np.float64) / self.x_scale[:, None] * self.y_scale[None, :]
