@@ -314,6 +314,18 @@ def run_epoch(spec, numbers, state, data, order, in_sequence=None):
     return new, (step_losses, moving_out, watched)
 
 
+def _step_losses(spec, entries, count, row_weight, real, k):
+    """Each step's mean loss from its rows' loss entries (C chunks of k steps
+    of B rows and K outputs): weighted, and plain where the stopping rule
+    reads the unweighted loss."""
+    C, R, K = entries.shape
+    counts = jnp.maximum(count.reshape(C, k), 1).astype(entries.dtype) * K
+    by_step = lambda a: jnp.sum(a.reshape(C, k, R // k, K), (2, 3)) / counts  # noqa: E731
+    weighted = by_step(row_weight.reshape(C, R)[..., None] * entries)
+    plain = by_step(real.reshape(C, R)[..., None] * entries) if spec.stops and spec.weighted else weighted
+    return weighted, plain
+
+
 def _average_into(average, sums, taken, step_before, average_from):
     """The running mean of the params after `taken` more updates whose params sum to `sums` (d + 1, K)."""
     done = jnp.maximum(step_before - average_from + 1, 0).astype(taken.dtype)
@@ -409,12 +421,7 @@ def _chunk_block(spec, carry, block, *, gather, step_scalars, lr, momentum, l2, 
 
     carry, (e, starts) = jax.lax.scan(chunk, carry, tuple(inputs))
 
-    # The steps' losses from the residuals, for all chunks at once.
-    entries = factor * e * e
-    counts = jnp.maximum(count.reshape(C, k), 1).astype(dtype) * K
-    by_step = lambda a: jnp.sum(a.reshape(C, k, B, K), (2, 3)) / counts  # noqa: E731
-    weighted = by_step(row_weight.reshape(C, R)[..., None] * entries)
-    plain_losses = by_step(real.reshape(C, R)[..., None] * entries) if spec.stops and spec.weighted else weighted
+    weighted, plain_losses = _step_losses(spec, factor * e * e, count, row_weight, real, k)
     norms = jnp.zeros((C, k), dtype)
     if spec.stops and spec.l2:
         # ||w||² before each step: from the chunk's start and its earlier rows' pushes.
@@ -494,11 +501,7 @@ def _lean_block(spec, carry, block, *, gather, step_scalars, lr, l2, k, C, facto
 
     carry, (e, starts) = jax.lax.scan(chunk, carry, (X_c, y_c, system, start_scale, end_scale, push, gain))
 
-    entries = factor * e * e
-    counts = jnp.maximum(count.reshape(C, k), 1).astype(dtype) * K
-    by_step = lambda a: jnp.sum(a.reshape(C, k, B, K), (2, 3)) / counts  # noqa: E731
-    weighted = by_step(row_weight.reshape(C, R)[..., None] * entries)
-    plain_losses = by_step(real.reshape(C, R)[..., None] * entries) if spec.stops and spec.weighted else weighted
+    weighted, plain_losses = _step_losses(spec, factor * e * e, count, row_weight, real, k)
     norms = jnp.zeros((C, k), dtype)
     if spec.stops and spec.l2:
         # ||w||² before each step: w0 shrunk, less the pulls of the chunk's earlier rows.
