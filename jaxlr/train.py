@@ -34,8 +34,7 @@ from jaxlr import compilation_cache, engines, losses, optim, parallel, penalties
 from jaxlr import shuffle as shuffle_lib
 from jaxlr.data import NpyStream, is_aligned, key_words, to_device
 from jaxlr.engines import core
-from jaxlr.engines import auto
-from jaxlr.engines import scan as scan_engine
+from jaxlr.engines import plan as engine_plan
 from jaxlr.engines.core import FitState, init_fit_state
 from jaxlr.model import Params, init_params
 from jaxlr.optim import Rule, RuleNumbers, check_rule, rule_value
@@ -342,8 +341,6 @@ def _prepare(  # fmt: skip
     log_every = validate.check_int("log_every", log_every, low=1)
     engine = validate.check_choice("engine", engine, engines.ENGINES)
     shuffle = validate.check_choice("shuffle", shuffle, (True, False, "host", "device"))
-    if shuffle == "device" and engine == "loop":
-        raise ValueError("`shuffle` (='device') is for the fused engine; the loop shuffles on the host.")
     weight = None if sample_weight is None else _sample_weights(sample_weight, n, dtype)
     # Callbacks with a state of their own (early stopping) have it saved in checkpoints.
     keepers = tuple(cb for cb in (callback if isinstance(callback, (list, tuple)) else [callback])
@@ -355,15 +352,6 @@ def _prepare(  # fmt: skip
             raise ValueError(
                 f"`batch_size` (={batch_size}) must be divisible by the number of devices (={mesh.size})."
             )
-        if engine == "loop" and jax.process_count() > 1:
-            raise ValueError("across processes use engine='fused': the loop feeds batches from one host.")
-    engine_was_stream = stream is not None
-    if stream is not None:
-        if engine not in ("fused", "scan", "auto") or mesh is not None or device is not None:
-            raise ValueError("data streamed from disk trains with engine='fused', 'scan' or 'auto' on the default device.")
-        if weight is not None:
-            raise ValueError("`sample_weight` is not available for data streamed from disk.")
-        engine = "streamed" if engine == "fused" else engine
     resume = validate.check_choice("resume", resume, (False, True, "if_present"))
     if resume and checkpoint is None:
         raise ValueError("`resume` needs `checkpoint`, the directory to resume from.")
@@ -379,26 +367,14 @@ def _prepare(  # fmt: skip
         fit_intercept=bool(fit_intercept), weighted=weight is not None, smooth=bool(record_steps),
         max_slope=None if max_slope is None else validate.check_real("max_slope", max_slope, low=0.0),
     )  # fmt: skip
-    if engine == "auto":
-        engine, reason = auto.choose(
-            jax.default_backend() if device is None else device.platform, d, batch_size,
-            supported=scan_engine.unsupported(spec),
-        )  # fmt: skip
-        if engine == "scan" and stream is None:
-            poorly = scan_engine.poorly_scaled(X, y)
-            if poorly is not None:
-                engine, reason = "fused", f"scan's float32 bound holds for features near unit scale; {poorly}"
-        if verbose:
-            print(f"engine: {engine} ({reason})")
-        if engine == "fused" and engine_was_stream:
-            engine = "streamed"
-    if engine == "scan":
-        why = scan_engine.unsupported(spec)
-        if why is not None:
-            raise ValueError(f"`engine` (='scan') computes exact SGD in parallel time, which excludes {why}.")
-        # The scan engine is the fused (or streamed) driver with each epoch's steps computed in parallel.
-        spec = spec._replace(parallel=True)
-        engine = "streamed" if engine_was_stream else "fused"
+    setup = engine_plan.Setup(spec=spec, streamed=stream is not None, placed=mesh is not None or device is not None,
+                              processes=1 if mesh is None else jax.process_count(), shuffle=shuffle)  # fmt: skip
+    backend = jax.default_backend() if device is None else device.platform
+    chosen = engine_plan.plan(engine, setup, backend=backend, features=d,
+                              X=None if stream is not None else X, y=y)  # fmt: skip
+    if engine == "auto" and verbose:
+        print(f"engine: {'scan' if chosen.spec.parallel else 'fused'} ({chosen.reason})")
+    engine, spec = chosen.driver, chosen.spec
     rate = schedules.Rate(
         eta0=lr if lr is not None else 0.0,
         power_t=power_t, t0=schedules.optimal_t0(alpha) if alpha > 0 else 1.0, alpha=alpha,

@@ -440,3 +440,32 @@ def test_a_schedule_of_two_arguments_is_given_the_runs_total_updates(engine):
     swept = jaxlr.sweep(X, y, key=jax.random.key(0), lrs=[1.0], epochs=4, batch_size=8,
                         schedule=lambda count, total: 0.05 * (count < total // 2))  # fmt: skip
     np.testing.assert_allclose(swept.params.w[0], whole.params.w, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "engine, settings, named",
+    [
+        ("loop", dict(shuffle="device"), r"`engine` \(='loop'\) cannot run `shuffle` \(='device'\)"),
+        ("loop", dict(streamed=True), r"`engine` \(='loop'\) cannot run data streamed from disk"),
+        ("fused", dict(streamed=True, sample_weight=True), r"`engine` \(='fused'\) cannot run `sample_weight`"),
+        ("auto", dict(streamed=True, sample_weight=True), r"`engine` \(='auto'\) cannot run `sample_weight`"),
+        ("scan", dict(loss="huber"), r"`engine` \(='scan'\) cannot run `loss` \(='huber'\)"),
+        ("scan", dict(penalty="l1"), r"`engine` \(='scan'\) cannot run an L1 `penalty`"),
+    ],
+)
+def test_an_engine_refuses_by_name_what_it_cannot_run(tmp_path, engine, settings, named):
+    X = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    y = X.sum(axis=1)
+    if settings.pop("streamed", False):
+        np.save(tmp_path / "X.npy", X)
+        X = np.load(tmp_path / "X.npy", mmap_mode="r")
+    if settings.pop("sample_weight", False):
+        settings["sample_weight"] = np.ones(64)
+    with pytest.raises(ValueError, match=named):
+        jaxlr.fit(X, y, key=jax.random.key(0), engine=engine, **settings)
+
+
+def test_every_engine_says_what_it_cannot_run():
+    from jaxlr.engines import plan
+
+    assert set(plan.REFUSES) | {"auto"} == set(jaxlr.names.ENGINES)
