@@ -307,40 +307,16 @@ def _prepare(  # fmt: skip
     else:
         X, y = validate.training_arrays(X, y)
         (n, d), k, dtype = X.shape, y.shape[1], X.dtype
-    epochs = validate.check_int("epochs", epochs, low=0)
-    batch_size = validate.check_int("batch_size", batch_size, low=1, high=n, high_name="the number of examples")
-    rule = check_rule(optimizer)
-    # An optax transformation carries its own learning rate.
-    lr = validate.check_real("lr", lr, low=0.0) if isinstance(rule, str) else None
-    schedule = schedules.check(schedule)
-    power_t = validate.check_real("power_t", power_t, low=-math.inf, low_open=True)
-    the_loss = losses.resolve(loss)
-    losses.check_entries(the_loss, batch_size, k, dtype)
-    epsilon = validate.check_real("epsilon", epsilon, low=0.0, low_open=False)
-    the_penalty = penalties.make(penalty, alpha, l1_ratio)
-    alpha = float(alpha)
-    if not isinstance(rule, str):
-        # The schedule's rate scales the named rules' steps and the L1 step; an
-        # optax transformation keeps its rate to itself, so neither could apply.
-        if schedule != "constant":
-            raise ValueError(
-                f"`schedule` (={_shown(schedule)}) cannot apply to an optax `optimizer`, which carries its own "
-                "learning rate: give the schedule to the optimizer (optax.sgd(optax.exponential_decay(...)))."
-            )
-        if the_penalty.l1 > 0:
-            raise ValueError(
-                f"`penalty` (={penalty!r}) takes an L1 step scaled by the learning rate, which an optax "
-                "`optimizer` keeps to itself: use optimizer='sgd', 'momentum', 'nesterov' or 'adam' for L1."
-            )
-    if schedule == "optimal" and alpha <= 0:
-        raise ValueError(f"`alpha` (={alpha}) must be > 0 with schedule='optimal', which divides by it.")
-    average_start = _average_start(average)
-    tol = -math.inf if tol is None else validate.check_real("tol", tol, low=-math.inf, low_open=True)
-    n_iter_no_change = validate.check_int("n_iter_no_change", n_iter_no_change, low=1)
-    smoothing = validate.check_real("smoothing", smoothing, low=0.0, high=1.0)
+    settings = _check_settings(
+        n, k, dtype, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, loss=loss, epsilon=epsilon,
+        penalty=penalty, alpha=alpha, l1_ratio=l1_ratio, schedule=schedule, power_t=power_t, average=average, tol=tol,
+        n_iter_no_change=n_iter_no_change, shuffle=shuffle, fit_intercept=fit_intercept, max_slope=max_slope,
+        smoothing=smoothing,
+    )  # fmt: skip
+    epochs, batch_size, rule, lr, shuffle = (settings.epochs, settings.batch_size, settings.rule, settings.lr,
+                                             settings.shuffle)  # fmt: skip
     log_every = validate.check_int("log_every", log_every, low=1)
     engine = validate.check_choice("engine", engine, engines.ENGINES)
-    shuffle = validate.check_choice("shuffle", shuffle, (True, False, "host", "device"))
     weight = None if sample_weight is None else _sample_weights(sample_weight, n, dtype)
     # Callbacks with a state of their own (early stopping) have it saved in checkpoints.
     keepers = tuple(cb for cb in (callback if isinstance(callback, (list, tuple)) else [callback])
@@ -360,12 +336,9 @@ def _prepare(  # fmt: skip
     if state is not None and any(name in deprecated for name in ("params", "opt_state", "initial_epoch")):
         raise ValueError("give `state` or the old `params`/`opt_state`/`initial_epoch`, not both.")
 
-    spec = core.Spec(
-        loss=the_loss, rule=rule, schedule=schedule,
-        l1=the_penalty.l1 > 0, l2=the_penalty.l2 > 0, average=average_start is not None, batch_size=batch_size,
-        sharding=None if mesh is None else parallel.by_rows(mesh), stops=tol > -math.inf or validation is not None,
-        fit_intercept=bool(fit_intercept), weighted=weight is not None, smooth=bool(record_steps),
-        max_slope=None if max_slope is None else validate.check_real("max_slope", max_slope, low=0.0),
+    spec = settings.spec(
+        sharding=None if mesh is None else parallel.by_rows(mesh), weighted=weight is not None,
+        stops=settings.tol > -math.inf or validation is not None, smooth=bool(record_steps),
     )  # fmt: skip
     setup = engine_plan.Setup(spec=spec, streamed=stream is not None, placed=mesh is not None or device is not None,
                               processes=1 if mesh is None else jax.process_count(), shuffle=shuffle)  # fmt: skip
@@ -375,17 +348,6 @@ def _prepare(  # fmt: skip
     if engine == "auto" and verbose:
         print(f"engine: {'scan' if chosen.spec.parallel else 'fused'} ({chosen.reason})")
     engine, spec = chosen.driver, chosen.spec
-    rate = schedules.Rate(
-        eta0=lr if lr is not None else 0.0,
-        power_t=power_t, t0=schedules.optimal_t0(alpha) if alpha > 0 else 1.0, alpha=alpha,
-    )  # fmt: skip
-    numbers = core.Numbers(
-        rate=rate, rule=RuleNumbers(), penalty=the_penalty, epsilon=epsilon, smoothing=smoothing,
-        average_start=average_start or 1, stop=core.StopNumbers(tol=tol, patience=n_iter_no_change),
-    )  # fmt: skip
-    for name, value in (("lr", lr), ("alpha", alpha), ("epsilon", epsilon), ("power_t", power_t)):
-        if value is not None and not _finite_in(value, dtype):
-            raise ValueError(f"`{name}` (={value}) must be finite in {np.dtype(dtype).name}, the data's precision.")
     if shuffle is True:
         # Host and device draw the same orders (`jaxlr.shuffle`): the device
         # when the epochs' count is open (`tol`) or the rows sit on an
@@ -427,16 +389,10 @@ def _prepare(  # fmt: skip
         every = None if checkpoint_every is None else validate.check_int("checkpoint_every", checkpoint_every, low=1)
         saving = _Saving(
             directory=Path(checkpoint), every=every, key_words=key_words(key), keepers=keepers,
-            settings={"examples": n, "features": d, "outputs": k, "batch_size": batch_size, "lr": lr,
-                      "optimizer": _rule_name(rule), "loss": _function_name("loss", the_loss.name, the_loss.function),
-                      "penalty": list(the_penalty), "epsilon": epsilon,
-                      "schedule": schedule if isinstance(schedule, str) else _function_name("schedule", "custom", schedule),
+            settings={"examples": n, "features": d, "outputs": k, **settings.identity(),
                       "data": _data_digest(stream if stream is not None else (X, y), weight),
                       "init": None if init is None and "params" not in deprecated else _digest_arrays(params),
-                      "power_t": power_t, "average": average_start, "tol": tol, "n_iter_no_change": n_iter_no_change,
-                      "shuffle": draw != "none",  # host and device draw the same orders
-                      "fit_intercept": bool(fit_intercept), "max_slope": spec.max_slope,
-                      "smoothing": smoothing, "sample_weight": weight is not None,
+                      "sample_weight": weight is not None,
                       "validation": None if validation_data is None else _digest_arrays(validation_data[:3]),
                       "callbacks": [cb.checkpoint_settings() for cb in keepers]},
         )  # fmt: skip
@@ -479,17 +435,127 @@ def _prepare(  # fmt: skip
         run = run._replace(data=_device_data(X, y, weight, batch_size, device, mesh, validation_data))
     # The run's end is known only now (a checkpoint may have moved its start).
     total_steps = min(initial_step + epochs * run.steps_per_epoch, _MOST_COUNT)
-    run = run._replace(numbers=core.pack(numbers._replace(rate=rate._replace(total_steps=total_steps)), dtype))
+    numbers = settings.numbers()
+    run = run._replace(numbers=core.pack(numbers._replace(rate=numbers.rate._replace(total_steps=total_steps)), dtype))
     stored = (lambda part: None if part is None else part.X.shape[0])  # noqa: E731
     run = run._replace(spec=run.spec._replace(shapes=(d, k, np.dtype(dtype).name, stored(run.data),
                                                       stored(validation_data))))  # fmt: skip
     if engine != "streamed":
-        run = run._replace(reference_loss=functools.partial(_reference_loss, the_loss, X, y, weight, epsilon))
+        run = run._replace(reference_loss=functools.partial(_reference_loss, settings.loss, X, y, weight,
+                                                                settings.epsilon))
     if device is not None:
         state = jax.device_put(state, device)
     if mesh is not None:
         state = parallel.put_replicated(state, mesh)
-    return engines.get(engine), run, state, log_every if verbose else None, callback, dtype, average_start
+    return engines.get(engine), run, state, log_every if verbose else None, callback, dtype, settings.average_start
+
+
+class _Settings(NamedTuple):
+    """What a run does, checked once: its compiled program's key (`spec`),
+    its traced numbers (`numbers`), and the part of its identity that
+    checkpoints compare (`identity`). Data, start and placement are apart."""
+
+    epochs: int
+    batch_size: int
+    rule: Rule
+    lr: Optional[float]  # None with an optax transformation, which carries its own
+    schedule: schedules.Schedule
+    power_t: float
+    loss: losses.Loss
+    epsilon: float
+    penalty: penalties.Penalty
+    alpha: float
+    average_start: Optional[int]
+    tol: float  # -inf: no stopping rule
+    n_iter_no_change: int
+    shuffle: Any  # True, False, "host" or "device"
+    fit_intercept: bool
+    max_slope: Optional[float]
+    smoothing: float
+
+    def spec(self, *, sharding, weighted: bool, stops: bool, smooth: bool) -> core.Spec:
+        return core.Spec(
+            loss=self.loss, rule=self.rule, schedule=self.schedule, l1=self.penalty.l1 > 0, l2=self.penalty.l2 > 0,
+            average=self.average_start is not None, batch_size=self.batch_size, sharding=sharding, stops=stops,
+            fit_intercept=self.fit_intercept, weighted=weighted, smooth=smooth, max_slope=self.max_slope,
+        )  # fmt: skip
+
+    def numbers(self) -> core.Numbers:
+        rate = schedules.Rate(
+            eta0=self.lr if self.lr is not None else 0.0, power_t=self.power_t,
+            t0=schedules.optimal_t0(self.alpha) if self.alpha > 0 else 1.0, alpha=self.alpha,
+        )  # fmt: skip
+        return core.Numbers(
+            rate=rate, rule=RuleNumbers(), penalty=self.penalty, epsilon=self.epsilon, smoothing=self.smoothing,
+            average_start=self.average_start or 1, stop=core.StopNumbers(tol=self.tol, patience=self.n_iter_no_change),
+        )  # fmt: skip
+
+    def identity(self) -> dict:
+        """The settings as a checkpoint records them: functions by digest, and
+        whether the run shuffles rather than where (host and device draw the same orders)."""
+        schedule = self.schedule
+        return {
+            "batch_size": self.batch_size, "lr": self.lr, "optimizer": _rule_name(self.rule),
+            "loss": _function_name("loss", self.loss.name, self.loss.function), "penalty": list(self.penalty),
+            "alpha": self.alpha, "epsilon": self.epsilon,
+            "schedule": schedule if isinstance(schedule, str) else _function_name("schedule", "custom", schedule),
+            "power_t": self.power_t, "average": self.average_start, "tol": self.tol,
+            "n_iter_no_change": self.n_iter_no_change, "shuffle": bool(self.shuffle),
+            "fit_intercept": self.fit_intercept, "max_slope": self.max_slope, "smoothing": self.smoothing,
+        }  # fmt: skip
+
+
+# The settings checked alone, each by its own rule (the others are checked together in `_check_settings`).
+_SETTING_CHECKS = {
+    "epochs": functools.partial(validate.check_int, low=0),
+    "power_t": functools.partial(validate.check_real, low=-math.inf, low_open=True),
+    "epsilon": functools.partial(validate.check_real, low=0.0, low_open=False),
+    "n_iter_no_change": functools.partial(validate.check_int, low=1),
+    "smoothing": functools.partial(validate.check_real, low=0.0, high=1.0),
+    "shuffle": functools.partial(validate.check_choice, choices=(True, False, "host", "device")),
+}
+
+
+def _check_settings(n: int, k: int, dtype, **given) -> _Settings:
+    """`fit`'s settings for n rows of k outputs in `dtype`, checked, or a ValueError naming the one at fault."""
+    alone = {name: check(name, given[name]) for name, check in _SETTING_CHECKS.items()}
+    batch_size = validate.check_int("batch_size", given["batch_size"], low=1, high=n, high_name="the number of examples")
+    rule = check_rule(given["optimizer"])
+    # An optax transformation carries its own learning rate.
+    lr = validate.check_real("lr", given["lr"], low=0.0) if isinstance(rule, str) else None
+    schedule = schedules.check(given["schedule"])
+    loss = losses.resolve(given["loss"])
+    losses.check_entries(loss, batch_size, k, dtype)
+    penalty = penalties.make(given["penalty"], given["alpha"], given["l1_ratio"])
+    alpha = float(given["alpha"])
+    if not isinstance(rule, str):
+        # The schedule's rate scales the named rules' steps and the L1 step; an
+        # optax transformation keeps its rate to itself, so neither could apply.
+        if schedule != "constant":
+            raise ValueError(
+                f"`schedule` (={_shown(schedule)}) cannot apply to an optax `optimizer`, which carries its own "
+                "learning rate: give the schedule to the optimizer (optax.sgd(optax.exponential_decay(...)))."
+            )
+        if penalty.l1 > 0:
+            raise ValueError(
+                f"`penalty` (={given['penalty']!r}) takes an L1 step scaled by the learning rate, which an optax "
+                "`optimizer` keeps to itself: use optimizer='sgd', 'momentum', 'nesterov' or 'adam' for L1."
+            )
+    if schedule == "optimal" and alpha <= 0:
+        raise ValueError(f"`alpha` (={alpha}) must be > 0 with schedule='optimal', which divides by it.")
+    tol = given["tol"]
+    tol = -math.inf if tol is None else validate.check_real("tol", tol, low=-math.inf, low_open=True)
+    max_slope = given["max_slope"]
+    max_slope = None if max_slope is None else validate.check_real("max_slope", max_slope, low=0.0)
+    settings = _Settings(
+        batch_size=batch_size, rule=rule, lr=lr, schedule=schedule, loss=loss, penalty=penalty, alpha=alpha,
+        average_start=_average_start(given["average"]), tol=tol, fit_intercept=bool(given["fit_intercept"]),
+        max_slope=max_slope, **alone,
+    )  # fmt: skip
+    for name, value in (("lr", lr), ("alpha", alpha), ("epsilon", settings.epsilon), ("power_t", settings.power_t)):
+        if value is not None and not _finite_in(value, dtype):
+            raise ValueError(f"`{name}` (={value}) must be finite in {np.dtype(dtype).name}, the data's precision.")
+    return settings
 
 
 _WORDS_AHEAD = 1024
