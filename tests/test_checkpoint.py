@@ -327,6 +327,6 @@ def test_resume_refuses_another_alpha_of_the_optimal_schedule_without_a_penalty(
     X = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
     y = X.sum(axis=1)
     settings = dict(key=jax.random.key(0), checkpoint=tmp_path, schedule="optimal", penalty=None)
-    jaxlr.fit(X, y, epochs=1, alpha=0.01, **settings)
-    with pytest.raises(jaxlr.checkpoint.CheckpointError, match="alpha=0.01, now 0.1"):
-        jaxlr.fit(X, y, epochs=2, alpha=0.1, resume=True, **settings)
+    jaxlr.fit(X, y, epochs=1, alpha=10.0, **settings)
+    with pytest.raises(jaxlr.checkpoint.CheckpointError, match="alpha=10.0, now 20.0"):
+        jaxlr.fit(X, y, epochs=2, alpha=20.0, resume=True, **settings)
