@@ -157,7 +157,7 @@ def _diverged(err, args):
     text = _one_line(err)
     if args is not None and getattr(args, "standardize", False):
         text = re.sub(r",? or standardize the features[^.]*", "", text)
-    return text.replace("`lr`", "--lr")
+    return text.replace("`lr`", "--lr").replace("`alpha`", "--alpha")
 
 
 def _one_line(err):

@@ -84,15 +84,16 @@ class TrainingDiverged(FloatingPointError):
         state: the whole FitState of the last good step.
     """
 
-    def __init__(self, epoch, batch, last_finite_loss, state, lr, limit=None, dtype=np.float32):
+    def __init__(self, epoch, batch, last_finite_loss, state, lr, limit=None, dtype=np.float32, lower=None):
         self.epoch, self.batch = epoch, batch
         self.last_finite_loss = last_finite_loss
         self.params, self.opt_state = state.params, state.opt_state
         # The last good state, to continue from (with a lower rate, say): it is sound, so it says so.
         self.state = state._replace(ok=jnp.asarray(True))
         last = "none" if last_finite_loss is None else f"{last_finite_loss:.3g}"
-        rate = f"`lr` (={lr})" if lr is not None else "the optimizer's learning rate"
-        advice = f"Lower {rate}, or standardize the features so that they share one scale."
+        # `lower`: what to change for smaller steps, when `lr` does not set them.
+        lower = lower or ("Lower " + (f"`lr` (={lr})" if lr is not None else "the optimizer's learning rate"))
+        advice = f"{lower}, or standardize the features so that they share one scale."
         precision = np.dtype(dtype).name
         if last_finite_loss is None or last_finite_loss > 1e-6 * float(np.finfo(dtype).max):
             # The loss of the starting params (or one near the dtype's limit) is
@@ -100,7 +101,7 @@ class TrainingDiverged(FloatingPointError):
             wider = ", or compute in float64" if np.dtype(dtype).itemsize < 8 else ""
             advice = (
                 f"The data's values are too large for the loss to be computed in {precision}, whatever "
-                f"{rate}: centre and scale the target and the features (jaxlr.Standardizer; "
+                "the learning rate: centre and scale the target and the features (jaxlr.Standardizer; "
                 f"--standardize on the command line){wider}."
             )
         what = "the loss or the parameters stopped being finite"
@@ -423,7 +424,8 @@ def _prepare(  # fmt: skip
     run = _Run(
         spec=spec, numbers=None, epochs=epochs, initial_epoch=initial_epoch, initial_step=initial_step,
         steps_per_epoch=-(-n // batch_size), rows=n, draw=draw, shuffle_key=shuffle_key, mesh=mesh,
-        keep_steps=bool(record_steps), epochs_per_call=per_call, lr=lr, known_words=known_words, capped=capped,
+        keep_steps=bool(record_steps), epochs_per_call=per_call, lr=lr, lower=settings.lower(), known_words=known_words,
+        capped=capped,
         loss_growth=bool(loss_growth),
     )  # fmt: skip
     run = run._replace(validation_data=core.Data(None, None, None, None, validation_data))
@@ -489,6 +491,14 @@ class _Settings(NamedTuple):
             rate=rate, rule=RuleNumbers(), penalty=self.penalty, epsilon=self.epsilon, smoothing=self.smoothing,
             average_start=self.average_start or 1, stop=core.StopNumbers(tol=self.tol, patience=self.n_iter_no_change),
         )  # fmt: skip
+
+    def lower(self) -> Optional[str]:
+        """What a diverged run should change for smaller steps, where it is not `lr`."""
+        if self.lr is not None and self.schedule == "optimal":
+            return f"Raise `alpha` (={self.alpha}), whose inverse sets the 'optimal' schedule's rates"
+        if self.lr is not None and callable(self.schedule):
+            return "Lower the rates of the `schedule`"
+        return None
 
     def identity(self) -> dict:
         """The settings as a checkpoint records them: functions by digest, and
@@ -583,6 +593,7 @@ class _Run(NamedTuple):
     keep_steps: bool
     epochs_per_call: Any  # None: as many as fit; "auto": as many as take about CHECKPOINT_SECONDS
     lr: Any
+    lower: Optional[str] = None  # the advice for smaller steps where `lr` does not set them (`_Settings.lower`)
     data: Any = None  # core.Data on the device (fused)
     host_rows: Any = None  # (X, y, weight) in host memory (loop)
     stream: Any = None  # an NpyStream (streamed)
@@ -708,7 +719,8 @@ def _raise_diverged(engine, run: _Run, block, limit, *, grew: bool):
     if limit is not None and done < np.shape(seen)[0] and math.isfinite(seen[done]) and seen[done] > limit:
         grew = True  # the step that failed had a finite loss: it was the growth rule that stopped it
     raise TrainingDiverged(block.first_epoch + epoch, batch, None if math.isnan(last) else last, state, run.lr,
-                           limit=limit if grew else None, dtype=np.asarray(run.numbers[0]).dtype)  # fmt: skip
+                           limit=limit if grew else None, dtype=np.asarray(run.numbers[0]).dtype,
+                           lower=run.lower)  # fmt: skip
 
 
 def _result(state, loss_parts, moving_parts, epoch_parts, dtype, average_start) -> FitResult:

@@ -95,3 +95,18 @@ def test_two_user_losses_are_two_programs():
     named = jaxlr.fit(X, y, loss="squared", **settings)
     np.testing.assert_array_equal(np.asarray(square.params.w), np.asarray(named.params.w))
     assert np.abs(np.asarray(absolute.params.w) - np.asarray(square.params.w)).max() > 1e-4
+
+
+@pytest.mark.parametrize(
+    "settings, advice",
+    [
+        (dict(lr=10.0), "Lower `lr` (=10.0)"),
+        (dict(schedule="optimal", alpha=1e-4), "Raise `alpha` (=0.0001)"),
+        (dict(schedule=lambda count: 10.0 + 0 * count), "Lower the rates of the `schedule`"),
+    ],
+)
+def test_the_advice_names_what_sets_the_step_size(settings, advice):
+    X = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32) * 3
+    with pytest.raises(jaxlr.TrainingDiverged) as caught:
+        jaxlr.fit(X, X.sum(axis=1) * 100, key=jax.random.key(0), epochs=3, **settings)
+    assert advice in str(caught.value) and ("`lr`" in str(caught.value)) == ("lr" in settings)
