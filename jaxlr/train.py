@@ -875,7 +875,7 @@ def _device_data(X, y, weight, batch_size, device, mesh, validation) -> core.Dat
     n = X.shape[0]
     global_rows = isinstance(X, jax.Array) and not X.is_fully_addressable
     N = core.padded_rows(n, batch_size)
-    if isinstance(X, np.ndarray) and X.nbytes > _KEEP_PADDED_BYTES:
+    if isinstance(X, np.ndarray) and not _pads(X):
         X, y = _unpadded(X, device), _unpadded(y, device)
     elif not global_rows:  # rows spread over processes are used as they are
         X, y = _padded(X, device, N), _padded(y, device, N)
@@ -901,7 +901,7 @@ def _padded(array, device, rows):
     kept while the array lives: refitting the same data (a sweep by hand, the
     notebook) then costs no copy.
     """
-    if isinstance(array, jax.Array) and array.nbytes > _KEEP_PADDED_BYTES:
+    if isinstance(array, jax.Array) and not _pads(array):
         return array if device is None else jax.device_put(array, device)
     if not isinstance(array, jax.Array) or device is not None:
         return to_device(array, device, rows=rows)
@@ -918,7 +918,7 @@ def _padded(array, device, rows):
 def rows_on_device(array: np.ndarray, device=None):
     """Host rows on the device as `fit` keeps them: a large table as it is
     (in place where JAX can), a small one copied in pieces."""
-    return _unpadded(array, device) if array.nbytes > _KEEP_PADDED_BYTES else to_device(array, device)
+    return to_device(array, device) if _pads(array) else _unpadded(array, device)
 
 
 def _unpadded(array: np.ndarray, device):
@@ -928,6 +928,13 @@ def _unpadded(array: np.ndarray, device):
     if target.platform == "cpu" and is_aligned(array):
         return jax.device_put(array, device)
     return to_device(array, device)
+
+
+def _pads(array) -> bool:
+    """Whether `fit` pads `array`'s rows to a bucketed count, in a copy: a small
+    table, so that other row counts reuse its program; a large one is used as
+    it is, in place where JAX can, and compiles for its exact count."""
+    return array.nbytes <= _KEEP_PADDED_BYTES
 
 
 _KEEP_PADDED_BYTES = 16 << 20
