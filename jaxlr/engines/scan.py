@@ -16,6 +16,9 @@ as the sequential `core.run_epoch`, in one of two exact forms:
   L2 and carried by momentum otherwise). The chunk's Grams and inverses are
   computed for many chunks at once; only a few matrix-vector products per
   chunk remain in sequence. The residuals give each step's loss for free.
+  Plain SGD without averaging takes a lean form of it (`_lean_block`): per
+  chunk of `LEAN_ROWS` rows, one triangular solve (`solve_triangular`) and
+  one rank-`LEAN_ROWS` update, with no impulse responses nor inverse.
 - **Composed maps** (batches large against the number of features). Each
   step is the map ``z -> T z + u`` of the params (and momentum); maps are
   composed by `jax.lax.associative_scan`, so a block of T steps takes
