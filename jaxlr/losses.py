@@ -121,9 +121,10 @@ class Loss(NamedTuple):
 def resolve(loss: Union[str, LossFunction]) -> Loss:
     """The Loss named by `loss` ("squared", "huber", ...), or a user's function.
 
-    A user's function is called as ``loss(yhat, y, epsilon)`` when it accepts
-    three arguments and ``loss(yhat, y)`` otherwise, and must return one loss
-    per entry (the shape of yhat), not their mean.
+    A user's function is called as ``loss(yhat, y, epsilon)`` when its third
+    parameter has no default or is called `epsilon`, and ``loss(yhat, y)``
+    otherwise (a third parameter with a default and another name is its
+    own); it must return one loss per entry (the shape of yhat), not their mean.
     """
     if isinstance(loss, str):
         if loss not in LOSSES:
@@ -166,7 +167,7 @@ def _checked_entries(loss: Loss, rows: int, outputs: int, dtype) -> None:
 
 
 def _with_epsilon(function: LossFunction) -> LossFunction:
-    if validate.takes_arguments(function, 3):
+    if validate.takes_argument(function, 3, "epsilon"):
         return function
     return _TwoArgumentLoss(function)
 

@@ -179,6 +179,8 @@ def _contents(cell):
 def _value_of(obj, seen: set):
     if obj is _EMPTY:
         return obj
+    if isinstance(obj, (int, float)) and not isinstance(obj, bool) and float(obj) == obj and abs(obj) < 2**53:
+        return ("number", float(obj))  # 30 and 30.0 alike (optax turns some of its ints to floats)
     if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes)):
         return (type(obj).__name__, obj)
     if isinstance(obj, np.generic):
@@ -198,13 +200,47 @@ def _value_of(obj, seen: set):
     if isinstance(obj, functools.partial):
         return ("partial", _value_of(obj.func, seen), _value_of(obj.args, seen), _value_of(obj.keywords, seen))
     if isinstance(obj, types.FunctionType):
-        code = obj.__code__
         cells = tuple(_value_of(_contents(cell), seen) for cell in obj.__closure__ or ())
-        return ("function", obj.__module__, obj.__qualname__, code.co_firstlineno, cells,
-                _value_of(obj.__defaults__, seen), _value_of(obj.__kwdefaults__, seen))  # fmt: skip
+        return ("function", obj.__module__, obj.__qualname__, _code_value(obj.__code__), _globals_read(obj, seen),
+                cells, _value_of(obj.__defaults__, seen), _value_of(obj.__kwdefaults__, seen))  # fmt: skip
     if isinstance(obj, (types.BuiltinFunctionType, type)):
         return ("named", getattr(obj, "__module__", None), obj.__qualname__)
+    call = getattr(type(obj), "__call__", None)
+    if isinstance(call, types.FunctionType) and hasattr(obj, "__dict__"):  # an instance of a callable class
+        return ("instance", _value_of(type(obj), seen), _value_of(call, seen), _value_of(vars(obj), seen))
     raise _NoValue
+
+
+def _code_value(code: types.CodeType) -> tuple:
+    """What a function's code does: its bytecode and constants, those of the
+    functions defined in it too (a number edited in place changes it)."""
+    constants = tuple(_code_value(c) if isinstance(c, types.CodeType) else (type(c).__name__, repr(c))
+                      for c in code.co_consts)  # fmt: skip
+    return (code.co_code, constants)
+
+
+def _names_read(code: types.CodeType) -> set:
+    return set(code.co_names).union(*(_names_read(c) for c in code.co_consts if isinstance(c, types.CodeType)))
+
+
+def _globals_read(function: types.FunctionType, seen: set) -> tuple:
+    """The module-level values `function` reads: plain values in full;
+    modules, functions and classes by name; any other object by its type."""
+    found = []
+    for name in sorted(_names_read(function.__code__)):
+        if name not in function.__globals__:
+            continue  # an attribute's name, or a builtin
+        value = function.__globals__[name]
+        if isinstance(value, types.ModuleType):
+            found.append((name, "module", value.__name__))
+        elif isinstance(value, (types.FunctionType, types.BuiltinFunctionType, type)):
+            found.append((name, "named", getattr(value, "__module__", None), value.__qualname__))
+        else:
+            try:
+                found.append((name, _value_of(value, seen)))
+            except _NoValue:
+                found.append((name, "object", type(value).__qualname__))
+    return tuple(found)
 
 
 def _transformation(rule: Rule, numbers: RuleNumbers):

@@ -11,8 +11,9 @@ scikit-learn's four, with t counting updates from 1:
 The schedule's name is part of the compiled program and its numbers are
 traced, so new values compile nothing. Any optax schedule (a function of the
 step count, from 0) may be given instead; it is part of the program too. A
-function of two arguments is given the run's total number of updates as
-well, so it can end where the run does::
+function whose second argument has no default, or is called `total`, is
+given the run's total number of updates as well (the budget of `epochs`,
+counting a given `state`'s updates), so it can end where the run does::
 
     fit(X, y, key=key, schedule=lambda count, total: 0.05 * (1 - count / total))
 """
@@ -62,7 +63,7 @@ def rate(schedule: Schedule, numbers: Rate, t: jax.Array, drops: jax.Array) -> j
     if callable(schedule):
         # A schedule may ignore its argument (optax.constant_schedule): one rate per step still.
         t = jnp.asarray(t)
-        value = schedule(t - 1, numbers.total_steps) if validate.takes_arguments(schedule, 2) else schedule(t - 1)
+        value = schedule(t - 1, numbers.total_steps) if validate.takes_argument(schedule, 2, "total") else schedule(t - 1)
         return jnp.broadcast_to(jnp.asarray(value), t.shape)
     t = jnp.asarray(t, jnp.asarray(numbers.eta0).dtype)
     if schedule == "optimal":

@@ -996,9 +996,10 @@ def _check_opt_state(opt_state, like, d, k, name):
 
 def _function_name(setting: str, name: str, function) -> str:
     """A loss or schedule as checkpoints record it: its name, and for a user's
-    function a digest of what it does (its code and the values it closes
-    over). One whose values cannot be compared is refused: a checkpoint could
-    not tell whether it resumes the same run."""
+    function a digest of what it does (its code and constants, the values it
+    closes over and the plain values of the globals it reads). One whose
+    values cannot be compared is refused: a checkpoint could not tell whether
+    it resumes the same run."""
     if function in losses.LOSSES.values():
         return name
     parts = []
@@ -1011,8 +1012,7 @@ def _function_name(setting: str, name: str, function) -> str:
             f"`{setting}` (={name!r}) closes over values that cannot be compared between runs, so a checkpoint "
             "could not tell whether it resumes the same run: use a function of plain numbers, or no `checkpoint`."
         )
-    code = getattr(getattr(function, "__code__", None), "co_code", b"")
-    return f"{name} " + hashlib.sha256(repr((parts, value, code)).encode()).hexdigest()[:16]
+    return f"{name} " + hashlib.sha256(repr((parts, value)).encode()).hexdigest()[:16]
 
 
 def _digest_arrays(arrays) -> str:
@@ -1300,6 +1300,13 @@ def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01
     if unknown:
         raise TypeError(f"sweep() got an unexpected keyword argument {unknown[0]!r}")
     epochs = validate.check_int("epochs", epochs, low=1)
+    schedule = settings.get("schedule", "constant")
+    if callable(schedule) or schedule == "optimal":
+        # Its rates come from the schedule alone (or from alpha): `lrs` would change nothing.
+        raise ValueError(
+            f"`schedule` (={_shown(schedule)}) sets the rates without `lr`, so the runs of `lrs` would all be one: "
+            "sweep a schedule that scales `lr` (constant, invscaling, adaptive)."
+        )
     # `fit` checks and prepares everything (the rates are set below); the sweep then vmaps its program.
     given = dict(key=key, epochs=epochs, lr=1.0, batch_size=batch_size, init=params,
                  smoothing=smoothing, devices=device, **settings)  # fmt: skip

@@ -17,15 +17,21 @@ import numpy as np
 from jaxlr.arrays import aligned
 
 
-def takes_arguments(function, count: int) -> bool:
-    """Whether a user's `function` can be called with `count` positional arguments
-    (a loss with its epsilon, a schedule with the run's total steps)."""
+def takes_argument(function, position: int, name: str) -> bool:
+    """Whether a user's `function` asks for an argument at `position` (from 1)
+    that jaxlr may give: a loss its `epsilon` (third), a schedule the run's
+    `total` updates (second). It asks when that positional parameter has no
+    default or is called `name`, or when it takes ``*args``; a parameter
+    there with a default and another name is the user's own, left alone."""
     try:
         parameters = inspect.signature(function).parameters.values()
     except (TypeError, ValueError):  # a builtin or a C function: as few as it is given
         return False
-    positional = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters)
-    return positional >= count or any(p.kind == p.VAR_POSITIONAL for p in parameters)
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) >= position:
+        wanted = positional[position - 1]
+        return wanted.default is inspect.Parameter.empty or wanted.name == name
+    return any(p.kind == p.VAR_POSITIONAL for p in parameters)
 
 
 def _describe(value):

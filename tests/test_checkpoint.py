@@ -330,3 +330,50 @@ def test_resume_refuses_another_alpha_of_the_optimal_schedule_without_a_penalty(
     jaxlr.fit(X, y, epochs=1, alpha=10.0, **settings)
     with pytest.raises(jaxlr.checkpoint.CheckpointError, match="alpha=10.0, now 20.0"):
         jaxlr.fit(X, y, epochs=2, alpha=20.0, resume=True, **settings)
+
+
+RATE = 0.05  # read by a schedule below as a global
+
+
+def _schedule_of_a_global(count):
+    return RATE + 0 * count
+
+
+class _Decay:
+    def __init__(self, peak):
+        self.peak = peak
+
+    def __call__(self, count, total):
+        return self.peak * (1 - count / total)
+
+
+def test_a_users_function_is_known_by_its_constants_globals_and_attributes(tmp_path, monkeypatch):
+    X = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    y = X.sum(axis=1)
+    settings = dict(key=jax.random.key(0), batch_size=8, checkpoint=tmp_path)
+    # A number edited in place (the same name, line and closure) is another function.
+    first = eval("lambda count: 0.05 + 0 * count")
+    jaxlr.fit(X, y, epochs=1, schedule=first, **settings)
+    with pytest.raises(jaxlr.checkpoint.CheckpointError, match="schedule="):
+        jaxlr.fit(X, y, epochs=2, schedule=eval("lambda count: 0.5 + 0 * count"), resume=True, **settings)
+    jaxlr.fit(X, y, epochs=2, schedule=eval("lambda count: 0.05 + 0 * count"), resume=True, **settings)
+    # So is one whose global changed.
+    jaxlr.fit(X, y, epochs=1, schedule=_schedule_of_a_global, overwrite=True, **settings)
+    monkeypatch.setattr(sys.modules[__name__], "RATE", 0.5)
+    with pytest.raises(jaxlr.checkpoint.CheckpointError, match="schedule="):
+        jaxlr.fit(X, y, epochs=2, schedule=_schedule_of_a_global, resume=True, **settings)
+    # A callable object is known by its attributes.
+    jaxlr.fit(X, y, epochs=1, schedule=_Decay(0.05), overwrite=True, **settings)
+    jaxlr.fit(X, y, epochs=2, schedule=_Decay(0.05), resume=True, **settings)
+    with pytest.raises(jaxlr.checkpoint.CheckpointError, match="schedule="):
+        jaxlr.fit(X, y, epochs=3, schedule=_Decay(0.5), resume=True, **settings)
+
+
+def test_an_optax_schedule_resumes_in_the_process_that_ran_it(tmp_path):
+    """optax turns some of its ints into floats as it runs: 30 and 30.0 are one value."""
+    X = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    y = X.sum(axis=1)
+    schedule = optax.cosine_decay_schedule(0.05, 30)
+    settings = dict(key=jax.random.key(0), batch_size=4, schedule=schedule, checkpoint=tmp_path)
+    jaxlr.fit(X, y, epochs=2, **settings)
+    jaxlr.fit(X, y, epochs=4, resume=True, **settings)

@@ -451,3 +451,13 @@ def test_with_float64_on_a_float32_table_trains_in_float32_as_fit_does():
         alike = jaxlr.fit(X.astype(np.float32), y.astype(np.float32), key=jax.random.key(0), epochs=1)
         assert model._state.params.w.dtype == alike.params.w.dtype == np.float32
         assert jaxlr.SGDRegressor(random_state=0).fit(X, y)._state.params.w.dtype == np.float64
+
+
+def test_each_parameter_takes_the_values_scikit_learns_takes():
+    """Its parameter constraints are scikit-learn's, but where the README's table says otherwise."""
+    ours, theirs = jaxlr.SGDRegressor._parameter_constraints, SklearnSGDRegressor._parameter_constraints
+    differ = {name for name in set(ours) & set(theirs) if [str(c) for c in ours[name]] != [str(c) for c in theirs[name]]}
+    # average: ints from 1 either way, written [1, inf) against (0, inf); the
+    # passive-aggressive rates "pa1" and "pa2" are not jaxlr's.
+    assert differ == {"average", "learning_rate"}
+    assert set(theirs) <= set(ours)

@@ -437,9 +437,6 @@ def test_a_schedule_of_two_arguments_is_given_the_runs_total_updates(engine):
                       **settings)  # fmt: skip
     once_more = jaxlr.fit(X, y, epochs=1, lr=0.05, state=halfway.state, **settings)
     np.testing.assert_allclose(again.params.w, once_more.params.w, rtol=1e-6)
-    swept = jaxlr.sweep(X, y, key=jax.random.key(0), lrs=[1.0], epochs=4, batch_size=8,
-                        schedule=lambda count, total: 0.05 * (count < total // 2))  # fmt: skip
-    np.testing.assert_allclose(swept.params.w[0], whole.params.w, rtol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -469,3 +466,40 @@ def test_every_engine_says_what_it_cannot_run():
     from jaxlr.engines import plan
 
     assert set(plan.REFUSES) | {"auto"} == set(jaxlr.names.ENGINES)
+
+
+def test_a_parameter_with_a_default_of_the_users_own_is_left_alone():
+    """Only a required parameter, or one called `total` / `epsilon`, is given the run's value."""
+    X = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    y = X.sum(axis=1)
+    settings = dict(key=jax.random.key(0), epochs=1, batch_size=8)
+
+    def own_scale(count, scale=2.0):
+        return 0.01 * scale + 0 * count
+
+    def with_total(count, total=None):
+        return 0.02 * (count < total // 2)
+
+    plain = jaxlr.fit(X, y, lr=0.02, **settings)
+    np.testing.assert_array_equal(jaxlr.fit(X, y, schedule=own_scale, **settings).params.w, plain.params.w)
+    halfway = jaxlr.fit(X, y, schedule=with_total, **settings)
+    assert not np.allclose(halfway.params.w, plain.params.w)
+
+    def loss_with_scale(yhat, target, scale=1.0):
+        return scale * (yhat - target) ** 2
+
+    def loss_with_epsilon(yhat, target, epsilon=None):
+        return (yhat - target) ** 2 * (epsilon > 0.5)
+
+    squared = jaxlr.fit(X, y, loss="squared", **settings)
+    np.testing.assert_array_equal(jaxlr.fit(X, y, loss=loss_with_scale, **settings).params.w, squared.params.w)
+    # epsilon 0.1 reaches it: the loss is zero, so nothing moves from the start
+    start = jaxlr.fit(X, y, **{**settings, "epochs": 0}).params.w
+    np.testing.assert_array_equal(jaxlr.fit(X, y, loss=loss_with_epsilon, epsilon=0.1, **settings).params.w, start)
+
+
+@pytest.mark.parametrize("schedule", ["optimal", lambda count: 0.01 + 0 * count])
+def test_a_sweep_refuses_a_schedule_that_ignores_lr(schedule):
+    X = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"`schedule` \(=.*\) sets the rates without `lr`"):
+        jaxlr.sweep(X, X.sum(axis=1), key=jax.random.key(0), lrs=[0.01, 0.1], schedule=schedule)
