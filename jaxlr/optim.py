@@ -226,7 +226,7 @@ def _names_read(code: types.CodeType) -> set:
 def _globals_read(function: types.FunctionType, seen: set) -> tuple:
     """The module-level values `function` reads: plain values in full;
     modules, functions and classes by name; any other object by its type."""
-    found = []
+    found: list[tuple] = []
     for name in sorted(_names_read(function.__code__)):
         if name not in function.__globals__:
             continue  # an attribute's name, or a builtin

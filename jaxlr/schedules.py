@@ -30,7 +30,7 @@ from jaxlr import names, validate
 
 SCHEDULES = names.SCHEDULES
 
-Schedule = Union[str, Callable[[jax.Array], jax.Array]]
+Schedule = Union[str, Callable[..., jax.Array]]  # of (count) or (count, total)
 
 
 class Rate(NamedTuple):
