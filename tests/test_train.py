@@ -432,6 +432,8 @@ def test_a_schedule_of_two_arguments_is_given_the_runs_total_updates(engine):
     halfway = jaxlr.fit(X, y, epochs=4, schedule=lambda count, total: 0.05 * (count < total // 2), **settings)
     whole = jaxlr.fit(X, y, epochs=2, lr=0.05, **settings)
     np.testing.assert_allclose(halfway.params.w, whole.params.w, rtol=1e-6)
+    if engine != "fused":
+        return  # the total is the driver's, the same for every engine
     # Going on from a state: the total counts the updates made before as well.
     again = jaxlr.fit(X, y, epochs=2, state=halfway.state, schedule=lambda count, total: 0.05 * (count < total - 8),
                       **settings)  # fmt: skip
