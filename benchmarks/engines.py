@@ -22,7 +22,7 @@ import jaxlr
 from benchmarks.harness import Row, available, interleaved_rows
 from jaxlr.engines import auto
 
-FEATURES = (10, 100)
+FEATURES = (10, 50, 100)
 BATCHES = (1, 8, 64, 1024)
 
 
