@@ -166,7 +166,10 @@ def in_training_precision(name, value):
     with np.errstate(over="ignore", invalid="ignore"):
         cast = aligned(value, dtype)  # the copy aligned: on a CPU, JAX then uses it in place
         narrowed = np.dtype(dtype).itemsize < value.dtype.itemsize and value.dtype.kind == "f"
-        if narrowed and not np.isfinite(cast.sum()):
+        if narrowed and np.isfinite(cast.sum()):
+            casts = _finite_casts  # the callback may run at exit, after the module's globals are gone
+            casts[id(cast)] = weakref.ref(cast, lambda _, key=id(cast): casts.pop(key, None))
+        elif narrowed:
             overflowed = np.isinf(cast) & np.isfinite(value)
             if overflowed.any():
                 index = np.unravel_index(int(np.argmax(overflowed)), value.shape)
@@ -217,7 +220,17 @@ def _check_finite(X, y):
 
 def _finite_sums(X, y):
     with np.errstate(over="ignore", invalid="ignore"):  # a sum that overflows only sends us looking
-        return np.isfinite(np.sum(X)) and np.isfinite(np.sum(y))
+        return all(_is_finite_cast(a) or np.isfinite(np.sum(a)) for a in (X, y))
+
+
+# Casts `in_training_precision` made and summed to a finite number: proven
+# finite already, so `_check_finite` need not pass over them again.
+_finite_casts: dict = {}  # id -> weak reference
+
+
+def _is_finite_cast(array) -> bool:
+    ref = _finite_casts.get(id(array))
+    return ref is not None and ref() is array
 
 
 _checked: dict = {}  # (id(X), id(y)) -> weak references to X and y
