@@ -4,6 +4,7 @@ Every error names the argument and the value it got, so that a bad call fails
 at once, with a message that says what to change, and before any work is done.
 """
 
+import functools
 import inspect
 import math
 import numbers
@@ -80,11 +81,18 @@ def check_key(key, name="key"):
     if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) and shape == ():
         return key
     if dtype == np.uint32 and shape == (2,):
+        if isinstance(key, np.ndarray):  # the same typed key for the same words: a refit does no device work
+            return _wrapped_key(key.tobytes())
         return jax.random.wrap_key_data(jnp.asarray(key))
     raise TypeError(
         f"`{name}` (={_describe(key)}) must be a single PRNG key, "
         "e.g. jax.random.key(0); JAX has no global seed."
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _wrapped_key(words: bytes):
+    return jax.random.wrap_key_data(jnp.asarray(np.frombuffer(words, np.uint32)))
 
 
 def check_optimizer(optimizer):
