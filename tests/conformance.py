@@ -103,6 +103,8 @@ def _refused_by_sweep(s) -> str | None:
     for name in ("optimizer", "tol", "validation", "record_steps"):
         if name in s:
             return name
+    if s.get("schedule") in ("optimal", "decaying"):  # their rates ignore `lr`, which a sweep varies
+        return "schedule"
     return None
 
 
