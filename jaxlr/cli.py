@@ -436,11 +436,9 @@ def table_request(args):
         if given:
             raise UsageError(f"{', '.join(given)} need{'s' if len(given) == 1 else ''} --data.")
         return None
-    target = args.target
+    target = args.target if args.target is not None else reader_for(args.data).target
     if target is None:
-        if not args.data.lower().endswith(".npz"):
-            raise UsageError("--data needs --target (a column name or 0-based index).")
-        target = "y"  # a .npz table's target is its array y
+        raise UsageError("--data needs --target (a column name or 0-based index).")
     features = None if args.features is None else _names(args.features)
     return dict(path=args.data, target=target, features=features, weight=getattr(args, "sample_weight", None),
                 categorical=_names(args.categorical), drop=_names(args.drop), max_categories=args.max_categories)

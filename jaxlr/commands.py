@@ -470,7 +470,7 @@ def _streamed(args):
             raise UsageError(f"--{option.replace('_', '-')} needs the data in memory; it cannot go with --stream.")
     if args.target_scaling != "none":
         raise UsageError("--target-scaling needs the data in memory; it cannot go with --stream.")
-    if args.data is None or not args.data.endswith(".npy"):
+    if args.data is None or not reader_for(args.data).streams:
         raise UsageError("--stream reads a .npy matrix: give --data FILE.npy.")
     if args.target is None or not args.target.strip().isdigit():
         raise UsageError("--stream needs --target as a 0-based column index.")
@@ -577,7 +577,7 @@ def _held_target(table, model, path):
     names = list(table.feature_names)
     if target is None or target not in names or target in model.feature_names:
         return table
-    if path.suffix.lower() in (".npy", ".npz") and not set(model.feature_names) <= set(names):
+    if reader_for(path).positional and not set(model.feature_names) <= set(names):
         return table  # columns named by position, not from the model's own table: nothing to match
     j = names.index(target)
     keep = [i for i in range(len(names)) if i != j]
@@ -615,7 +615,7 @@ def _model(params, split, table, settings):
 def _match_features(table, model, path):
     """The table's features in the model's order; refuses any difference."""
     d = len(model.feature_names)
-    if path.suffix.lower() in (".npy", ".npz") and list(table.feature_names) != list(model.feature_names):
+    if reader_for(path).positional and list(table.feature_names) != list(model.feature_names):
         if table.X.shape[1] != d:
             raise DataError(f"{path.name} has {table.X.shape[1]} feature columns; the model needs {d}.")
         return table.X

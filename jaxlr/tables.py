@@ -117,6 +117,9 @@ class Reader(NamedTuple):
     name: str
     read: Callable | None
     lines: bool  # whether its rows are lines of text, to name in messages
+    positional: bool = False  # its columns are named by position, not by a header
+    target: str | None = None  # the target the format itself fixes (a .npz table's array y)
+    streams: bool = False  # it can be read from disk a chunk at a time (`--stream`)
 
 
 def _pyarrow():
@@ -244,8 +247,8 @@ READERS: dict = {
     **{f".csv{c}": Reader(f"CSV ({c[1:]})", _read_csv, True) for c in _COMPRESSIONS},
     ".parquet": Reader("Parquet", _read_parquet, False),
     ".pq": Reader("Parquet", _read_parquet, False),
-    ".npy": Reader("NumPy matrix", None, False),
-    ".npz": Reader("NumPy archive with X and y", None, False),
+    ".npy": Reader("NumPy matrix", None, False, positional=True, streams=True),
+    ".npz": Reader("NumPy archive with X and y", None, False, positional=True, target="y"),
 }
 """A file's suffix (lower case) -> its Reader. A new format is one entry here."""
 
