@@ -23,7 +23,7 @@ from benchmarks.harness import Row, available, interleaved_rows
 EPOCH = {"max_iter": 1, "tol": None, "learning_rate": "constant", "eta0": 0.001, "random_state": 0}
 FIVE_EPOCHS = {"max_iter": 5, "tol": None, "random_state": 0}
 WIDTHS = (10, 100, 300)
-# The bar for each group: jaxlr's time over scikit-learn's at most this.
+# The target for each group: jaxlr's time over scikit-learn's at most this.
 EPOCH_BAR = {10: 1 / 1.5, 100: 1 / 1.5, 300: 1 / 1.2}
 
 
