@@ -212,11 +212,18 @@ def _value_of(obj, seen: set):
 
 
 def _code_value(code: types.CodeType) -> tuple:
-    """What a function's code does: its bytecode and constants, those of the
+    """What a function's code does: its bytecode, constants and the names it
+    reads (``jnp.abs`` and ``jnp.square`` differ only there), those of the
     functions defined in it too (a number edited in place changes it)."""
-    constants = tuple(_code_value(c) if isinstance(c, types.CodeType) else (type(c).__name__, repr(c))
-                      for c in code.co_consts)  # fmt: skip
-    return (code.co_code, constants)
+    return (code.co_code, tuple(_constant_value(c) for c in code.co_consts), code.co_names)
+
+
+def _constant_value(constant) -> tuple:
+    if isinstance(constant, types.CodeType):
+        return _code_value(constant)
+    if isinstance(constant, frozenset):  # its order follows the process's string hashing
+        return ("frozenset", tuple(sorted(repr(item) for item in constant)))
+    return (type(constant).__name__, repr(constant))
 
 
 def _names_read(code: types.CodeType) -> set:

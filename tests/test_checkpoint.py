@@ -377,3 +377,25 @@ def test_an_optax_schedule_resumes_in_the_process_that_ran_it(tmp_path):
     settings = dict(key=jax.random.key(0), batch_size=4, schedule=schedule, checkpoint=tmp_path)
     jaxlr.fit(X, y, epochs=2, **settings)
     jaxlr.fit(X, y, epochs=4, resume=True, **settings)
+
+
+def test_functions_that_call_other_attributes_or_hold_sets_are_told_apart_and_alike(tmp_path):
+    import jax.numpy as jnp
+
+    X = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    y = X.sum(axis=1)
+    settings = dict(key=jax.random.key(0), batch_size=8, checkpoint=tmp_path)
+    jaxlr.fit(X, y, epochs=1, loss=eval("lambda yhat, t: jnp.abs(yhat - t)", {"jnp": jnp}), **settings)
+    with pytest.raises(jaxlr.checkpoint.CheckpointError, match="loss="):
+        jaxlr.fit(X, y, epochs=2, loss=eval("lambda yhat, t: jnp.square(yhat - t)", {"jnp": jnp}), resume=True,
+                  **settings)  # fmt: skip
+    # A set's order follows the process's string hashing; the digest does not.
+    source = "lambda yhat, t: (yhat - t) ** 2 * ('mid' in {'alpha', 'beta', 'mid', 'omega'})"
+    digests = set()
+    for seed in ("1", "2"):
+        code = f"import jax.numpy as jnp; from jaxlr.train import _function_name; print(_function_name('loss', 'l', {source}))"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                              env={**__import__("os").environ, "PYTHONHASHSEED": seed})  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        digests.add(done.stdout.strip())
+    assert len(digests) == 1, digests
