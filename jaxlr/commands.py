@@ -613,15 +613,22 @@ def _model(params, split, table, settings):
 
 
 def _match_features(table, model, path):
-    """The table's features in the model's order; refuses any difference."""
+    """The table's features in the model's order; refuses any difference.
+
+    A table whose columns are named by position (.npy, .npz) gives the
+    model's columns by those positions when the model was trained on such a
+    table (its other columns are not read, as a CSV's are not); for a model
+    of a named table, it holds just the model's features, in order.
+    """
     d = len(model.feature_names)
-    if reader_for(path).positional and list(table.feature_names) != list(model.feature_names):
+    have, need = list(table.feature_names), list(model.feature_names)
+    positional = reader_for(path).positional
+    if positional and not all(str(name).isdigit() for name in need):
         if table.X.shape[1] != d:
             raise DataError(f"{path.name} has {table.X.shape[1]} feature columns; the model needs {d}.")
         return table.X
-    have, need = list(table.feature_names), list(model.feature_names)
     missing = [name for name in need if name not in have]
-    extra = [name for name in have if name not in need]
+    extra = [] if positional else [name for name in have if name not in need]
     if missing or extra:
         parts = []
         if missing:

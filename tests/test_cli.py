@@ -281,3 +281,23 @@ def test_a_validation_fraction_holds_out_rows_rounded_up_as_the_estimator_does(t
                    cwd=tmp_path, cache_dir=cache_dir)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["val_rows"] == held == jaxlr.callbacks.validation_rows(rows, 0.1)
+
+
+def test_predict_on_a_matrix_takes_the_models_columns_by_position(tmp_path, cache_dir):
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(200, 4))
+    table[:, 3] = table[:, 0] - 2 * table[:, 2] + 0.5
+    np.save(tmp_path / "t.npy", table)
+    done = run_cli("solve", "--data", "t.npy", "--target", "3", "--features", "0,2", "--save", "m.npz",
+                   cwd=tmp_path, cache_dir=cache_dir)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    model = load_model(tmp_path / "m.npz")
+    expected = model.predict(table[:, [0, 2]])
+    for target in ([], ["--target", "3"]):
+        done = run_cli("predict", "--model", "m.npz", "--data", "t.npy", *target, "--json", cwd=tmp_path,
+                       cache_dir=cache_dir)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        np.testing.assert_allclose(json.loads(done.stdout)["predictions"], expected, rtol=1e-9)
+    # A model's own column named as the target is refused, not replaced by the next column.
+    done = run_cli("predict", "--model", "m.npz", "--data", "t.npy", "--target", "0", cwd=tmp_path, cache_dir=cache_dir)
+    assert done.returncode == 2 and "lacks the model's feature column(s) '0'" in done.stderr, done.stderr
