@@ -122,9 +122,11 @@ def resolve(loss: Union[str, LossFunction]) -> Loss:
     """The Loss named by `loss` ("squared", "huber", ...), or a user's function.
 
     A user's function is called as ``loss(yhat, y, epsilon)`` when its third
-    parameter has no default or is called `epsilon`, and ``loss(yhat, y)``
-    otherwise (a third parameter with a default and another name is its
-    own); it must return one loss per entry (the shape of yhat), not their mean.
+    parameter has no default or is called `epsilon`, as
+    ``loss(yhat, y, epsilon=epsilon)`` when `epsilon` is keyword-only, and
+    ``loss(yhat, y)`` otherwise (a third parameter with a default and another
+    name is its own); it must return one loss per entry (the shape of yhat),
+    not their mean.
     """
     if isinstance(loss, str):
         if loss not in LOSSES:
@@ -173,14 +175,16 @@ def _with_epsilon(function: LossFunction) -> LossFunction:
 
 
 class _TwoArgumentLoss:
-    """A ``(yhat, y)`` loss called as ``(yhat, y, epsilon)``; equal when the function is."""
+    """A ``(yhat, y)`` loss called as ``(yhat, y, epsilon)``, passing epsilon
+    on by keyword where it asks for it so (``*, epsilon``); equal when the function is."""
 
     def __init__(self, function: LossFunction):
         self.function = function
         self.__name__ = getattr(function, "__name__", "custom")
+        self.by_keyword = validate.takes_keyword(function, "epsilon")
 
     def __call__(self, yhat, y, epsilon=None):
-        return self.function(yhat, y)
+        return self.function(yhat, y, epsilon=epsilon) if self.by_keyword else self.function(yhat, y)
 
     def __eq__(self, other):
         return isinstance(other, _TwoArgumentLoss) and other.function == self.function

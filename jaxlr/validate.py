@@ -35,6 +35,15 @@ def takes_argument(function, position: int, name: str) -> bool:
     return any(p.kind == p.VAR_POSITIONAL for p in parameters)
 
 
+def takes_keyword(function, name: str) -> bool:
+    """Whether a user's `function` has a keyword-only parameter `name`."""
+    try:
+        parameter = inspect.signature(function).parameters.get(name)
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.kind == parameter.KEYWORD_ONLY
+
+
 def _describe(value):
     """A short, safe description of a value for an error message."""
     text = " ".join(repr(value).split())

@@ -499,6 +499,11 @@ def test_a_parameter_with_a_default_of_the_users_own_is_left_alone():
     start = jaxlr.fit(X, y, **{**settings, "epochs": 0}).params.w
     np.testing.assert_array_equal(jaxlr.fit(X, y, loss=loss_with_epsilon, epsilon=0.1, **settings).params.w, start)
 
+    def keyword_epsilon(yhat, target, *, epsilon=1.0):
+        return (yhat - target) ** 2 * (epsilon > 0.5)
+
+    np.testing.assert_array_equal(jaxlr.fit(X, y, loss=keyword_epsilon, epsilon=0.1, **settings).params.w, start)
+
 
 @pytest.mark.parametrize("schedule", ["optimal", lambda count: 0.01 + 0 * count])
 def test_a_sweep_refuses_a_schedule_that_ignores_lr(schedule):
