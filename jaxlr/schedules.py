@@ -49,6 +49,12 @@ def check(schedule: Schedule) -> Schedule:
     return validate.check_choice("schedule", schedule, SCHEDULES)
 
 
+def ignores_lr(schedule: Schedule) -> bool:
+    """Whether the schedule's rates come without `lr` (eta0): "optimal" takes
+    them from alpha, a user's function is the rate itself."""
+    return callable(schedule) or schedule == "optimal"
+
+
 def optimal_t0(alpha: float) -> float:
     """The offset t0 that makes the "optimal" schedule's first step a typical weight's size.
 

@@ -437,8 +437,7 @@ def _prepare(  # fmt: skip
         run = run._replace(data=_device_data(X, y, weight, batch_size, device, mesh, validation_data))
     # The run's end is known only now (a checkpoint may have moved its start).
     total_steps = min(initial_step + epochs * run.steps_per_epoch, _MOST_COUNT)
-    numbers = settings.numbers()
-    run = run._replace(numbers=core.pack(numbers._replace(rate=numbers.rate._replace(total_steps=total_steps)), dtype))
+    run = run._replace(numbers=core.pack(settings.numbers(total_steps), dtype))
     stored = (lambda part: None if part is None else part.X.shape[0])  # noqa: E731
     run = run._replace(spec=run.spec._replace(shapes=(d, k, np.dtype(dtype).name, stored(run.data),
                                                       stored(validation_data))))  # fmt: skip
@@ -482,10 +481,10 @@ class _Settings(NamedTuple):
             fit_intercept=self.fit_intercept, weighted=weighted, smooth=smooth, max_slope=self.max_slope,
         )  # fmt: skip
 
-    def numbers(self) -> core.Numbers:
+    def numbers(self, total_steps: int) -> core.Numbers:
         rate = schedules.Rate(
             eta0=self.lr if self.lr is not None else 0.0, power_t=self.power_t,
-            t0=schedules.optimal_t0(self.alpha) if self.alpha > 0 else 1.0, alpha=self.alpha,
+            t0=schedules.optimal_t0(self.alpha) if self.alpha > 0 else 1.0, alpha=self.alpha, total_steps=total_steps,
         )  # fmt: skip
         return core.Numbers(
             rate=rate, rule=RuleNumbers(), penalty=self.penalty, epsilon=self.epsilon, smoothing=self.smoothing,
@@ -494,11 +493,11 @@ class _Settings(NamedTuple):
 
     def lower(self) -> Optional[str]:
         """What a diverged run should change for smaller steps, where it is not `lr`."""
-        if self.lr is not None and self.schedule == "optimal":
+        if self.lr is None or not schedules.ignores_lr(self.schedule):
+            return None
+        if self.schedule == "optimal":
             return f"Raise `alpha` (={self.alpha}), whose inverse sets the 'optimal' schedule's rates"
-        if self.lr is not None and callable(self.schedule):
-            return "Lower the rates of the `schedule`"
-        return None
+        return "Lower the rates of the `schedule`"
 
     def identity(self) -> dict:
         """The settings as a checkpoint records them: functions by digest, and
@@ -1301,8 +1300,7 @@ def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01
         raise TypeError(f"sweep() got an unexpected keyword argument {unknown[0]!r}")
     epochs = validate.check_int("epochs", epochs, low=1)
     schedule = settings.get("schedule", "constant")
-    if callable(schedule) or schedule == "optimal":
-        # Its rates come from the schedule alone (or from alpha): `lrs` would change nothing.
+    if schedules.ignores_lr(schedule):  # `lrs` would change nothing
         raise ValueError(
             f"`schedule` (={_shown(schedule)}) sets the rates without `lr`, so the runs of `lrs` would all be one: "
             "sweep a schedule that scales `lr` (constant, invscaling, adaptive)."
