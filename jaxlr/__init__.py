@@ -8,7 +8,8 @@ program and the loop, fused and streamed ways to drive it), `callbacks`
 (early stopping, progress), `tables` (CSV, Parquet and NumPy files, and
 their columns turned into features), `preprocessing` (standardization), `metrics`,
 `solve` (the closed form), `checkpoint` (resumable runs), `compilation_cache`
-(compiled programs kept between processes), `parallel`
+(compiled programs kept between processes), `loop_kernels` (the XLA option
+that compiles a training loop as one kernel on a CPU), `parallel`
 (devices and processes), `persist` (model files), `arrays` (host
 buffers and `.npy` files), `cli` and `commands` (the `jaxlr` command: its
 arguments, then its work) and `estimator` (`SGDRegressor`, for scikit-learn).
@@ -21,11 +22,16 @@ from typing import Any
 
 __version__ = "0.2.0"
 
+from jaxlr import loop_kernels as _loop_kernels  # noqa: E402 (imports no JAX)
+
+# Before JAX starts a backend, which reads XLA's flags once (see jaxlr.loop_kernels).
+_loop_kernels.apply()
+
 # Importing jaxlr imports nothing else: each name loads its module on first
 # use. JAX takes a second or more to import, and the command reads its table
 # meanwhile (see jaxlr.cli); `jaxlr.fit` and the like load it when first used.
 _SUBMODULES = ("arrays", "callbacks", "checkpoint", "cli", "commands", "compilation_cache", "data", "engines",
-               "estimator", "losses", "metrics", "model", "optim", "parallel", "params", "penalties", "persist",
+               "estimator", "loop_kernels", "losses", "metrics", "model", "optim", "parallel", "params", "penalties", "persist",
                "preprocessing", "schedules", "shuffle", "tables", "train", "validate")  # and solve, the function
 _NAMES = {
     "jaxlr.callbacks": ("EarlyStopping",),

@@ -10,13 +10,17 @@ IMPORT_PROBE = """
 import os, jax
 flags = os.environ.get("XLA_FLAGS")
 import jaxlr
-assert os.environ.get("XLA_FLAGS") == flags, "XLA_FLAGS changed"
+from jaxlr import loop_kernels
+loops = f"--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold={loop_kernels.LOOP_BYTES}"
+assert os.environ.get("XLA_FLAGS") == (f"{flags or ''} {loops}".strip()), "XLA_FLAGS changed beyond the loop option"
 assert not jax.config.jax_enable_x64, "x64 enabled"
 """
 
 
-def test_import_is_silent_and_changes_no_global_setting():
-    done = subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, timeout=120)
+def test_import_is_silent_and_changes_no_global_setting_but_the_loop_option():
+    # The one XLA option, and its alternatives, are tested in test_loop_kernels.
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXLR_KEEP_XLA_FLAGS")}
+    done = subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "" and done.stderr == ""
 

@@ -256,17 +256,20 @@ def test_auto_follows_its_table_and_says_why(capsys):
     jaxlr.fit(X, y, key=jax.random.key(0), epochs=1, engine="auto", loss="huber", verbose=True)
     assert "engine: fused (the scan engine does not apply (`loss` (='huber')" in capsys.readouterr().out
     # The table: scan where it was measured faster on a CPU, fused elsewhere; scan on accelerators.
-    for features, batch in auto.CPU_SCAN_WINS:
-        assert auto.choose("cpu", features, batch, supported=None)[0] == "scan"
+    for loops_as_kernels, wins in auto.CPU_SCAN_WINS.items():
+        for features, batch in wins:
+            assert auto.choose("cpu", features, batch, supported=None, loops_as_kernels=loops_as_kernels)[0] == "scan"
     assert auto.choose("cpu", 10_000, 10_000, supported=None)[0] == "fused"
     assert auto.choose("gpu", 100, 4096, supported=None)[0] == "scan"
     assert auto.choose("gpu", 100, 4096, supported="an L1 penalty")[0] == "fused"
 
 
 @pytest.mark.parametrize("case", ["target far from zero", "features at 1e-3", "unit scale"])
-def test_auto_keeps_scan_where_its_bound_holds(case, capsys):
-    """On a CPU, auto would pick scan at 100 features and batch 1; where the
-    data's scales break scan's float32 bound it picks fused and says why."""
+def test_auto_keeps_scan_where_its_bound_holds(case, capsys, monkeypatch):
+    """On a CPU whose loops run kernel by kernel, auto would pick scan at 100
+    features and batch 1; where the data's scales break scan's float32 bound
+    it picks fused and says why."""
+    monkeypatch.setattr(jaxlr.loop_kernels, "_in_effect", False)
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 100)).astype(np.float32)
     y = X[:, 0] + rng.normal(size=300).astype(np.float32)

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 from typing import Optional
 
+from jaxlr import loop_kernels
+
 # On a CPU, where the scan engine beat the fused one in each of three runs
-# (2-core Xeon; RESULTS.md): as (fewest features, most rows per batch). With
-# the lean chunked form (plain SGD, batch 1, L2, one epoch of 200 000 rows,
-# 2026-11-27) scan took 0.45-0.46 x fused's time at 50 features and
-# 0.41-0.45 x at 100; at 20 it took 1.8-2.0 x, so fused is kept below 50.
-# Batches of 8 and more were measured before the lean form (scan 2-12 x
-# fused's time) and are kept on fused.
-CPU_SCAN_WINS: tuple[tuple[int, int], ...] = ((50, 1),)
+# (2-core Xeon and EPYC; RESULTS.md): as (fewest features, most rows per
+# batch), for a process whose small loops run as one kernel
+# (`jaxlr.loop_kernels`) and for one whose loops run kernel by kernel.
+# As one kernel, a fused epoch (plain SGD, 100 000 rows) took 0.4-0.6 x the
+# scan engine's time at every cell measured (10 to 300 features, batches of
+# 1, 8 and 64), so scan is never chosen. Kernel by kernel, the fused step
+# slows 4 x from about 36 features, and scan took 0.45-0.5 x fused's time at
+# batch 1 from 50 features (1.8-2.0 x at 20); batches of 8 and more stay on
+# fused (scan 1.2-12 x its time).
+CPU_SCAN_WINS: dict[bool, tuple[tuple[int, int], ...]] = {True: (), False: ((50, 1),)}
 
 # On an accelerator a sequential step costs a kernel launch or more (~10 µs)
 # whatever its size, while the scan engine does an epoch in O(log steps)
@@ -26,17 +31,22 @@ CPU_SCAN_WINS: tuple[tuple[int, int], ...] = ((50, 1),)
 ACCELERATOR_ENGINE = "scan"
 
 
-def choose(backend: str, features: int, batch_size: int, *, supported: Optional[str]) -> tuple[str, str]:
+def choose(backend: str, features: int, batch_size: int, *, supported: Optional[str],
+           loops_as_kernels: Optional[bool] = None) -> tuple[str, str]:  # fmt: skip
     """(engine, reason) for a run of batches of `batch_size` rows of `features` on `backend`.
 
     `supported` is None when the scan engine can run the settings exactly,
     else the reason it cannot (`jaxlr.engines.scan.unsupported`).
+    `loops_as_kernels`: which CPU table to read; None for this process's
+    (`jaxlr.loop_kernels.in_effect`).
     """
+    if loops_as_kernels is None:
+        loops_as_kernels = loop_kernels.in_effect()
     if supported is not None:
         return "fused", f"the scan engine does not apply ({supported})"
     if backend != "cpu":
         return ACCELERATOR_ENGINE, f"on {backend}, sequential steps wait on each other's launches; scan does not"
-    for fewest_features, most_batch in CPU_SCAN_WINS:
+    for fewest_features, most_batch in CPU_SCAN_WINS[loops_as_kernels]:
         if features >= fewest_features and batch_size <= most_batch:
             return "scan", (
                 f"on cpu, scan measured faster from {fewest_features} features at batches of up to {most_batch}"
