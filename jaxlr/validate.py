@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlr import arrays
 from jaxlr.arrays import aligned
 
 
@@ -180,10 +181,11 @@ def in_training_precision(name, value):
         return value
     if isinstance(value, jax.Array):
         return value.astype(dtype)
+    narrowed = np.dtype(dtype).itemsize < value.dtype.itemsize and value.dtype.kind == "f"
     with np.errstate(over="ignore", invalid="ignore"):
-        cast = aligned(value, dtype)  # the copy aligned: on a CPU, JAX then uses it in place
-        narrowed = np.dtype(dtype).itemsize < value.dtype.itemsize and value.dtype.kind == "f"
-        if narrowed and np.isfinite(cast.sum()):
+        # The copy aligned: on a CPU, JAX then uses it in place.
+        cast, total = arrays.cast_and_sum(value, dtype) if narrowed else (aligned(value, dtype), None)
+        if narrowed and np.isfinite(total):
             casts = _finite_casts  # the callback may run at exit, after the module's globals are gone
             casts[id(cast)] = weakref.ref(cast, lambda _, key=id(cast): casts.pop(key, None))
         elif narrowed:

@@ -1,3 +1,5 @@
+import warnings
+
 import jax
 import numpy as np
 import pytest
@@ -113,3 +115,20 @@ def test_loaders_and_casts_allocate_aligned_arrays(tmp_path):
     path.write_text("a,b,y\n1,2,3\n4,5,6\n7,8,9\n")
     assert is_aligned(load_table(path, target="y").X)
     assert is_aligned(as_array("X", np.ones((5, 3), np.float64)))  # the float32 cast
+
+
+def test_a_table_of_many_blocks_is_cast_whole_and_checked_in_every_block(monkeypatch):
+    from jaxlr import arrays
+    from jaxlr.validate import as_array
+
+    monkeypatch.setattr(arrays, "_BLOCK_BYTES", 3 * 7 * 4)  # three rows of float32 a block: 34 blocks
+    warnings.simplefilter("error")  # a RuntimeWarning from a block cast in another thread would fail here
+    X = np.random.default_rng(0).normal(size=(101, 7))
+    cast, total = arrays.cast_and_sum(X, np.float32)
+    assert arrays.is_aligned(cast)
+    np.testing.assert_array_equal(cast, X.astype(np.float32))
+    np.testing.assert_allclose(total, X.astype(np.float32).sum(), rtol=1e-5)
+    X[100, 6] = 1e39  # in the last, short block
+    assert not np.isfinite(arrays.cast_and_sum(X, np.float32)[1])
+    with pytest.raises(ValueError, match=r"`X` holds a value in row 100 \(counting from 0\) beyond the range of float32"):
+        as_array("X", X)
