@@ -422,9 +422,12 @@ def _scale_out(args):
     for option in ("plot", "stream", "checkpoint"):
         if getattr(args, option):
             raise UsageError(f"--{option.replace('_', '-')} is not available across processes.")
-    if args.engine != "fused":
-        raise UsageError("across processes, --engine must be fused.")
     from jaxlr import parallel
+    from jaxlr.engines import plan
+
+    refused = plan.across_processes(args.engine)
+    if refused is not None:
+        raise UsageError(f"--engine {args.engine} cannot run {refused}.")
 
     # The collectives library prints connection notes on the process's
     # standard output; send them to stderr, and keep stdout for the results.

@@ -187,6 +187,21 @@ def test_a_peer_that_never_starts_is_named_within_the_timeout(tmp_path, cache_di
     assert alone.stderr.startswith("jaxlr: error: the coordinator, process 0, did not answer"), alone.stderr
 
 
+def test_across_processes_an_engine_is_refused_by_the_plans_reason_before_joining(tmp_path, cache_dir):
+    from test_parallel import _free_port
+
+    (tmp_path / "t.csv").write_text("a,y\n" + "".join(f"{i},{2 * i}\n" for i in range(8)))
+    common = ["train", "--data", "t.csv", "--target", "y", "--coordinator", f"127.0.0.1:{_free_port()}",
+              "--num-processes", "2", "--process-id", "0", "--peer-timeout", "1"]  # fmt: skip
+    for engine, reason in (("loop", "several processes: the loop feeds batches from one host (fused and auto can)"),
+                           ("scan", "several `devices`: the scan engine runs on one")):  # fmt: skip
+        done = run_cli(*common, "--engine", engine, cwd=tmp_path, cache_dir=cache_dir, timeout=60)
+        assert (done.returncode, done.stderr) == (2, f"jaxlr: error: --engine {engine} cannot run {reason}.\n")
+    # auto picks among the engines that can: it goes on to wait for the other process.
+    done = run_cli(*common, "--engine", "auto", cwd=tmp_path, cache_dir=cache_dir, timeout=60)
+    assert done.returncode == 2 and done.stderr.startswith("jaxlr: error: process(es) 1 of 2 did not join"), done.stderr
+
+
 def test_more_devices_than_there_are_names_the_flag_that_makes_them():
     X, y = np.ones((8, 2)), np.ones(8)
     with pytest.raises(ValueError, match="XLA_FLAGS=--xla_force_host_platform_device_count=64"):

@@ -80,3 +80,23 @@ def test_auto_reads_the_table_of_the_loops_in_use():
     d, B = differing[0]
     chosen = auto.choose("cpu", d, B, supported=None)
     assert chosen == auto.choose("cpu", d, B, supported=None, loops_as_kernels=loop_kernels.in_effect())
+
+
+def test_the_carry_packed_for_loops_run_kernel_by_kernel_trains_the_same(monkeypatch):
+    # Plain SGD with L1 carries its state as one flat vector where loops run
+    # kernel by kernel, and apart where a loop is one kernel: the same steps.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 6)).astype(np.float32)
+    y = (X @ rng.normal(size=6) + 0.3).astype(np.float32)
+    settings = dict(key=jax.random.key(1), epochs=3, batch_size=1, lr=0.01, penalty="elasticnet", alpha=0.01,
+                    l1_ratio=0.5, schedule="invscaling")  # fmt: skip
+    runs = []
+    for in_effect in (True, False):
+        monkeypatch.setattr(loop_kernels, "_in_effect", in_effect)
+        jaxlr.clear_caches()  # the compiled programs follow the layout
+        assert core._carried_packed(core.Spec(loss=None, l1=True)) is not in_effect
+        runs.append(jaxlr.fit(X, y, **settings))
+    jaxlr.clear_caches()
+    np.testing.assert_allclose(runs[0].params.w, runs[1].params.w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(runs[0].epoch_losses, runs[1].epoch_losses, rtol=1e-5)
+    assert np.count_nonzero(np.asarray(runs[0].params.w) == 0) == np.count_nonzero(np.asarray(runs[1].params.w) == 0)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlr import penalties, schedules, shuffle
+from jaxlr import loop_kernels, penalties, schedules, shuffle
 from jaxlr.engines import scan
 from jaxlr.losses import Loss, loss_ok
 from jaxlr.metrics import r2_from
@@ -482,11 +482,14 @@ def run_epoch(spec: Spec, numbers: Numbers, state: FitState, data: Data, order: 
 def _carried_packed(spec: Spec) -> bool:
     """Whether the loop carries its state as one flat vector (see `_packing`).
 
-    Measured on a CPU, batch 1, 20 000 rows: plain SGD with L1 runs 1.3 to 3.7
+    Only where loops run kernel by kernel (`jaxlr.loop_kernels`). There,
+    measured on a CPU, batch 1, 20 000 rows: plain SGD with L1 runs 1.2 to 3.7
     times faster packed (d = 300 to 20); with averaging or another rule too,
-    packing is faster at d = 20 but slower at d = 100 and 300, so they stay apart.
+    packing is faster at d = 20 but slower at d = 100 and 300, so they stay
+    apart. With the loop as one kernel, packing made elastic net 2 to 6 times
+    slower (d = 20 to 300).
     """
-    return spec.l1 and spec.rule == "sgd" and not spec.average and not spec.guard
+    return spec.l1 and spec.rule == "sgd" and not spec.average and not spec.guard and not loop_kernels.in_effect()
 
 
 def _packing(carried, dtype):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Optional
 
+from jaxlr import losses
 from jaxlr.engines import auto, core, scan
 
 
@@ -42,12 +43,21 @@ def _loop_refuses(setup: Setup) -> Optional[str]:
     if setup.shuffle == "device":
         return "`shuffle` (='device'): the loop shuffles on the host"
     if setup.processes > 1:
-        return "several processes: the loop feeds batches from one host (use engine='fused')"
+        return "several processes: the loop feeds batches from one host (fused and auto can)"
     return None
 
 
 REFUSES = {"fused": _fused_refuses, "scan": _scan_refuses, "loop": _loop_refuses}
 """Each engine's test of a fit's settings: why it cannot run them, or None."""
+
+
+def across_processes(engine: str) -> Optional[str]:
+    """Why `engine` cannot train across processes, or None: the plan's own
+    answer, asked before the processes join so that a command fails at once."""
+    if engine == "auto":
+        return None  # it picks among the engines that can
+    spec = core.Spec(loss=losses.resolve("squared"), sharding="rows over the processes' devices")
+    return REFUSES[engine](Setup(spec=spec, streamed=False, placed=True, processes=2, shuffle=True))
 
 
 class Plan(NamedTuple):
