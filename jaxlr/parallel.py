@@ -62,9 +62,19 @@ def _global(sharding, value):
 
 def host_value(array):
     """A NumPy copy of a replicated (or fully addressable) array, in any process."""
+    return np.asarray(_local(array))
+
+
+def host_values(tree):
+    """`host_value` of every leaf of `tree`, read in one batch (each read on
+    its own would wait for its own copy)."""
+    return jax.tree.map(np.asarray, jax.device_get(jax.tree.map(_local, tree)))
+
+
+def _local(array):
     if isinstance(array, jax.Array) and not array.is_fully_addressable:
-        array = array.addressable_data(0)
-    return np.asarray(array)
+        return array.addressable_data(0)
+    return array
 
 
 # ------------------------------------------------------------------ several processes

@@ -411,14 +411,14 @@ def test_values_beyond_float32_are_named_as_such_not_as_nan():
 def test_a_float64_table_is_cast_once_and_trained_on_in_place(monkeypatch):
     # One float32 copy of the table, 64-byte aligned, so that fit uses it on
     # a CPU as it is instead of copying it again to the device.
-    import jaxlr.validate
+    import jaxlr.arrays
 
     rng = np.random.default_rng(0)
     X = rng.standard_normal((400_000, 12))  # past fit's padding threshold (16 MiB once cast)
     y = X @ rng.standard_normal(12)
-    casts = []
-    real_aligned = jaxlr.validate.aligned
-    monkeypatch.setattr(jaxlr.validate, "aligned", lambda a, *rest: casts.append(real_aligned(a, *rest)) or casts[-1])
+    casts = []  # every host copy jaxlr allocates
+    real_empty = jaxlr.arrays.aligned_empty
+    monkeypatch.setattr(jaxlr.arrays, "aligned_empty", lambda *a, **k: casts.append(real_empty(*a, **k)) or casts[-1])
     jaxlr.SGDRegressor(max_iter=1, tol=None, random_state=0).fit(X, y)
     copies = [cast for cast in casts if cast.shape == X.shape]
     assert len(copies) == 1 and copies[0].dtype == np.float32 and jaxlr.data.is_aligned(copies[0])

@@ -6,7 +6,6 @@ import math
 import time
 from typing import Iterator
 
-import jax
 import numpy as np
 
 from jaxlr import parallel
@@ -53,7 +52,7 @@ def run(run, state) -> Iterator[Block]:
         state, record = train(state, data, run.numbers, orders, core.on_device(np.int32(count)), run.shuffle_key)
         # One read of everything the host needs; trimming happens there, where
         # slicing costs no dispatch.
-        epoch_now, ok, record = jax.tree.map(parallel.host_value, (state.epoch, state.ok, record))
+        epoch_now, ok, record = parallel.host_values((state.epoch, state.ok, record))
         ran = int(epoch_now) - first_epoch
         ran_or_diverging = ran + (0 if ok else 1)
         step_losses, step_moving, epoch_losses, epoch_peaks = record
