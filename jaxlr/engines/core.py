@@ -486,8 +486,8 @@ def _carried_packed(spec: Spec) -> bool:
     measured on a CPU, batch 1, 20 000 rows: plain SGD with L1 runs 1.2 to 3.7
     times faster packed (d = 300 to 20); with averaging or another rule too,
     packing is faster at d = 20 but slower at d = 100 and 300, so they stay
-    apart. With the loop as one kernel, packing made elastic net 2 to 6 times
-    slower (d = 20 to 300).
+    apart. With the loop as one kernel, packing made elastic net 1.5 to 6
+    times slower (d = 20 to 300; RESULTS.md).
     """
     return spec.l1 and spec.rule == "sgd" and not spec.average and not spec.guard and not loop_kernels.in_effect()
 
