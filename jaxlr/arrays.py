@@ -68,6 +68,8 @@ def cast_and_sum(array, dtype) -> tuple[np.ndarray, float]:
 
 _BLOCK_BYTES = 8 << 20  # a block of the cast: measured as fast as 16 MB and faster than 1 MB
 _POOL = None
+if hasattr(os, "register_at_fork"):  # a forked child has none of the pool's threads: it starts its own
+    os.register_at_fork(after_in_child=lambda: globals().update(_POOL=None))
 
 
 def _pool() -> ThreadPoolExecutor:

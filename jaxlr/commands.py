@@ -425,7 +425,7 @@ def _scale_out(args):
     from jaxlr import parallel
     from jaxlr.engines import plan
 
-    refused = plan.across_processes(args.engine)
+    refused = plan.across_processes(args.engine, args.num_processes)
     if refused is not None:
         raise UsageError(f"--engine {args.engine} cannot run {refused}.")
 

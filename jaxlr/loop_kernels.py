@@ -28,29 +28,22 @@ step at batch size 1 up to a few thousand features)."""
 
 _OPTION = "xla_cpu_small_while_loop_byte_threshold"
 
-# Whether this process's CPU backend compiles loops of up to LOOP_BYTES as one
-# kernel, decided once, as jaxlr is imported (see `apply`).
-_in_effect = False
 
-
-def apply() -> bool:
-    """Sets the option in ``XLA_FLAGS`` unless it is too late or the process
-    chose otherwise; returns whether it is in effect."""
-    global _in_effect
+def apply() -> None:
+    """Adds the option to ``XLA_FLAGS``, unless XLA has read its flags already
+    or the process chose otherwise."""
     flags = os.environ.get("XLA_FLAGS", "")
-    if _OPTION in flags:  # the process's own value
-        _in_effect = not _backend_started() and _own_threshold(flags) >= LOOP_BYTES
-    elif os.environ.get("JAXLR_KEEP_XLA_FLAGS") or "xla_backend_extra_options" in flags or _backend_started():
-        _in_effect = False
-    else:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_extra_options={_OPTION}={LOOP_BYTES}".strip()
-        _in_effect = True
-    return _in_effect
+    if os.environ.get("JAXLR_KEEP_XLA_FLAGS") or "xla_backend_extra_options" in flags or _backend_started():
+        return
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_extra_options={_OPTION}={LOOP_BYTES}".strip()
 
 
 def in_effect() -> bool:
-    """Whether small training loops run as one kernel on this process's CPU backend."""
-    return _in_effect
+    """Whether small training loops run as one kernel on this process's CPU
+    backend: whether ``XLA_FLAGS`` sets the threshold to `LOOP_BYTES` or more
+    (jaxlr's value, or the process's own, inherited from its parent or given
+    before JAX started). The flags are taken to be those XLA read."""
+    return _threshold(os.environ.get("XLA_FLAGS", "")) >= LOOP_BYTES
 
 
 def _backend_started() -> bool:
@@ -59,6 +52,7 @@ def _backend_started() -> bool:
     return bool(getattr(bridge, "_backends", None))
 
 
-def _own_threshold(flags: str) -> int:
-    found = re.search(rf"{_OPTION}=(\d+)", flags)
-    return int(found.group(1)) if found else 0
+def _threshold(flags: str) -> int:
+    """The threshold `flags` set (XLA takes the last one given), or XLA's default."""
+    found = re.findall(rf"{_OPTION}=(\d+)", flags)
+    return int(found[-1]) if found else 1024

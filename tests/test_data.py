@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 import warnings
 
 import jax
@@ -132,3 +135,26 @@ def test_a_table_of_many_blocks_is_cast_whole_and_checked_in_every_block(monkeyp
     assert not np.isfinite(arrays.cast_and_sum(X, np.float32)[1])
     with pytest.raises(ValueError, match=r"`X` holds a value in row 100 \(counting from 0\) beyond the range of float32"):
         as_array("X", X)
+
+
+FORKED_CAST = """
+import multiprocessing, numpy as np
+from jaxlr import arrays
+arrays._BLOCK_BYTES = 1 << 12
+table = np.random.default_rng(0).normal(size=(3000, 20))
+total = arrays.cast_and_sum(table, np.float32)[1]  # the parent's pool starts
+
+def cast(_):
+    return arrays.cast_and_sum(table, np.float32)[1]
+
+if __name__ == "__main__":
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        print(pool.map_async(cast, [0]).get(60) == [total])
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_forked_child_casts_with_a_pool_of_its_own(tmp_path):
+    (tmp_path / "forked.py").write_text(FORKED_CAST)
+    done = subprocess.run([sys.executable, "forked.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-2000:]

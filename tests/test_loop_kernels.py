@@ -49,9 +49,24 @@ def test_importing_jaxlr_first_sets_the_option_beside_the_process_flags():
                  ("--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=100", False), id="own-lower-value"),
     pytest.param("", {"XLA_FLAGS": "--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=999999"},
                  ("--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=999999", True), id="own-higher-value"),
+    # Inherited from a parent that imported jaxlr: in effect, though this process started JAX first.
+    pytest.param("import jax; jax.numpy.zeros(1)", {"XLA_FLAGS": OPTION}, (OPTION, True), id="inherited"),
+    # XLA takes the last value given.
+    pytest.param("", {"XLA_FLAGS": f"{OPTION} --xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=100"},
+                 (f"{OPTION} --xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=100", False),
+                 id="given-twice"),
 ])  # fmt: skip
 def test_the_process_choice_stands(prelude, env, expected):
     assert _probe(prelude, **env) == expected
+
+
+def test_flags_replaced_after_the_import_are_the_ones_xla_reads():
+    # A process may set XLA_FLAGS after importing jaxlr, before JAX starts: those are the flags that count.
+    code = PROBE.format(prelude="").replace(
+        "import jaxlr\n", "import jaxlr\nos.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'\n")
+    base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXLR_KEEP_XLA_FLAGS")}
+    done = subprocess.run([sys.executable, "-c", code], env=base, capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["'--xla_force_host_platform_device_count=2'", "False"], done.stderr[-2000:]
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the option is the CPU backend's")
@@ -92,7 +107,7 @@ def test_the_carry_packed_for_loops_run_kernel_by_kernel_trains_the_same(monkeyp
                     l1_ratio=0.5, schedule="invscaling")  # fmt: skip
     runs = []
     for in_effect in (True, False):
-        monkeypatch.setattr(loop_kernels, "_in_effect", in_effect)
+        monkeypatch.setattr(loop_kernels, "in_effect", lambda value=in_effect: value)
         jaxlr.clear_caches()  # the compiled programs follow the layout
         assert core._carried_packed(core.Spec(loss=None, l1=True)) is not in_effect
         runs.append(jaxlr.fit(X, y, **settings))

@@ -269,7 +269,7 @@ def test_auto_keeps_scan_where_its_bound_holds(case, capsys, monkeypatch):
     """On a CPU whose loops run kernel by kernel, auto would pick scan at 100
     features and batch 1; where the data's scales break scan's float32 bound
     it picks fused and says why."""
-    monkeypatch.setattr(jaxlr.loop_kernels, "_in_effect", False)
+    monkeypatch.setattr(jaxlr.loop_kernels, "in_effect", lambda: False)
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 100)).astype(np.float32)
     y = X[:, 0] + rng.normal(size=300).astype(np.float32)

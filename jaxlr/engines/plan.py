@@ -51,13 +51,14 @@ REFUSES = {"fused": _fused_refuses, "scan": _scan_refuses, "loop": _loop_refuses
 """Each engine's test of a fit's settings: why it cannot run them, or None."""
 
 
-def across_processes(engine: str) -> Optional[str]:
-    """Why `engine` cannot train across processes, or None: the plan's own
-    answer, asked before the processes join so that a command fails at once."""
+def across_processes(engine: str, processes: int) -> Optional[str]:
+    """Why `engine` cannot train with its rows spread over the devices of
+    `processes` processes, or None: the plan's own answer, asked before the
+    processes join so that a command fails at once."""
     if engine == "auto":
         return None  # it picks among the engines that can
     spec = core.Spec(loss=losses.resolve("squared"), sharding="rows over the processes' devices")
-    return REFUSES[engine](Setup(spec=spec, streamed=False, placed=True, processes=2, shuffle=True))
+    return REFUSES[engine](Setup(spec=spec, streamed=False, placed=True, processes=processes, shuffle=True))
 
 
 class Plan(NamedTuple):
