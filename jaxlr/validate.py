@@ -125,8 +125,9 @@ def _is_real(dtype):
 
 def training_dtype(dtype):
     """The floating dtype training on data of `dtype` runs in: the data's own
-    (float32 at least), but float64 only when x64 is on."""
-    return jax.dtypes.canonicalize_dtype(np.result_type(dtype, np.float32))
+    (float32 at least, float64 at most), but float64 only when x64 is on."""
+    widest = np.result_type(dtype, np.float32)
+    return jax.dtypes.canonicalize_dtype(np.float64 if widest.itemsize > 8 else widest)
 
 
 def real_array(name, value):

@@ -36,6 +36,16 @@ def test_bfloat16_features_are_real_numbers():
     np.testing.assert_allclose(params.w.ravel(), [1.0, 2.0], atol=0.05)
 
 
+@pytest.mark.skipif(np.dtype(np.longdouble).itemsize <= 8, reason="long double is float64 here")
+def test_long_double_features_train_as_float64_ones_would():
+    X, y = np.asarray(X_OK, np.longdouble), np.asarray(Y_OK, np.longdouble)
+    wide, plain = (jaxlr.fit(a, b, key=KEY, epochs=2) for a, b in ((X, y), (X_OK, Y_OK)))
+    np.testing.assert_array_equal(wide.params.w, plain.params.w)
+    X[4, 1] = 1e39
+    with pytest.raises(ValueError, match=r"`X` holds a value in row 4 \(counting from 0\) beyond the range of float32"):
+        jaxlr.fit(X, y, key=KEY)
+
+
 def test_values_beyond_float32_are_one_error_without_numpy_warnings():
     X = X_OK.copy()
     X[4, 1] = 1e39
