@@ -193,8 +193,10 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         """
         self._validate_params()
         self._check_settings()
+        # Finiteness is `fit`'s to check, in the pass that casts the table, naming the first bad row;
+        # early stopping first splits the rows, whose numbers would no longer be the caller's.
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True,
-                             order="C", accept_sparse=False)  # fmt: skip
+                             order="C", accept_sparse=False, ensure_all_finite=bool(self.early_stopping))  # fmt: skip
         y = _as_targets(y)
         sample_weight = self._checked_weights(sample_weight, X)
         warm = self.warm_start and hasattr(self, "coef_")
@@ -249,7 +251,7 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
             if self.early_stopping:
                 raise ValueError("early_stopping should be False with partial_fit")
         X, y = validate_data(self, X, y, reset=first, dtype=[np.float64, np.float32], multi_output=True,
-                             y_numeric=True, order="C", accept_sparse=False)  # fmt: skip
+                             y_numeric=True, order="C", accept_sparse=False, ensure_all_finite=False)  # fmt: skip
         y = _as_targets(y)
         sample_weight = self._checked_weights(sample_weight, X)
         if first:

@@ -461,3 +461,15 @@ def test_each_parameter_takes_the_values_scikit_learns_takes():
     # passive-aggressive rates "pa1" and "pa2" are not jaxlr's.
     assert differ == {"average", "learning_rate"}
     assert set(theirs) <= set(ours)
+
+
+def test_a_nan_is_found_in_the_pass_that_casts_the_table_and_named_by_the_callers_row():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 3)), rng.normal(size=60)
+    X[41, 1] = np.nan
+    for method in ("fit", "partial_fit"):
+        with pytest.raises(ValueError, match=r"`X` has NaN or inf in 1 row\(s\); the first is row 41 \(counting from 0\)"):
+            getattr(jaxlr.SGDRegressor(random_state=0), method)(X, y)
+    # Early stopping splits the rows first: scikit-learn's check, before the split, names no row at all.
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        jaxlr.SGDRegressor(random_state=0, early_stopping=True).fit(X, y)
