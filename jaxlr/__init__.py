@@ -31,8 +31,8 @@ _loop_kernels.apply()
 # use. JAX takes a second or more to import, and the command reads its table
 # meanwhile (see jaxlr.cli); `jaxlr.fit` and the like load it when first used.
 _SUBMODULES = ("arrays", "callbacks", "checkpoint", "cli", "commands", "compilation_cache", "data", "engines",
-               "estimator", "loop_kernels", "losses", "metrics", "model", "optim", "parallel", "params", "penalties", "persist",
-               "preprocessing", "schedules", "shuffle", "tables", "train", "validate")  # and solve, the function
+               "estimator", "loop_kernels", "losses", "metrics", "model", "optim", "parallel", "params", "penalties",
+               "persist", "preprocessing", "schedules", "shuffle", "tables", "train", "validate")  # and solve
 _NAMES = {
     "jaxlr.callbacks": ("EarlyStopping",),
     "jaxlr.data": ("NpyStream", "aligned_empty", "batches", "permutation", "synthetic_data", "to_device"),

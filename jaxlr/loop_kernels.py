@@ -5,8 +5,9 @@ called on its own, unless the loop is small: when one iteration touches fewer
 than ``xla_cpu_small_while_loop_byte_threshold`` bytes (1 KiB by default),
 the whole loop is compiled into one kernel. A per-row SGD step passes that
 size from about 36 features on, and each of its kernel calls then costs more
-than the step's arithmetic: an epoch at batch size 1 ran 3 to 4 times slower
-at 100 and 300 features than with the loop as one kernel (benchmarks/RESULTS.md).
+than the step's arithmetic: against scikit-learn in the same runs, an epoch
+at batch size 1 ran 2.5 to 5 times slower at 100 and 300 features than with
+the loop as one kernel (benchmarks/RESULTS.md).
 
 So as it is imported, jaxlr raises the threshold to `LOOP_BYTES` in
 ``XLA_FLAGS``, where it still takes effect: XLA reads its flags once, as JAX
@@ -23,8 +24,9 @@ import re
 import sys
 
 LOOP_BYTES = 1 << 18
-"""The bytes one iteration may touch for its loop to become one kernel (256 KiB: a
-step at batch size 1 up to a few thousand features)."""
+"""The bytes one iteration may touch for its loop to become one kernel (256 KiB:
+a step at batch size 1 over 3 000 features still compiles as one; 16 KiB did
+not suffice at 1 000)."""
 
 _OPTION = "xla_cpu_small_while_loop_byte_threshold"
 
