@@ -356,31 +356,10 @@ def _prepare(  # fmt: skip
         shuffle = "device" if engine == "fused" and (spec.stops or _platform(device, mesh) != "cpu") else "host"
     draw = shuffle or "none"
 
-    # The starting state: given, from a checkpoint, from the old keywords, or fresh.
-    params, given_state, known_words = deprecated.get("params", init), state, None
-    first_epoch = validate.check_int("initial_epoch", deprecated.get("initial_epoch", 0), low=0)
-    if state is not None:
-        state = _check_state(state, rule, d, k, dtype)
-        shuffle_key = _split(key)[1]
-    elif params is None:
-        # The epochs' shuffle words come with the initial params when the host shuffles.
-        # (a block's worth at most: later ones are drawn when needed, so memory does not follow `epochs`)
-        count = core.bucket(min(max(epochs, 1), _WORDS_AHEAD)) if draw == "host" else 1
-        epoch_ids = np.arange(first_epoch, first_epoch + count, dtype=np.int32)
-        state, shuffle_key, words = _begin(rule, d, k, dtype)(key, epoch_ids)
-        known_words = (first_epoch, words)
-    else:
-        name = "params" if "params" in deprecated else "init"
-        params = Params(*(jnp.asarray(p, dtype) for p in validate.check_params(params, d, k, name=name)))
-        if not bool(core.sound(params)):
-            raise ValueError(f"`{name}` holds NaN, inf, or values too large for {np.dtype(dtype).name}: start from finite params.")
-        state = init_fit_state(params, rule, epoch=first_epoch)
-        shuffle_key = _split(key)[1]
-    if deprecated.get("opt_state") is not None:
-        if rule == "sgd":
-            raise ValueError("`opt_state` was given without the `optimizer` it belongs to.")
-        _check_opt_state(deprecated["opt_state"], state.opt_state, d, k, "opt_state")
-        state = state._replace(opt_state=deprecated["opt_state"])
+    # The starting state: given, from the old keywords, or fresh (a checkpoint may replace it below).
+    given_state = state
+    start = _start(key, state, init, deprecated, rule, d, k, dtype, epochs=epochs, draw=draw)
+    state, shuffle_key, known_words, params, first_epoch = start
     end_epoch = (first_epoch if given_state is None else int(state.epoch)) + epochs
 
     # Built before the identity, which holds its rows' digest.
@@ -449,6 +428,38 @@ def _prepare(  # fmt: skip
     if mesh is not None:
         state = parallel.put_replicated(state, mesh)
     return engines.get(engine), run, state, log_every if verbose else None, callback, dtype, settings.average_start
+
+
+def _start(key, state, init, deprecated, rule, d, k, dtype, *, epochs, draw):
+    """A run's starting state: `state` (checked), the params of `init` (or the
+    old `params`/`opt_state`/`initial_epoch` keywords), or fresh ones drawn
+    from `key`. Returns (state, shuffle key, the first epochs' shuffle words
+    when they came with fresh params, the starting params given, first epoch)."""
+    params, known_words = deprecated.get("params", init), None
+    first_epoch = validate.check_int("initial_epoch", deprecated.get("initial_epoch", 0), low=0)
+    if state is not None:
+        state = _check_state(state, rule, d, k, dtype)
+        shuffle_key = _split(key)[1]
+    elif params is None:
+        # The epochs' shuffle words come with the initial params when the host shuffles.
+        # (a block's worth at most: later ones are drawn when needed, so memory does not follow `epochs`)
+        count = core.bucket(min(max(epochs, 1), _WORDS_AHEAD)) if draw == "host" else 1
+        epoch_ids = np.arange(first_epoch, first_epoch + count, dtype=np.int32)
+        state, shuffle_key, words = _begin(rule, d, k, dtype)(key, epoch_ids)
+        known_words = (first_epoch, words)
+    else:
+        name = "params" if "params" in deprecated else "init"
+        params = Params(*(jnp.asarray(p, dtype) for p in validate.check_params(params, d, k, name=name)))
+        if not bool(core.sound(params)):
+            raise ValueError(f"`{name}` holds NaN, inf, or values too large for {np.dtype(dtype).name}: start from finite params.")
+        state = init_fit_state(params, rule, epoch=first_epoch)
+        shuffle_key = _split(key)[1]
+    if deprecated.get("opt_state") is not None:
+        if rule == "sgd":
+            raise ValueError("`opt_state` was given without the `optimizer` it belongs to.")
+        _check_opt_state(deprecated["opt_state"], state.opt_state, d, k, "opt_state")
+        state = state._replace(opt_state=deprecated["opt_state"])
+    return state, shuffle_key, known_words, params, first_epoch
 
 
 class _Settings(NamedTuple):
