@@ -1,5 +1,6 @@
 """The XLA option jaxlr sets as it is imported: a training loop compiled as one kernel on a CPU."""
 
+import ast
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ OPTION = f"--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold={
 
 # Imports jaxlr in a fresh process after `prelude`; prints XLA_FLAGS and whether the option is in effect.
 PROBE = """
+import ast
 import os
 {prelude}
 import jaxlr
@@ -29,7 +31,7 @@ def _probe(prelude="", **env):
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     flags, in_effect = done.stdout.rsplit(" ", 1)
-    return eval(flags), in_effect.strip() == "True"
+    return ast.literal_eval(flags), in_effect.strip() == "True"
 
 
 def test_importing_jaxlr_first_sets_the_option_beside_the_process_flags():
