@@ -187,8 +187,7 @@ def in_training_precision(name, value):
         # The copy aligned: on a CPU, JAX then uses it in place.
         cast, total = arrays.cast_and_sum(value, dtype) if narrowed else (aligned(value, dtype), None)
         if narrowed and np.isfinite(total):
-            casts = _finite_casts  # the callback may run at exit, after the module's globals are gone
-            casts[id(cast)] = weakref.ref(cast, lambda _, key=id(cast): casts.pop(key, None))
+            _remember_finite(cast)
         elif narrowed:
             overflowed = np.isinf(cast) & np.isfinite(value)
             if overflowed.any():
@@ -212,7 +211,7 @@ def _check_finite(X, y):
     if isinstance(X, jax.Array) and isinstance(y, jax.Array):
         # jax Arrays are immutable: a pair checked once stays finite, and
         # repeated fits on the same data skip the pass over it.
-        if _was_checked(X, y):
+        if _proven_finite(X, y):
             return
         # On the device, in one pass: reading a device array into NumPy could
         # copy it (and JAX would keep that copy alive with the array).
@@ -220,7 +219,7 @@ def _check_finite(X, y):
         if not finite.is_fully_addressable:  # global arrays of several processes
             finite = finite.addressable_data(0)
         if bool(finite):
-            _remember_checked(X, y)
+            _remember_finite(X, y)
             return
     elif _finite_sums(X, y):
         # A finite sum proves every entry finite, in one pass without a
@@ -240,31 +239,24 @@ def _check_finite(X, y):
 
 def _finite_sums(X, y):
     with np.errstate(over="ignore", invalid="ignore"):  # a sum that overflows only sends us looking
-        return all(_is_finite_cast(a) or np.isfinite(np.sum(a)) for a in (X, y))
+        return all(_proven_finite(a) or np.isfinite(np.sum(a)) for a in (X, y))
 
 
-# Casts `in_training_precision` made and summed to a finite number: proven
-# finite already, so `_check_finite` need not pass over them again.
-_finite_casts: dict = {}  # id -> weak reference
+# Arrays (or pairs) proven finite while they live, so that `_check_finite`
+# need not pass over them again: a jax pair checked once (jax Arrays are
+# immutable), a cast `in_training_precision` made and summed to a finite number.
+_finite: dict = {}  # the arrays' ids -> weak references to them
 
 
-def _is_finite_cast(array) -> bool:
-    ref = _finite_casts.get(id(array))
-    return ref is not None and ref() is array
+def _proven_finite(*arrays) -> bool:
+    refs = _finite.get(tuple(map(id, arrays)))
+    return refs is not None and all(ref() is array for ref, array in zip(refs, arrays))
 
 
-_checked: dict = {}  # (id(X), id(y)) -> weak references to X and y
-
-
-def _was_checked(X, y):
-    refs = _checked.get((id(X), id(y)))
-    return refs is not None and refs[0]() is X and refs[1]() is y
-
-
-def _remember_checked(X, y):
-    key = (id(X), id(y))
-    forget = lambda _: _checked.pop(key, None)  # noqa: E731
-    _checked[key] = (weakref.ref(X, forget), weakref.ref(y, forget))
+def _remember_finite(*arrays) -> None:
+    key, finite = tuple(map(id, arrays)), _finite  # the callback may run at exit, after the module's globals
+    forget = lambda _: finite.pop(key, None)  # noqa: E731
+    finite[key] = tuple(weakref.ref(array, forget) for array in arrays)
 
 
 @jax.jit
