@@ -66,9 +66,15 @@ def host_value(array):
 
 
 def host_values(tree):
-    """`host_value` of every leaf of `tree`, read in one batch (each read on
-    its own would wait for its own copy)."""
-    return jax.tree.map(np.asarray, jax.device_get(jax.tree.map(_local, tree)))
+    """`host_value` of every leaf of `tree`, the copies off an accelerator
+    started together (each read on its own would wait for its own copy)."""
+    leaves, structure = jax.tree.flatten(jax.tree.map(_local, tree))
+    for leaf in leaves:
+        # A CPU array is read in place: starting a copy of it costs more than
+        # the read (`jax.device_get` spends about 200 µs on 20 small ones).
+        if isinstance(leaf, jax.Array) and next(iter(leaf.devices())).platform != "cpu":
+            leaf.copy_to_host_async()
+    return jax.tree.unflatten(structure, [np.asarray(leaf) for leaf in leaves])
 
 
 def _local(array):

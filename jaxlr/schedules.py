@@ -55,6 +55,12 @@ def ignores_lr(schedule: Schedule) -> bool:
     return callable(schedule) or schedule == "optimal"
 
 
+def reads_total(schedule: Schedule) -> bool:
+    """Whether the schedule is a user's function of (count, total): the only
+    one whose rates depend on the run's length."""
+    return callable(schedule) and validate.takes_argument(schedule, 2, "total")
+
+
 def optimal_t0(alpha: float) -> float:
     """The offset t0 that makes the "optimal" schedule's first step a typical weight's size.
 
@@ -69,7 +75,7 @@ def rate(schedule: Schedule, numbers: Rate, t: jax.Array, drops: jax.Array) -> j
     if callable(schedule):
         # A schedule may ignore its argument (optax.constant_schedule): one rate per step still.
         t = jnp.asarray(t)
-        value = schedule(t - 1, numbers.total_steps) if validate.takes_argument(schedule, 2, "total") else schedule(t - 1)
+        value = schedule(t - 1, numbers.total_steps) if reads_total(schedule) else schedule(t - 1)
         return jnp.broadcast_to(jnp.asarray(value), t.shape)
     t = jnp.asarray(t, jnp.asarray(numbers.eta0).dtype)
     if schedule == "optimal":

@@ -10,8 +10,8 @@ checkpoints, whatever the engine.
 
 from __future__ import annotations
 
-import functools
 import ctypes
+import functools
 import gc
 import hashlib
 import inspect
@@ -360,7 +360,9 @@ def _prepare(  # fmt: skip
     given_state = state
     start = _start(key, state, init, deprecated, rule, d, k, dtype, epochs=epochs, draw=draw)
     state, shuffle_key, known_words, params, first_epoch = start
-    end_epoch = (first_epoch if given_state is None else int(state.epoch)) + epochs
+    if given_state is not None:  # where it stands, in one read
+        given_at = tuple(int(v) for v in parallel.host_values((state.epoch, state.step, state.stop.done)))
+    end_epoch = (first_epoch if given_state is None else given_at[0]) + epochs
 
     # Built before the identity, which holds its rows' digest.
     validation_data = None if validation is None else _validation_data(validation, d, k, dtype, device)
@@ -389,7 +391,8 @@ def _prepare(  # fmt: skip
     if given_state is None and found is None:
         initial_epoch, initial_step = first_epoch, 0
     else:
-        initial_epoch, initial_step, done = (int(v) for v in jax.device_get((state.epoch, state.step, state.stop.done)))
+        at = given_at if found is None else parallel.host_values((state.epoch, state.step, state.stop.done))
+        initial_epoch, initial_step, done = (int(v) for v in at)
         if done or finished:
             end_epoch = initial_epoch  # a run its stopping rule ended is finished
     epochs = max(0, end_epoch - initial_epoch)
@@ -495,7 +498,9 @@ class _Settings(NamedTuple):
     def numbers(self, total_steps: int) -> core.Numbers:
         rate = schedules.Rate(
             eta0=self.lr if self.lr is not None else 0.0, power_t=self.power_t,
-            t0=schedules.optimal_t0(self.alpha) if self.alpha > 0 else 1.0, alpha=self.alpha, total_steps=total_steps,
+            t0=schedules.optimal_t0(self.alpha) if self.alpha > 0 else 1.0, alpha=self.alpha,
+            # Zero where no schedule reads it: continuing a run then copies no new numbers to the device.
+            total_steps=total_steps if schedules.reads_total(self.schedule) else 0,
         )  # fmt: skip
         return core.Numbers(
             rate=rate, rule=RuleNumbers(), penalty=self.penalty, epsilon=self.epsilon, smoothing=self.smoothing,
@@ -538,6 +543,23 @@ _SETTING_CHECKS = {
 
 def _check_settings(n: int, k: int, dtype, **given) -> _Settings:
     """`fit`'s settings for n rows of k outputs in `dtype`, checked, or a ValueError naming the one at fault."""
+    try:
+        # The same settings again (each `partial_fit`, a refit) are checked once. Types are
+        # part of the key: 1, 1.0 and True are equal, and not the same setting.
+        key = (n, k, np.dtype(dtype), *((name, type(value), value) for name, value in given.items()))
+        hash(key)
+    except TypeError:  # a setting that cannot be a key (an array): checked every time
+        return _checked_settings(n, k, dtype, given)
+    return _remembered_settings(key)
+
+
+@functools.lru_cache(maxsize=64)
+def _remembered_settings(key) -> _Settings:
+    n, k, dtype, *given = key
+    return _checked_settings(n, k, dtype, {name: value for name, _, value in given})
+
+
+def _checked_settings(n: int, k: int, dtype, given: dict) -> _Settings:
     alone = {name: check(name, given[name]) for name, check in _SETTING_CHECKS.items()}
     batch_size = validate.check_int("batch_size", given["batch_size"], low=1, high=n, high_name="the number of examples")
     rule = check_rule(given["optimizer"])
@@ -887,6 +909,11 @@ def _device_data(X, y, weight, batch_size, device, mesh, validation) -> core.Dat
     N = core.padded_rows(n, batch_size)
     if isinstance(X, np.ndarray) and not _pads(X):
         X, y = _unpadded(X, device), _unpadded(y, device)
+    elif (isinstance(X, np.ndarray) and X.nbytes <= _TRAVELLING_BYTES and device is None and mesh is None
+          and jax.default_backend() == "cpu"):  # fmt: skip
+        # A small table on a CPU goes to the program with each call, in
+        # NumPy: that costs 2-12 µs a call, a device_put 50-70 µs once.
+        X, y = core.pad_rows(X, N), core.pad_rows(y, N)
     elif not global_rows:  # rows spread over processes are used as they are
         X, y = _padded(X, device, N), _padded(y, device, N)
     w = None if weight is None else core.pad_rows(weight, N)
@@ -948,6 +975,7 @@ def _pads(array) -> bool:
 
 
 _KEEP_PADDED_BYTES = 16 << 20
+_TRAVELLING_BYTES = 1 << 20
 _padded_copies: dict = {}
 
 
