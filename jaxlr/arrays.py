@@ -3,6 +3,7 @@
 Nothing here imports JAX: reading a table does not wait for it.
 """
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +23,7 @@ def aligned_empty(shape, dtype=np.float32) -> np.ndarray:
         >>> X[:] = np.load("X.npy", mmap_mode="r")
     """
     dtype = np.dtype(dtype)
-    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = math.prod(shape) * dtype.itemsize
     raw = np.empty(size + ALIGNMENT, np.uint8)
     start = -raw.ctypes.data % ALIGNMENT
     return raw[start : start + size].view(dtype).reshape(shape)
@@ -58,10 +59,11 @@ def cast_and_sum(array, dtype) -> tuple[np.ndarray, float]:
         block = out[start : start + rows]
         with np.errstate(over="ignore", invalid="ignore"):  # per thread: a value beyond `dtype` shows in the sum
             np.copyto(block, array[start : start + rows], casting="unsafe")  # NumPy releases the GIL here
-            return np.sum(block)
+            return block.sum()
 
-    starts = range(0, array.shape[0], rows)
-    sums = list(_pool().map(cast_block, starts)) if len(starts) > 1 else [cast_block(0)]
+    if array.shape[0] <= rows:
+        return out, float(cast_block(0))
+    sums = list(_pool().map(cast_block, range(0, array.shape[0], rows)))
     with np.errstate(over="ignore", invalid="ignore"):
         return out, float(np.sum(sums))
 

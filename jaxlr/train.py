@@ -442,7 +442,7 @@ def _start(key, state, init, deprecated, rule, d, k, dtype, *, epochs, draw):
     first_epoch = validate.check_int("initial_epoch", deprecated.get("initial_epoch", 0), low=0)
     if state is not None:
         state = _check_state(state, rule, d, k, dtype)
-        shuffle_key = _split(key)[1]
+        shuffle_key = _shuffle_key(key)
     elif params is None:
         # The epochs' shuffle words come with the initial params when the host shuffles.
         # (a block's worth at most: later ones are drawn when needed, so memory does not follow `epochs`)
@@ -456,7 +456,7 @@ def _start(key, state, init, deprecated, rule, d, k, dtype, *, epochs, draw):
         if not bool(core.sound(params)):
             raise ValueError(f"`{name}` holds NaN, inf, or values too large for {np.dtype(dtype).name}: start from finite params.")
         state = init_fit_state(params, rule, epoch=first_epoch)
-        shuffle_key = _split(key)[1]
+        shuffle_key = _shuffle_key(key)
     if deprecated.get("opt_state") is not None:
         if rule == "sgd":
             raise ValueError("`opt_state` was given without the `optimizer` it belongs to.")
@@ -942,14 +942,10 @@ def _padded(array, device, rows):
         return array if device is None else jax.device_put(array, device)
     if not isinstance(array, jax.Array) or device is not None:
         return to_device(array, device, rows=rows)
-    found = _padded_copies.get(id(array))
-    if found is not None and found[0]() is array and found[1].shape[0] == rows:
-        return found[1]
-    padded = to_device(array, None, rows=rows)
-    key = id(array)
-    copies = _padded_copies  # the callback may run at exit, after the module's globals are gone
-    _padded_copies[key] = (weakref.ref(array, lambda _: copies.pop(key, None)), padded)
-    return padded
+    found = _padded_copies.get(array)
+    if found is not None and found.shape[0] == rows:
+        return found
+    return _padded_copies.put(array, to_device(array, None, rows=rows))
 
 
 def rows_on_device(array: np.ndarray, device=None):
@@ -976,7 +972,29 @@ def _pads(array) -> bool:
 
 _KEEP_PADDED_BYTES = 16 << 20
 _TRAVELLING_BYTES = 1 << 20
-_padded_copies: dict = {}
+
+
+class _KeptWhileAlive:
+    """Values kept for objects (arrays, which cannot be dict keys) while they live, found by identity."""
+
+    def __init__(self):
+        self._items: dict = {}  # id -> (weak reference, value)
+
+    def get(self, owner):
+        found = self._items.get(id(owner))
+        return found[1] if found is not None and found[0]() is owner else None
+
+    def put(self, owner, value):
+        key, items = id(owner), self._items  # the callback may run at exit, after the module's globals are gone
+        items[key] = (weakref.ref(owner, lambda _: items.pop(key, None)), value)
+        return value
+
+    def clear(self):
+        self._items.clear()
+
+
+_padded_copies = _KeptWhileAlive()  # small jax Arrays -> their padded copies
+_shuffle_keys = _KeptWhileAlive()  # keys -> the shuffle keys split from them
 
 
 def _validation_data(validation, d, k, dtype, device) -> core.Data:
@@ -1005,6 +1023,10 @@ def _validation_data(validation, d, k, dtype, device) -> core.Data:
 def _check_state(state, rule, d, k, dtype) -> FitState:
     if not isinstance(state, FitState):
         raise TypeError(f"`state` (={validate._describe(state)}) must be a jaxlr.FitState, e.g. a FitResult's .state.")
+    leaves, structure = jax.tree.flatten(state)
+    want_structure, want_leaves = _state_leaves(rule, d, k, np.dtype(dtype))
+    if structure == want_structure and all(isinstance(a, jax.Array) and (a.shape, a.dtype) == b for a, b in zip(leaves, want_leaves)):  # fmt: skip
+        return state  # a state fit returned, kept as it is: what the checks below would find
     validate.check_params(state.params, d, k)
     like = _state_like(rule, d, k, np.dtype(dtype))
     _check_opt_state(state.opt_state, like.opt_state, d, k, "state")
@@ -1017,6 +1039,13 @@ def _check_state(state, rule, d, k, dtype) -> FitState:
 def _state_like(rule, d, k, dtype):
     """The shapes and dtypes of a fresh state of `rule` for d features and k outputs (nothing computed)."""
     return jax.eval_shape(lambda: init_fit_state(Params(jnp.zeros((d, k), dtype), jnp.zeros(k, dtype)), rule))
+
+
+@functools.lru_cache(maxsize=32)
+def _state_leaves(rule, d, k, dtype):
+    """`_state_like`'s structure, and its leaves' shapes and dtypes."""
+    leaves, structure = jax.tree.flatten(_state_like(rule, d, k, dtype))
+    return structure, tuple((a.shape, a.dtype) for a in leaves)
 
 
 def _check_opt_state(opt_state, like, d, k, name):
@@ -1100,6 +1129,14 @@ def _rule_name(rule) -> str:
     if value is None:  # closes over something without a value: its state's structure at least
         return repr(jax.tree.structure(rule.init(Params(jnp.zeros((1, 1)), jnp.zeros(1)))))
     return "optax " + hashlib.sha256(repr(value).encode()).hexdigest()[:16]
+
+
+def _shuffle_key(key):
+    """The key of a run's orders where its params do not come from `key`: the
+    second of its split, kept while `key` lives (`validate.check_key` gives
+    one key object for the same words)."""
+    found = _shuffle_keys.get(key)
+    return found if found is not None else _shuffle_keys.put(key, _split(key)[1])
 
 
 @jax.jit
@@ -1405,7 +1442,10 @@ def clear_caches() -> None:
     core.clear_caches()
     for cached in (optim._jitted_step, _begin, _sweep_program):
         cached.cache_clear()
-    _padded_copies.clear()
+    for kept in (_padded_copies, _shuffle_keys):
+        kept.clear()
+    for cached in (_remembered_settings, _state_leaves, _state_like):
+        cached.cache_clear()
     jax.clear_caches()
     gc.collect()
     try:  # glibc keeps freed memory for reuse; hand it back to the system

@@ -712,6 +712,18 @@ def packed_at(name: str) -> int:
 def pack(numbers: Numbers, dtype: Any) -> tuple[jax.Array, jax.Array]:
     """`numbers` as one float and one int array on the device: a fit with the
     same numbers as an earlier one copies nothing to the device."""
+    try:
+        return _packed(numbers, np.dtype(dtype))
+    except TypeError:  # a number that cannot be a key (an array)
+        return _pack(numbers, dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _packed(numbers: Numbers, dtype: np.dtype) -> tuple[jax.Array, jax.Array]:
+    return _pack(numbers, dtype)
+
+
+def _pack(numbers: Numbers, dtype: Any) -> tuple[jax.Array, jax.Array]:
     value = dict(zip(_FIELD_NAMES, jax.tree.leaves(numbers)))
     with np.errstate(over="ignore"):  # a limit beyond float32 becomes inf
         floats = np.array([value[name] for name in FLOAT_NAMES], dtype)
@@ -874,5 +886,5 @@ def pad_rows(array, rows: int):
 
 def clear_caches() -> None:
     """Forgets the programs and device arrays kept here (`jaxlr.clear_caches` frees them all)."""
-    for cached in (_init_fit_state, _on_device, program, epoch_program, step_program, epoch_end_program):
+    for cached in (_init_fit_state, _on_device, _packed, program, epoch_program, step_program, epoch_end_program):
         cached.cache_clear()
