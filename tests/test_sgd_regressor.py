@@ -296,6 +296,19 @@ def test_an_l2_step_past_zero_stops_at_zero_as_scikit_learns(diabetes):
     np.testing.assert_allclose(ours.intercept_, theirs.intercept_, rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.parametrize("settings", [dict(penalty="l1", alpha=0.05), dict(learning_rate="adaptive", tol=10.0)])
+def test_each_partial_fit_starts_its_l1_bookkeeping_and_adaptive_rate_afresh_as_scikit_learns(diabetes, settings):
+    X, _, y, _ = diabetes
+    settings = dict(shuffle=False, eta0=0.05, **settings)
+    theirs, ours = SklearnSGDRegressor(**settings), jaxlr.SGDRegressor(**settings)
+    with jax.enable_x64(True):
+        for rows in (slice(0, 100), slice(100, 200), slice(0, 100)):
+            theirs.partial_fit(X[rows], y[rows])
+            ours.partial_fit(X[rows], y[rows])
+            np.testing.assert_allclose(ours.coef_, theirs.coef_, rtol=1e-10, atol=1e-13)
+            np.testing.assert_allclose(ours.intercept_, theirs.intercept_, rtol=1e-10, atol=1e-13)
+
+
 def test_l1_ratio_none_is_accepted_unless_the_penalty_is_elasticnet():
     settings = dict(penalty="l1", max_iter=5, tol=None, random_state=0)
     unset = jaxlr.SGDRegressor(l1_ratio=None, **settings).fit(TINY_X, TINY_Y)
@@ -473,3 +486,29 @@ def test_a_nan_is_found_in_the_pass_that_casts_the_table_and_named_by_the_caller
     # Early stopping splits the rows first: scikit-learn's check, before the split, names no row at all.
     with pytest.raises(ValueError, match="Input X contains NaN"):
         jaxlr.SGDRegressor(random_state=0, early_stopping=True).fit(X, y)
+
+
+def test_later_partial_fits_check_their_input_as_scikit_learns_do(diabetes):
+    # Later calls skip scikit-learn's validation where it would hand the arrays back
+    # unchanged: every other input still meets it, with its warnings and its errors.
+    pandas = pytest.importorskip("pandas")
+    X, _, y, _ = diabetes
+    X, y = X[:40], y[:40]
+    for estimator in (jaxlr.SGDRegressor, SklearnSGDRegressor):
+        named = estimator(random_state=0).partial_fit(pandas.DataFrame(X, columns=[f"f{i}" for i in range(10)]), y)
+        with pytest.warns(UserWarning, match="X does not have valid feature names"):
+            named.partial_fit(X, y)
+        model = estimator(random_state=0).partial_fit(X, y)
+        with pytest.raises(ValueError, match="Input y contains NaN"):
+            model.partial_fit(X, np.where(np.arange(40) == 3, np.nan, y))
+        with pytest.raises(ValueError, match="X has 9 features, but"):
+            model.partial_fit(np.ascontiguousarray(X[:, :9]), y)
+        with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+            model.partial_fit(X, y[:39])
+        with pytest.raises(ValueError, match="0 sample"):
+            model.partial_fit(X[:0], y[:0])
+    # Fortran-ordered rows and integer targets train as their C-ordered float twins.
+    twins = [jaxlr.SGDRegressor(random_state=0, shuffle=False).partial_fit(X, y) for _ in range(2)]
+    twins[0].partial_fit(np.asfortranarray(X), np.round(y * 10).astype(int))
+    twins[1].partial_fit(X, np.round(y * 10).astype(float))
+    np.testing.assert_array_equal(twins[0].coef_, twins[1].coef_)

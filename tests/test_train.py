@@ -147,6 +147,22 @@ def test_devices_places_data_and_params(seed_data):
         assert result.params.w.devices() == {cpu}
 
 
+@pytest.mark.parametrize("make_key", [jax.random.key, lambda seed: np.array([0, seed], np.uint32)])
+def test_a_continued_run_shuffles_by_the_key_it_is_given(make_key):
+    # What a key's split gives is kept while the key lives: a later key, which
+    # may be given a freed one's id, gets its own.
+    X, y = jaxlr.synthetic_data(jax.random.key(1), num_examples=64)
+    start = jaxlr.fit(X, y, key=jax.random.key(0), epochs=1, batch_size=1).state
+
+    def continued(seed):
+        return np.asarray(jaxlr.fit(X, y, key=make_key(seed), epochs=1, batch_size=1, state=start).params.w)
+
+    runs = [continued(seed) for seed in (1, 2, 1, 2)]
+    np.testing.assert_array_equal(runs[0], runs[2])
+    np.testing.assert_array_equal(runs[1], runs[3])
+    assert not np.array_equal(runs[0], runs[1])
+
+
 def test_the_old_keywords_still_work_for_one_release(seed_data):
     X, y = seed_data
     X, y = X[:1001], y[:1001]

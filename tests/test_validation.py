@@ -111,6 +111,30 @@ def test_bad_settings_are_refused(case):
         jaxlr.fit(X_OK, Y_OK, key=KEY, **settings)
 
 
+def test_a_setting_is_refused_after_its_equal_of_another_type_was_accepted():
+    # Checked settings are remembered, and 1 == True == 1.0: the type is part of what is remembered.
+    jaxlr.fit(X_OK, Y_OK, key=KEY, epochs=1, batch_size=1, lr=1e-3)
+    for settings, message in [({"batch_size": True}, r"`batch_size` \(=True\) must be an integer"),
+                              ({"epochs": 1.0}, r"`epochs` \(=1.0\) must be an integer"),
+                              ({"lr": 1e-3 + 0j}, r"`lr` \(=.*\) must be a real number")]:  # fmt: skip
+        with pytest.raises(TypeError, match=message):
+            jaxlr.fit(X_OK, Y_OK, key=KEY, **{"epochs": 1, "batch_size": 1, "lr": 1e-3, **settings})
+
+
+def test_a_state_of_other_dtypes_or_structure_is_checked_as_it_comes():
+    # A state fit returned is taken as it is; any other is checked, and cast where it may be.
+    first = jaxlr.fit(X_OK, Y_OK, key=KEY, epochs=1)
+    as_float64 = jax.tree.map(lambda a: np.asarray(a, np.float64) if np.asarray(a).dtype == np.float32 else a, first.state)
+    np.testing.assert_array_equal(jaxlr.fit(X_OK, Y_OK, key=KEY, epochs=2, state=as_float64).params.w,
+                                  jaxlr.fit(X_OK, Y_OK, key=KEY, epochs=2, state=first.state).params.w)  # fmt: skip
+    adam = jaxlr.fit(X_OK, Y_OK, key=KEY, epochs=1, optimizer="adam")
+    for other in (adam.state, first.state._replace(opt_state=())):  # the second has the same leaves, not the same tree
+        with pytest.raises(ValueError, match="`state` holds the state of another optimizer"):
+            jaxlr.fit(X_OK, Y_OK, key=KEY, epochs=1, state=other)
+    with pytest.raises(ValueError, match=r"`params` has w \(2, 1\) and b \(1,\), but the data needs w \(3, 1\)"):
+        jaxlr.fit(np.ones((20, 3), np.float32), Y_OK, key=KEY, epochs=1, state=first.state)
+
+
 @pytest.mark.parametrize("key", [0, None, np.array([1, 2, 3], np.uint32), "seed", jax.random.split(KEY, 2)])
 def test_a_key_that_is_not_a_prng_key_is_refused(key):
     with pytest.raises(TypeError, match=r"`key` .* must be a single PRNG key, e.g. jax.random.key\(0\)"):
