@@ -349,6 +349,8 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         if state is not None:
             # A call of its own: the stopping rule, the adaptive rate and the
             # L1 bookkeeping start afresh, as scikit-learn's do.
+            if self._afresh is None:
+                self._afresh = _afresh(state)
             state = state._replace(**self._afresh)
         n = X.shape[0]
         weights = None if np.all(sample_weight == 1) else sample_weight
@@ -384,10 +386,7 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         epochs_before, epoch, step, standard, answer = parallel.host_values(
             (0 if state is None else state.epoch, final.epoch, final.step, final.params, result.params))
         if state is None:
-            # Kept on the device for later calls: a call copies none of them again.
-            fresh = lambda a, value=0: jax.device_put(np.full(a.shape, value, a.dtype))  # noqa: E731
-            self._afresh = {"stop": jax.tree.map(fresh, final.stop)._replace(best=fresh(final.stop.best, -np.inf)),
-                            "l1": jax.tree.map(fresh, final.l1)}  # fmt: skip
+            self._afresh = None  # made by the first call that continues this run
         self._state, self._optimizer = final, self.optimizer
         self.n_iter_ = int(epoch) - int(epochs_before)
         self.t_ = float(int(step) + 1)
@@ -399,6 +398,16 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         w, b = (np.array(p, X.dtype) for p in answer)  # writable copies, as scikit-learn's
         self.coef_ = w[:, 0] if self._one_output else np.ascontiguousarray(w.T)
         self.intercept_ = b.reshape(-1)
+
+
+def _afresh(state) -> dict:
+    """The stopping rule's and the L1 step's memory as a new run starts them,
+    for `state`'s shapes: a `partial_fit` call starts both afresh, as
+    scikit-learn's does. Made once a `fit`, on the first call that needs them,
+    and kept on the device: a later call copies none of them again."""
+    fresh = lambda a, value=0: jax.device_put(np.full(a.shape, value, a.dtype))  # noqa: E731
+    return {"stop": jax.tree.map(fresh, state.stop)._replace(best=fresh(state.stop.best, -np.inf)),
+            "l1": jax.tree.map(fresh, state.l1)}  # fmt: skip
 
 
 def _validated_already(estimator, X, y) -> bool:

@@ -452,8 +452,9 @@ def _start(key, state, init, deprecated, rule, d, k, dtype, *, epochs, draw):
         known_words = (first_epoch, words)
     else:
         name = "params" if "params" in deprecated else "init"
-        params = Params(*(jnp.asarray(p, dtype) for p in validate.check_params(params, d, k, name=name)))
-        if not bool(core.sound(params)):
+        # Cast on the host: a cast on the device is a dispatch per array.
+        params = Params(*(np.asarray(p, dtype) for p in validate.check_params(params, d, k, name=name)))
+        if not bool(_sound(params)):
             raise ValueError(f"`{name}` holds NaN, inf, or values too large for {np.dtype(dtype).name}: start from finite params.")
         state = init_fit_state(params, rule, epoch=first_epoch)
         shuffle_key = _shuffle_key(key)
@@ -1129,6 +1130,9 @@ def _rule_name(rule) -> str:
     if value is None:  # closes over something without a value: its state's structure at least
         return repr(jax.tree.structure(rule.init(Params(jnp.zeros((1, 1)), jnp.zeros(1)))))
     return "optax " + hashlib.sha256(repr(value).encode()).hexdigest()[:16]
+
+
+_sound = jax.jit(core.sound)  # one dispatch, where the function alone is one per array
 
 
 def _shuffle_key(key):
