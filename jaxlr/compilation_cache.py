@@ -22,6 +22,8 @@ from pathlib import Path
 
 import jax
 
+from jaxlr import names
+
 MAX_BYTES = 2 << 30
 
 
@@ -75,7 +77,7 @@ def turn_on_once() -> None:
     if _decided:
         return
     _decided = True
-    if os.environ.get("JAXLR_NO_CACHE") or getattr(jax.config, "jax_compilation_cache_dir"):  # noqa: B009 (typed)
+    if names.switched_on("JAXLR_NO_CACHE") or getattr(jax.config, "jax_compilation_cache_dir"):  # noqa: B009 (typed)
         return
     use_compilation_cache()
 

@@ -23,6 +23,8 @@ import os
 import re
 import sys
 
+from jaxlr import names
+
 LOOP_BYTES = 1 << 18
 """The bytes one iteration may touch for its loop to become one kernel (256 KiB:
 a step at batch size 1 over 3 000 features still compiles as one; 16 KiB did
@@ -35,7 +37,7 @@ def apply() -> None:
     """Adds the option to ``XLA_FLAGS``, unless XLA has read its flags already
     or the process chose otherwise."""
     flags = os.environ.get("XLA_FLAGS", "")
-    if os.environ.get("JAXLR_KEEP_XLA_FLAGS") or "xla_backend_extra_options" in flags or _backend_started():
+    if names.switched_on("JAXLR_KEEP_XLA_FLAGS") or "xla_backend_extra_options" in flags or _backend_started():
         return
     os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_extra_options={_OPTION}={LOOP_BYTES}".strip()
 

@@ -42,7 +42,8 @@ def test_a_second_process_compiles_nothing_for_a_kind_of_fit_the_cache_holds(tmp
     cache = tmp_path / "cache"
     assert _first_fit(JAXLR_CACHE_DIR=str(cache)) == (4, str(cache))
     assert any(cache.iterdir())
-    assert _first_fit(JAXLR_CACHE_DIR=str(cache)) == (0, str(cache))
+    # JAXLR_NO_CACHE=0 means what it says: the cache stays on.
+    assert _first_fit(JAXLR_CACHE_DIR=str(cache), JAXLR_NO_CACHE="0") == (0, str(cache))
 
 
 def test_the_cache_is_off_when_the_environment_says_so_and_the_users_own_directory_stands(tmp_path):

@@ -45,6 +45,7 @@ def test_importing_jaxlr_first_sets_the_option_beside_the_process_flags():
 @pytest.mark.parametrize("prelude, env, expected", [
     pytest.param("import jax; jax.numpy.zeros(1)", {}, (None, False), id="backend-already-started"),
     pytest.param("", {"JAXLR_KEEP_XLA_FLAGS": "1"}, (None, False), id="switched-off"),
+    pytest.param("", {"JAXLR_KEEP_XLA_FLAGS": "0"}, (OPTION, True), id="switch-set-to-0"),
     pytest.param("", {"XLA_FLAGS": "--xla_backend_extra_options=xla_cpu_disable_loop_unrolling=true"},
                  ("--xla_backend_extra_options=xla_cpu_disable_loop_unrolling=true", False), id="own-backend-options"),
     pytest.param("", {"XLA_FLAGS": "--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=100"},
