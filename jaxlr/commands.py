@@ -147,14 +147,31 @@ class _Split:
         if unsplit:  # said once the rows are known to be usable: an error is then the only line
             _note(unsplit)
 
-    def to_device(self):
-        """Moves the training rows to the device, a piece at a time, and lets the host copy go."""
+    def placed(self, mesh, engine):
+        """The training rows where `fit` takes them.
+
+        Across processes (`mesh`), each process's equal share of the same
+        split, as global arrays; rows that do not split evenly go whole to
+        every process instead (the same model, for more memory). In one
+        process, on the device, a piece at a time, the host copy let go; the
+        loop engine steps through host rows, which stay.
+        """
+        import jax
+
+        from jaxlr import parallel
         from jaxlr.train import rows_on_device
 
-        # Both: `fit` checks a pair on the device in one pass; a host y would
-        # have it read X back to the host. A large X goes whole (on a CPU, in
-        # place: it is aligned for that); `fit` pads only small ones.
-        self.X, self.y = rows_on_device(self.X), rows_on_device(self.y)
+        if mesh is not None:
+            if self.X.shape[0] % jax.process_count():
+                return self.X, self.y
+            rows = parallel.local_rows(self.X.shape[0])
+            return parallel.global_rows(self.X[rows], mesh), parallel.global_rows(self.y[rows], mesh)
+        if engine != "loop":
+            # Both: `fit` checks a pair on the device in one pass; a host y would
+            # have it read X back to the host. A large X goes whole (on a CPU, in
+            # place: it is aligned for that); `fit` pads only small ones.
+            self.X, self.y = rows_on_device(self.X), rows_on_device(self.y)
+        return self.X, self.y
 
     def train_metrics(self, model, trained):
         """Training MSE and R², in the target's units.
@@ -181,20 +198,6 @@ class _Split:
             stop = start + _BLOCK_ROWS
             running.add(predict(model, scaled[start:stop]), self.y_original[start:stop])
         return running.result("train_")
-
-    def process_share(self, mesh):
-        """The training rows for a run across processes, as global arrays:
-        each process gives its equal share of the same split. Rows that do
-        not split evenly go whole to every process instead: the same model,
-        for more memory."""
-        import jax
-
-        from jaxlr import parallel
-
-        if self.X.shape[0] % jax.process_count():
-            return self.X, self.y
-        rows = parallel.local_rows(self.X.shape[0])
-        return parallel.global_rows(self.X[rows], mesh), parallel.global_rows(self.y[rows], mesh)
 
     @property
     def rows_trained(self):
@@ -317,12 +320,7 @@ def _train(args):
         table, is_seed_job = _load(args)
         split = _Split(table, args, split_words)
         table = table._replace(X=None, y=None, weight=None)  # the split holds what training needs
-        if mesh is not None:
-            rows = split.process_share(mesh)
-        else:
-            if args.engine != "loop":
-                split.to_device()
-            rows = split.X, split.y
+        rows = split.placed(mesh, args.engine)
     if "batch_size" in args.defaulted:
         args.batch_size = min(args.batch_size, split.rows_trained)
     show_lines = not (args.quiet or args.json)
