@@ -19,6 +19,7 @@ environment. The option is XLA's, for the whole process: its other small
 loops become one kernel too, and only on a CPU.
 """
 
+import functools
 import os
 import re
 import sys
@@ -56,6 +57,7 @@ def _backend_started() -> bool:
     return bool(getattr(bridge, "_backends", None))
 
 
+@functools.lru_cache(maxsize=8)  # asked on every fit that picks its engine
 def _threshold(flags: str) -> int:
     """The threshold `flags` set (XLA takes the last one given), or XLA's default."""
     found = re.findall(rf"{_OPTION}=(\d+)", flags)
