@@ -899,11 +899,12 @@ def _platform(device, mesh) -> str:
 
 
 def _device_data(X, y, weight, batch_size, device, mesh, validation) -> core.Data:
-    """The rows on the device, padded with zero-weight rows to a bucketed count.
+    """The rows where the program reads them, padded with zero-weight rows to a bucketed count.
 
     A large table is not padded (that would copy it): the program then
     compiles for its exact number of rows. A large 64-byte-aligned NumPy
-    table on a CPU is not even copied: JAX uses its memory in place.
+    table on a CPU is not even copied: JAX uses its memory in place. A small
+    NumPy table on a CPU stays NumPy, handed to each call of the program.
     """
     n = X.shape[0]
     global_rows = isinstance(X, jax.Array) and not X.is_fully_addressable
