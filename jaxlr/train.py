@@ -914,8 +914,9 @@ def _device_data(X, y, weight, batch_size, device, mesh, validation) -> core.Dat
     elif (isinstance(X, np.ndarray) and X.nbytes <= _TRAVELLING_BYTES and device is None and mesh is None
           and jax.default_backend() == "cpu"):  # fmt: skip
         # A small table on a CPU goes to the program with each call, in
-        # NumPy: that costs 2-12 µs a call, a device_put 50-70 µs once.
-        X, y = core.pad_rows(X, N), core.pad_rows(y, N)
+        # NumPy: that costs 2-12 µs a call, a device_put 50-70 µs once. A copy
+        # (padded, or as it is): the caller's arrays may change between calls.
+        X, y = (core.pad_rows(a, N) if a.shape[0] < N else a.copy() for a in (X, y))
     elif not global_rows:  # rows spread over processes are used as they are
         X, y = _padded(X, device, N), _padded(y, device, N)
     w = None if weight is None else core.pad_rows(weight, N)

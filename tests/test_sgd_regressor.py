@@ -509,6 +509,8 @@ def test_later_partial_fits_check_their_input_as_scikit_learns_do(diabetes):
             model.partial_fit(X, y[:39])
         with pytest.raises(ValueError, match="0 sample"):
             model.partial_fit(X[:0], y[:0])
+        with pytest.raises(ValueError, match=r"Found array with 0 feature\(s\) \(shape=\(40, 0\)\)"):
+            model.partial_fit(X, np.empty((40, 0)))
     # Fortran-ordered rows and integer targets train as their C-ordered float twins.
     twins = [jaxlr.SGDRegressor(random_state=0, shuffle=False).partial_fit(X, y) for _ in range(2)]
     twins[0].partial_fit(np.asfortranarray(X), np.round(y * 10).astype(int))

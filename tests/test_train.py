@@ -163,6 +163,23 @@ def test_a_continued_run_shuffles_by_the_key_it_is_given(make_key):
     assert not np.array_equal(runs[0], runs[1])
 
 
+@pytest.mark.parametrize("rows", [64, 60])  # a bucket's count exactly (nothing padded), and padded
+def test_changing_the_callers_table_during_a_run_changes_nothing(rows):
+    # The program reads the rows on each call: it reads a copy, not the caller's arrays.
+    X = np.random.default_rng(0).normal(size=(rows, 4)).astype(np.float32)
+    y = X.sum(axis=1)
+    settings = dict(key=jax.random.key(0), epochs=3, lr=0.01, batch_size=1)
+    untouched = jaxlr.fit(X.copy(), y.copy(), **settings).params.w
+    changing_X, changing_y = X.copy(), y.copy()
+
+    def zero_them(epoch, result):
+        changing_X[:], changing_y[:] = 0, 0
+        return False
+
+    changed = jaxlr.fit(changing_X, changing_y, callback=zero_them, **settings).params.w
+    np.testing.assert_array_equal(changed, untouched)
+
+
 def test_the_old_keywords_still_work_for_one_release(seed_data):
     X, y = seed_data
     X, y = X[:1001], y[:1001]
