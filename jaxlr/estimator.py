@@ -417,7 +417,7 @@ def _validated_already(estimator, X, y) -> bool:
     `partial_fit` call; X's finiteness is `fit`'s to check."""
     return (
         type(X) is np.ndarray and type(y) is np.ndarray and X.dtype in _FLOATS and y.dtype.kind == "f"
-        and X.ndim == 2 and y.ndim in (1, 2) and y.size and X.flags.c_contiguous and 0 < X.shape[0] == y.shape[0]
+        and X.ndim == 2 and y.ndim in (1, 2) and y.size > 0 and X.flags.c_contiguous and 0 < X.shape[0] == y.shape[0]
         and X.shape[1] == estimator.n_features_in_ and not hasattr(estimator, "feature_names_in_")
         and bool(np.isfinite(y).all())
     )  # fmt: skip
