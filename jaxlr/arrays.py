@@ -5,6 +5,7 @@ Nothing here imports JAX: reading a table does not wait for it.
 
 import math
 import os
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,6 +38,39 @@ def aligned(array, dtype=None) -> np.ndarray:
         return array
     out = aligned_empty(array.shape, dtype)
     np.copyto(out, array, casting="unsafe")
+    return out
+
+
+class KeptWhileAlive:
+    """Values kept for objects while they all live, found by the objects'
+    identity (arrays cannot be dict keys): a value is forgotten as soon as one
+    of its owners is."""
+
+    def __init__(self):
+        self._items: dict = {}  # the owners' ids -> (weak references to them, value)
+
+    def get(self, *owners):
+        found = self._items.get(tuple(map(id, owners)))
+        if found is None or any(ref() is not owner for ref, owner in zip(found[0], owners)):
+            return None
+        return found[1]
+
+    def put(self, *owners, value):
+        key, items = tuple(map(id, owners)), self._items  # the callback may run at exit, after the module's globals
+        forget = lambda _: items.pop(key, None)  # noqa: E731
+        items[key] = (tuple(weakref.ref(owner, forget) for owner in owners), value)
+        return value
+
+    def clear(self):
+        self._items.clear()
+
+
+def padded(array, rows: int) -> np.ndarray:
+    """A new aligned C-ordered copy of `array` with zero rows appended up to `rows`."""
+    array = np.asarray(array)
+    out = aligned_empty((rows, *array.shape[1:]), array.dtype)
+    out[: array.shape[0]] = array
+    out[array.shape[0] :] = 0
     return out
 
 

@@ -20,6 +20,7 @@ from jaxlr.arrays import (  # noqa: F401  (host arrays, importable from here as 
     aligned,
     aligned_empty,
     is_aligned,
+    padded,
 )
 
 # The generator gathers this many shuffled rows at a time: large enough that
@@ -98,12 +99,8 @@ def to_device(array, device=None, *, rows=None):
     array = np.asarray(array)
     piece_rows = max(1, _TRANSFER_BYTES // max(1, array[:1].nbytes))
     if array.ndim == 0 or array.shape[0] <= piece_rows:
-        if extra:
-            # Padded into an aligned buffer, which a CPU device then uses in place: one copy, not two.
-            padded = aligned_empty((array.shape[0] + extra, *array.shape[1:]), array.dtype)
-            padded[: array.shape[0]] = array
-            padded[array.shape[0] :] = 0
-            array = padded
+        if extra:  # padded into an aligned buffer, which a CPU device then uses in place: one copy, not two
+            array = padded(array, array.shape[0] + extra)
         return jax.device_put(array, device)
     rows = piece_rows
     buffer = jnp.zeros((array.shape[0] + extra, *array.shape[1:]), array.dtype, device=device)

@@ -19,7 +19,6 @@ import json
 import math
 import time
 import warnings
-import weakref
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
@@ -32,6 +31,7 @@ from jaxlr import callbacks as callbacks_lib
 from jaxlr import checkpoint as checkpoint_lib
 from jaxlr import compilation_cache, engines, losses, optim, parallel, penalties, schedules, validate
 from jaxlr import shuffle as shuffle_lib
+from jaxlr.arrays import KeptWhileAlive, padded
 from jaxlr.data import NpyStream, is_aligned, key_words, to_device
 from jaxlr.engines import core
 from jaxlr.engines import plan as engine_plan
@@ -914,12 +914,13 @@ def _device_data(X, y, weight, batch_size, device, mesh, validation) -> core.Dat
     elif (isinstance(X, np.ndarray) and X.nbytes <= _TRAVELLING_BYTES and device is None and mesh is None
           and jax.default_backend() == "cpu"):  # fmt: skip
         # A small table on a CPU goes to the program with each call, in
-        # NumPy: that costs 2-12 µs a call, a device_put 50-70 µs once. A copy
-        # (padded, or as it is): the caller's arrays may change between calls.
-        X, y = (core.pad_rows(a, N) if a.shape[0] < N else a.copy() for a in (X, y))
+        # NumPy: that costs 2-12 µs a call, a device_put 50-70 µs once.
+        X, y = padded(X, N), padded(y, N)
     elif not global_rows:  # rows spread over processes are used as they are
         X, y = _padded(X, device, N), _padded(y, device, N)
-    w = None if weight is None else core.pad_rows(weight, N)
+    # Copies, padded or not: NumPy rows go to the program with each call, and
+    # the caller's arrays may change between calls.
+    w = None if weight is None else padded(weight, N)
     data = core.Data(X, y, w, core.on_device(np.int32(n)), validation)
     if mesh is not None:
         data = data._replace(X=X if global_rows else parallel.put_replicated(X, mesh),
@@ -948,7 +949,7 @@ def _padded(array, device, rows):
     found = _padded_copies.get(array)
     if found is not None and found.shape[0] == rows:
         return found
-    return _padded_copies.put(array, to_device(array, None, rows=rows))
+    return _padded_copies.put(array, value=to_device(array, None, rows=rows))
 
 
 def rows_on_device(array: np.ndarray, device=None):
@@ -977,27 +978,8 @@ _KEEP_PADDED_BYTES = 16 << 20
 _TRAVELLING_BYTES = 1 << 20
 
 
-class _KeptWhileAlive:
-    """Values kept for objects (arrays, which cannot be dict keys) while they live, found by identity."""
-
-    def __init__(self):
-        self._items: dict = {}  # id -> (weak reference, value)
-
-    def get(self, owner):
-        found = self._items.get(id(owner))
-        return found[1] if found is not None and found[0]() is owner else None
-
-    def put(self, owner, value):
-        key, items = id(owner), self._items  # the callback may run at exit, after the module's globals are gone
-        items[key] = (weakref.ref(owner, lambda _: items.pop(key, None)), value)
-        return value
-
-    def clear(self):
-        self._items.clear()
-
-
-_padded_copies = _KeptWhileAlive()  # small jax Arrays -> their padded copies
-_shuffle_keys = _KeptWhileAlive()  # keys -> the shuffle keys split from them
+_padded_copies = KeptWhileAlive()  # small jax Arrays -> their padded copies
+_shuffle_keys = KeptWhileAlive()  # keys -> the shuffle keys split from them
 
 
 def _validation_data(validation, d, k, dtype, device) -> core.Data:
@@ -1142,7 +1124,7 @@ def _shuffle_key(key):
     second of its split, kept while `key` lives (`validate.check_key` gives
     one key object for the same words)."""
     found = _shuffle_keys.get(key)
-    return found if found is not None else _shuffle_keys.put(key, _split(key)[1])
+    return found if found is not None else _shuffle_keys.put(key, value=_split(key)[1])
 
 
 @jax.jit

@@ -8,7 +8,6 @@ import functools
 import inspect
 import math
 import numbers
-import weakref
 from functools import partial
 
 import jax
@@ -248,18 +247,15 @@ def _finite_sums(X, y):
 # Arrays (or pairs) proven finite while they live, so that `_check_finite`
 # need not pass over them again: a jax pair checked once (jax Arrays are
 # immutable), a cast `in_training_precision` made and summed to a finite number.
-_finite: dict = {}  # the arrays' ids -> weak references to them
+_finite = arrays.KeptWhileAlive()
 
 
-def _proven_finite(*arrays) -> bool:
-    refs = _finite.get(tuple(map(id, arrays)))
-    return refs is not None and all(ref() is array for ref, array in zip(refs, arrays))
+def _proven_finite(*values) -> bool:
+    return _finite.get(*values) is not None
 
 
-def _remember_finite(*arrays) -> None:
-    key, finite = tuple(map(id, arrays)), _finite  # the callback may run at exit, after the module's globals
-    forget = lambda _: finite.pop(key, None)  # noqa: E731
-    finite[key] = tuple(weakref.ref(array, forget) for array in arrays)
+def _remember_finite(*values) -> None:
+    _finite.put(*values, value=True)
 
 
 @jax.jit

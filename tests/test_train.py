@@ -167,16 +167,16 @@ def test_a_continued_run_shuffles_by_the_key_it_is_given(make_key):
 def test_changing_the_callers_table_during_a_run_changes_nothing(rows):
     # The program reads the rows on each call: it reads a copy, not the caller's arrays.
     X = np.random.default_rng(0).normal(size=(rows, 4)).astype(np.float32)
-    y = X.sum(axis=1)
+    y, weight = X.sum(axis=1), np.linspace(0.5, 2.0, rows, dtype=np.float32)
     settings = dict(key=jax.random.key(0), epochs=3, lr=0.01, batch_size=1)
-    untouched = jaxlr.fit(X.copy(), y.copy(), **settings).params.w
-    changing_X, changing_y = X.copy(), y.copy()
+    untouched = jaxlr.fit(X.copy(), y.copy(), sample_weight=weight.copy(), **settings).params.w
+    changing_X, changing_y, changing_weight = X.copy(), y.copy(), weight.copy()
 
     def zero_them(epoch, result):
-        changing_X[:], changing_y[:] = 0, 0
+        changing_X[:], changing_y[:], changing_weight[:] = 0, 0, 0
         return False
 
-    changed = jaxlr.fit(changing_X, changing_y, callback=zero_them, **settings).params.w
+    changed = jaxlr.fit(changing_X, changing_y, sample_weight=changing_weight, callback=zero_them, **settings).params.w
     np.testing.assert_array_equal(changed, untouched)
 
 
