@@ -27,6 +27,12 @@ def run(run, state) -> Iterator[Block]:
     # Losses are read back only every `read_every` steps (and at an epoch's
     # end): to notice divergence early without a sync on every step.
     read_every = 500
+    # Several CPU devices run a step's all-reduce on one shared thread pool:
+    # with steps queued behind each other, the threads can all be taken by the
+    # devices of different steps, each waiting at its rendezvous for devices
+    # that never get a thread (a hang seen on a loaded 2-core machine). One
+    # step at a time keeps every thread on the same step.
+    serial = run.mesh is not None and run.mesh.size > 1 and run.mesh.devices.flat[0].platform == "cpu"
     for e in range(run.epochs):
         epoch = run.initial_epoch + e
         first_step = run.initial_step + e * run.steps_per_epoch
@@ -44,6 +50,8 @@ def run(run, state) -> Iterator[Block]:
                 placed = (parallel.by_rows if even else parallel.replicated)(run.mesh)
                 X_b, y_b, w_b = jax.device_put((X_b, y_b, w_b), placed)
             carried, value = step(carried, drops, numbers, X_b, y_b, w_b)
+            if serial:
+                jax.block_until_ready(value)
             values.append(value)
             if (i + 1) % read_every == 0 or i + 1 == run.steps_per_epoch:
                 taken = np.array([np.asarray(v) for v in values], dtype).reshape(len(values), -1)
