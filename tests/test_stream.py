@@ -47,7 +47,7 @@ def _mse(params_w, params_b, X, y):
     return float(np.mean((X @ np.reshape(params_w, (-1, 1)) + params_b - y) ** 2))
 
 
-def test_streaming_keeps_memory_bounded_and_learns_like_in_memory(big_file):
+def test_streaming_keeps_memory_bounded_and_reaches_the_noise_floor(big_file):
     assert big_file.stat().st_size > 1.45e9
     done = subprocess.run([sys.executable, "-c", STREAM, str(big_file)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -55,15 +55,11 @@ def test_streaming_keeps_memory_bounded_and_learns_like_in_memory(big_file):
     assert streamed["peak_rss_MB"] < 700, streamed["peak_rss_MB"]
     assert ROWS // 1024 <= streamed["steps"] <= ROWS // 1024 + 64  # one short batch per chunk at most
 
-    matrix = np.load(big_file)
-    in_memory = jaxlr.fit(matrix[:, :FEATURES], matrix[:, FEATURES], key=jax.random.key(1), epochs=1,
-                          batch_size=1024, lr=0.01)  # fmt: skip
-    X, y = matrix[:200_000, :FEATURES], matrix[:200_000, FEATURES:]
+    # One streamed epoch learns the truth up to the noise, 0.1 ** 2.
+    matrix = np.load(big_file, mmap_mode="r")
+    X, y = np.array(matrix[:200_000, :FEATURES]), np.array(matrix[:200_000, FEATURES:])
     del matrix
-    loss_streamed = _mse(streamed["w"], streamed["b"], X, y)
-    loss_in_memory = _mse(np.asarray(in_memory.params.w), np.asarray(in_memory.params.b), X, y)
-    assert abs(loss_streamed - loss_in_memory) <= 0.05 * loss_in_memory, (loss_streamed, loss_in_memory)
-    assert loss_in_memory < 0.0105  # both at the noise floor, 0.1 ** 2
+    assert _mse(streamed["w"], streamed["b"], X, y) < 0.0105
 
 
 def test_a_memmap_streams_too_and_chunks_change_order_each_epoch(tmp_path):
