@@ -36,6 +36,15 @@ def data_mesh(devices):
     return Mesh(np.array(jax.devices()[:count]), ("data",))
 
 
+def platform(device=None, mesh=None) -> str:
+    """The platform the rows train on: "cpu", "gpu", "tpu", ..."""
+    if device is not None:
+        return device.platform
+    if mesh is not None:
+        return mesh.devices.flat[0].platform
+    return jax.default_backend()
+
+
 def replicated(mesh):
     return NamedSharding(mesh, PartitionSpec())
 

@@ -353,7 +353,7 @@ def _prepare(  # fmt: skip
         # Host and device draw the same orders (`jaxlr.shuffle`): the device
         # when the epochs' count is open (`tol`) or the rows sit on an
         # accelerator, the host where it is cheaper, on a CPU.
-        shuffle = "device" if engine == "fused" and (spec.stops or _platform(device, mesh) != "cpu") else "host"
+        shuffle = "device" if engine == "fused" and (spec.stops or parallel.platform(device, mesh) != "cpu") else "host"
     draw = shuffle or "none"
 
     # The starting state: given, from the old keywords, or fresh (a checkpoint may replace it below).
@@ -887,15 +887,6 @@ def _placement(devices):
             f"set XLA_FLAGS=--xla_force_host_platform_device_count={devices} before importing jax."
         )
     return None, parallel.data_mesh(devices)
-
-
-def _platform(device, mesh) -> str:
-    """The platform the rows train on: "cpu", "gpu", "tpu", ..."""
-    if device is not None:
-        return device.platform
-    if mesh is not None:
-        return mesh.devices.flat[0].platform
-    return jax.default_backend()
 
 
 def _device_data(X, y, weight, batch_size, device, mesh, validation) -> core.Data:

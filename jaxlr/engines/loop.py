@@ -32,7 +32,7 @@ def run(run, state) -> Iterator[Block]:
     # devices of different steps, each waiting at its rendezvous for devices
     # that never get a thread (a hang seen on a loaded 2-core machine). One
     # step at a time keeps every thread on the same step.
-    serial = run.mesh is not None and run.mesh.size > 1 and run.mesh.devices.flat[0].platform == "cpu"
+    serial = run.mesh is not None and run.mesh.size > 1 and parallel.platform(mesh=run.mesh) == "cpu"
     for e in range(run.epochs):
         epoch = run.initial_epoch + e
         first_step = run.initial_step + e * run.steps_per_epoch
