@@ -183,11 +183,37 @@ def device_permutation(words: jax.Array, n, size: int) -> jax.Array:
 
         return run
 
-    x = jax.lax.cond(bits < _SMALL_BITS, network(_SMALL_ROUNDS), network(_ROUNDS), None)
+    if bits_for(size) < _SMALL_BITS:
+        x = network(_SMALL_ROUNDS)(None)  # n <= size: the rounds are known (a branch would cost a CPU loop its single kernel)
+    else:
+        x = jax.lax.cond(bits < _SMALL_BITS, network(_SMALL_ROUNDS), network(_ROUNDS), None)
     keep = (inputs <= mask) & (x < n.astype(jnp.uint32))
-    # (XLA's CPU backend runs this cumsum as a reduce-window, most of the
-    # shuffle's time at 20 000 rows; an associative scan drew the order a fifth
-    # faster but added about 0.2 s to compiling every program that shuffles.)
-    position = jnp.cumsum(keep, dtype=jnp.int32) - 1
+    position = _running_count(keep.astype(jnp.int32)) - 1
     order = jnp.arange(size, dtype=jnp.int32)
     return order.at[jnp.where(keep, position, size)].set(x.astype(jnp.int32), mode="drop", unique_indices=True)
+
+
+# Entries summed at once by `_running_count`: measured on a 2-core CPU, 16
+# beat 8 and 32 from 512 to 2**21 entries; 64 made XLA write the products out.
+_COUNT_BLOCK = 16
+
+
+def _running_count(x):
+    """``jnp.cumsum(x)`` for a power-of-two length, by blocks.
+
+    XLA's CPU backend runs a cumsum as a reduce-window: most of a shuffle's
+    time, 25 µs for 512 entries and 12 ms for 2**21. Here each block of 16
+    entries is summed against a triangle of ones (one fused reduction), and
+    the blocks' totals are counted the same way, level by level: 3 to 7
+    times faster, exact in integers, and a small program to compile.
+    """
+    import jax.numpy as jnp
+
+    width = min(x.shape[0], _COUNT_BLOCK)
+    blocks = x.reshape(-1, width)
+    triangle = jnp.arange(width)[:, None] >= jnp.arange(width)[None, :]
+    within = jnp.sum(jnp.where(triangle[None], blocks[:, None, :], 0), axis=-1)
+    if blocks.shape[0] == 1:
+        return within.reshape(-1)
+    before = _running_count(within[:, -1]) - within[:, -1]  # the entries of the blocks before each
+    return (within + before[:, None]).reshape(-1)
