@@ -184,7 +184,7 @@ def device_permutation(words: jax.Array, n, size: int) -> jax.Array:
         return run
 
     if bits_for(size) < _SMALL_BITS:
-        x = network(_SMALL_ROUNDS)(None)  # n <= size: the rounds are known (a branch would cost a CPU loop its single kernel)
+        x = network(_SMALL_ROUNDS)(None)  # n <= size: the rounds are known, no branch needed
     else:
         x = jax.lax.cond(bits < _SMALL_BITS, network(_SMALL_ROUNDS), network(_ROUNDS), None)
     keep = (inputs <= mask) & (x < n.astype(jnp.uint32))
