@@ -953,12 +953,8 @@ def _unpadded(array: np.ndarray, device):
     """A host array on the device as it is: in place where JAX can (a CPU
     device and 64-byte-aligned, C-ordered memory), else one copy."""
     target = device if device is not None else jax.devices()[0]
-    if target.platform == "cpu":
-        # Unaligned memory gets one aligned copy, which the device then uses
-        # in place: a third of the time of filling a device buffer piece by
-        # piece (about 40 against 120 ms for 200 000 x 100 float32), and no
-        # more memory (the caller's table and one copy).
-        return jax.device_put(array if is_aligned(array) else padded(array, array.shape[0]), device)
+    if target.platform == "cpu" and is_aligned(array):
+        return jax.device_put(array, device)
     return to_device(array, device)
 
 
