@@ -222,7 +222,7 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         self.t_ = 1.0
         start = time.perf_counter()
         self._run(X, y, sample_weight, epochs=self.max_iter, init=Params(coef, intercept), validation=validation,
-                  tol=tol, shuffle="device" if self.shuffle else False)  # fmt: skip
+                  tol=tol, shuffle=bool(self.shuffle))  # fmt: skip
         if self.verbose:
             print(f"Convergence after {self.n_iter_} epochs took {time.perf_counter() - start:.2f} seconds")
         if self.tol is not None and self.tol > -np.inf and self.n_iter_ == self.max_iter:
@@ -269,7 +269,8 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
                 )
             init = None
         # Like scikit-learn, one call is one epoch with its stopping rule
-        # (and its adaptive learning rate) starting afresh.
+        # (and its adaptive learning rate) starting afresh. Its order is drawn
+        # on the device: for one epoch, the host's draw costs more per call.
         self._run(X, y, sample_weight, epochs=1, init=init, validation=None, tol=None,
                   shuffle="device" if self.shuffle else False)  # fmt: skip
         return self
