@@ -67,14 +67,27 @@ def atomic_write(path, write):
     The bytes go to a temporary file in the same directory, are flushed to
     disk, and only then renamed over `path`: a crash or kill at any moment
     leaves either the old file or the new one, never a torn one. A file
-    replaced keeps its permission bits; a new one gets the umask's.
+    replaced keeps its permission bits; a new one gets the umask's. A
+    symbolic link is written through (the file it names is replaced, the
+    link stays), and what is not a regular file (a pipe, a terminal,
+    ``/dev/null``) is written into as it is, never replaced.
     """
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
     try:
-        # A file replaced keeps its permissions (a private 0600 model stays private).
-        mode = stat.S_IMODE(os.stat(path).st_mode)
+        found = os.stat(path)  # through symbolic links
     except FileNotFoundError:
+        found = None
+    if found is not None and not stat.S_ISREG(found.st_mode):
+        if stat.S_ISDIR(found.st_mode):
+            raise IsADirectoryError(f"{str(path)!r} is a directory, not a file to write.")
+        with open(path, "wb") as file:  # a stream or a device: nothing to rename over
+            write(file)
+        return
+    path = Path(os.path.realpath(path))  # a link's target is replaced, not the link
+    directory = path.parent
+    if found is not None:
+        # A file replaced keeps its permissions (a private 0600 model stays private).
+        mode = stat.S_IMODE(found.st_mode)
+    else:
         mode = 0o666 & ~_umask()  # mkstemp makes it private; a new file should not be
     fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -181,3 +181,26 @@ def test_saving_over_a_private_model_file_keeps_it_private(tmp_path):
     save_model(path, MODEL._replace(settings={"lr": 0.2}))
     assert (path.stat().st_mode & 0o777) == 0o600
     assert load_model(path).settings == {"lr": 0.2}
+
+
+def test_saving_writes_through_a_link_and_into_a_pipe_without_replacing_them(tmp_path):
+    import os
+    import threading
+
+    target, link = tmp_path / "real.npz", tmp_path / "link.npz"
+    target.write_bytes(b"old")
+    link.symlink_to(target.name)
+    save_model(link, MODEL)
+    assert link.is_symlink() and os.readlink(link) == target.name  # the link stays a link...
+    assert load_model(target).settings == MODEL.settings  # ...and the file it names holds the model
+
+    pipe = tmp_path / "pipe.npz"
+    os.mkfifo(pipe)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(pipe.read_bytes()))
+    reader.start()
+    save_model(pipe, MODEL)
+    reader.join(timeout=60)
+    assert pipe.is_fifo()  # not replaced by a regular file
+    (tmp_path / "received.npz").write_bytes(received[0])
+    assert load_model(tmp_path / "received.npz").settings == MODEL.settings
