@@ -145,6 +145,9 @@ def least_squares(X, y):
     at a time to one triangular factor R ("tall and skinny" QR), whose square
     part is solved against its last columns by SVD: as accurate as an SVD of
     the whole table, and three to four times slower than the normal equations.
+    Exactly dependent columns (one-hot levels beside the intercept) get the
+    least-norm weights in the standardized units, with NumPy's cut-off for
+    the whole table's singular values.
 
     Args:
         X: array of shape (n, d), any float dtype.
@@ -183,6 +186,9 @@ def least_squares(X, y):
                 factor = np.linalg.qr(np.concatenate([factor, block[j : j + step]]), mode="r")
         square = np.zeros((d, d + k))
         square[: min(d, factor.shape[0])] = factor[:d]  # fewer rows than features: zero rows below
-        w = np.linalg.lstsq(square[:, :d], square[:, d:], rcond=None)[0]
+        # Singular values below NumPy's own cut-off for the whole table (its
+        # rounding over n rows) are dependence, not signal: one-hot levels
+        # beside an intercept would otherwise get weights of 1e10 and more.
+        w = np.linalg.lstsq(square[:, :d], square[:, d:], rcond=np.finfo(np.float64).eps * max(n, d + 1))[0]
     original = scaler.to_original(Params(w, np.zeros(k)))
     return original.w, original.b

@@ -142,6 +142,22 @@ def test_host_least_squares_fits_as_well_as_lstsq_however_close_two_columns_are(
     assert np.mean((X @ w + b - y) ** 2) <= best * (1 + 1e-6)
 
 
+def test_host_least_squares_gives_one_hot_levels_beside_the_intercept_finite_weights():
+    # Each row's levels sum to one, as the intercept's column does: exactly
+    # dependent columns, whose weights NumPy's lstsq keeps small.
+    from jaxlr.preprocessing import least_squares
+
+    rng = np.random.default_rng(5)
+    n = 20_000
+    x, level = rng.normal(size=n), rng.integers(0, 3, n)
+    X = np.column_stack([np.eye(3)[level], x])
+    y = (2 * x + 3 * (level == 1) + 0.1 * rng.normal(size=n))[:, None]
+    w, b = least_squares(X, y)
+    design = np.column_stack([X, np.ones(n)])
+    np.testing.assert_allclose(X @ w + b, design @ np.linalg.lstsq(design, y, rcond=None)[0], atol=1e-9)
+    assert np.abs(w).max() < 10 and np.abs(b).max() < 10  # 8e9 each when rounding was taken for signal
+
+
 def test_host_least_squares_factors_the_rows_in_blocks_as_the_normal_equations_solve(monkeypatch):
     from jaxlr import preprocessing
 
