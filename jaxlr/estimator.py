@@ -354,13 +354,24 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
                 self._afresh = _afresh(state)
             state = state._replace(**self._afresh)
         n = X.shape[0]
+        if state is None:
+            self._shift = self._target_shift(y, dtype)
+        shift = self._shift
+        targets = np.asarray(y).reshape(n, -1)
+        if shift is not None:
+            targets = targets - shift
+            if init is not None:
+                init = Params(init.w, np.asarray(init.b, np.float64) - shift)
+            if validation is not None:
+                validation = (validation[0], np.asarray(validation[1]).reshape(len(validation[1]), -1) - shift,
+                              *validation[2:])  # fmt: skip
         weights = None if np.all(sample_weight == 1) else sample_weight
         key = np.array([0, seed], np.uint32)  # jax.random.key(seed)'s words, without its dispatch
         try:
             result = fit(
                 # `fit` casts a float64 table once, 64-byte aligned, which JAX
                 # then uses in place on a CPU, and refuses values beyond float32.
-                X, np.asarray(y).reshape(n, -1), key=key, epochs=epochs,
+                X, targets, key=key, epochs=epochs,
                 lr=self.eta0, batch_size=min(self.batch_size, n), optimizer=self.optimizer,
                 # jaxlr averages the loss over the outputs too; summed over them,
                 # each column trains as a model of its own would.
@@ -394,11 +405,30 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         if self.verbose and result.epoch_losses is not None:
             for i, value in enumerate(np.asarray(result.epoch_losses), start=1):
                 print(f"-- Epoch {i}\nAvg. loss: {float(value):.6f}")
+        if shift is not None:
+            standard = (standard[0], np.asarray(standard[1], np.float64) + shift)
+            answer = (answer[0], np.asarray(answer[1], np.float64) + shift)
         self._standard = tuple(np.asarray(p, np.float64) for p in standard)
         # In the input's precision, as scikit-learn's (float32 X: float32 coef_).
         w, b = (np.array(p, X.dtype) for p in answer)  # writable copies, as scikit-learn's
         self.coef_ = w[:, 0] if self._one_output else np.ascontiguousarray(w.T)
         self.intercept_ = b.reshape(-1)
+
+
+    def _target_shift(self, y, dtype):
+        """What a float32 run subtracts from the targets (and from the
+        intercept it starts at), given back in `intercept_`; None for none.
+
+        Every loss reads a row through its residual ``x·w + b - y``, which
+        the shift leaves as it is: the steps are scikit-learn's. But the
+        intercept then ends near zero instead of near the targets' mean,
+        where float32 resolves its small late steps: with targets around
+        1e7, a step below 1 would not move it at all.
+        """
+        if not self.fit_intercept or np.dtype(dtype).itemsize > 4:
+            return None
+        mean = np.mean(np.asarray(y, np.float64).reshape(len(y), -1), axis=0)
+        return mean if np.any(mean != 0) else None
 
 
 def _afresh(state) -> dict:

@@ -206,6 +206,20 @@ def test_adam_reaches_a_good_fit_with_an_unscaled_target():
     np.testing.assert_allclose(still.intercept_, [y.mean()], rtol=1e-5)
 
 
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_a_target_far_from_zero_fits_as_well_as_in_scikit_learn(early_stopping):
+    # In float32 an intercept near 1e7 cannot take steps below 1: it stalled
+    # wherever the rate fell under that (R² -21 with early stopping).
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(2000, 3))
+    y = X @ [40.0, -25.0, 60.0] + 5 * rng.normal(size=2000)
+    for offset in (1e7, -3e8):
+        settings = dict(random_state=0, early_stopping=early_stopping)
+        ours = jaxlr.SGDRegressor(**settings).fit(X, y + offset)
+        theirs = SklearnSGDRegressor(**settings).fit(X, y + offset)
+        assert ours.score(X, y + offset) > theirs.score(X, y + offset) - 0.01 > 0.98, offset
+
+
 def test_several_targets(diabetes):
     X, _, y, _ = diabetes
     Y = np.column_stack([y, X @ np.linspace(-1.0, 1.0, 10) + 0.5])
