@@ -285,7 +285,7 @@ def _parser():
 
     train = sub.add_parser("train", parents=[_data_options("train"), common], formatter_class=Formatter,
                            help="train by SGD (the lesson's job without --data; what jaxlr runs with no command)")  # fmt: skip
-    train.add_argument("--epochs", type=_count, help="passes over the training rows, the most with early stopping ("
+    train.add_argument("--epochs", type=_positive_int, help="passes over the training rows, the most with early stopping ("
                        + _default("epochs") + ")")  # fmt: skip
     train.add_argument("--lr", type=_positive, help="learning rate (" + _default("lr") + ")")
     train.add_argument("--batch-size", type=_positive_int, help="rows per step (" + _default("batch_size") + "; "

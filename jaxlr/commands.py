@@ -681,7 +681,7 @@ def _print_report(report, args):
         if f"{split}_mse" in report:
             name = "training" if split == "train" else "validation"
             print(f"{name} MSE = {report[f'{split}_mse']:.4g}, R^2 = {report[f'{split}_r2']:.4f}")
-    if "best_epoch" in report:
+    if report.get("best_epoch") is not None:
         if report["early_stopped"]:
             print(f"early stopping: stopped after {report['epochs_run']} epochs, {args.early_stopping} without a "
                   f"lower validation MSE; kept epoch {report['best_epoch'] + 1}")  # fmt: skip
