@@ -34,6 +34,8 @@ class EarlyStopping:
         patience: epochs to wait for an improvement.
         X_val: array of shape (m, d), in the units the model trains on.
         y_val: array of shape (m, k).
+        weight: None, or each validation row's weight (m,): the MSE is then
+            weighted as training weighs its rows.
 
     Attributes:
         best_params: the params of the best epoch so far (None before the first).
@@ -42,9 +44,11 @@ class EarlyStopping:
         stopped: whether it stopped training.
     """
 
-    def __init__(self, patience: int, X_val, y_val):
+    def __init__(self, patience: int, X_val, y_val, weight=None):
         self.patience = patience
         self.X_val, self.y_val = np.asarray(X_val, np.float64), np.asarray(y_val, np.float64)
+        # Each validation row's share of the MSE, as training weighs it.
+        self.weight = None if weight is None else np.asarray(weight, np.float64).reshape(-1, 1)
         self.best: Optional[float] = None
         self.best_params: Any = None
         self.best_epoch: Optional[int] = None
@@ -84,7 +88,11 @@ class EarlyStopping:
 
         self.epochs_seen += 1
         w, b = (parallel.host_value(p).astype(np.float64) for p in result.params)
-        error = float(np.mean((self.X_val @ w + b - self.y_val) ** 2))
+        squared = (self.X_val @ w + b - self.y_val) ** 2
+        if self.weight is None:
+            error = float(np.mean(squared))
+        else:
+            error = float(np.sum(self.weight * squared) / (np.sum(self.weight) * squared.shape[1]))
         if self.best is None or error < self.best:
             self.best, self.best_params, self.best_epoch, self.waited = error, result.params, epoch, 0
             return False

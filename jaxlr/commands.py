@@ -83,7 +83,7 @@ class _Split:
         if X.shape[0] == 0:
             raise DataError(f"{args.data} has no rows.")
         self.rows = X.shape[0]
-        val_X = val_y = unsplit = None
+        val_X = val_y = val_weight = unsplit = None
         if args.val_fraction:
             from jaxlr.callbacks import MIN_VALIDATION_ROWS, validation_rows
 
@@ -106,6 +106,12 @@ class _Split:
             # The keyed permutation `jaxlr.data.permutation` draws, on the host, without JAX.
             held = np.sort(permutation_from_words(split_words, X.shape[0])[:num_val])
             val_X, val_y = X[held], y[held]
+            if weight is not None:
+                # The held-out rows are judged with their weights, as training weighs its rows.
+                val_weight = weight[held]
+                if not np.any(val_weight > 0):
+                    raise DataError(f"--sample-weight: every validation row has weight 0 ({num_val} rows held out); "
+                                    "hold out more rows (--val-fraction) or use --val-fraction 0.")  # fmt: skip
             kept = np.ones(X.shape[0], bool)  # a mask, not indices: an eighth of the memory
             kept[held] = False
             y, weight = y[kept], None if weight is None else weight[kept]
@@ -137,7 +143,7 @@ class _Split:
         self.y = self.scaler.transform_target(y).astype(dtype)
         self.y_original, self.weight = y, weight
         self.val_X = None if val_X is None else self.scaler.transform(val_X)
-        self.val_y = val_y
+        self.val_y, self.val_weight = val_y, val_weight
         self.val_y_scaled = None if val_y is None else self.scaler.transform_target(val_y)
         # Training starts from the mean: zero weights, the intercept at the
         # (transformed) target's mean. The lesson's random start puts the
@@ -196,7 +202,8 @@ class _Split:
         # A block at a time: float64 copies of a large table's predictions stay a few MB.
         for start in range(0, self.rows_trained, _BLOCK_ROWS):
             stop = start + _BLOCK_ROWS
-            running.add(predict(model, scaled[start:stop]), self.y_original[start:stop])
+            weight = None if self.weight is None else self.weight[start:stop]
+            running.add(predict(model, scaled[start:stop]), self.y_original[start:stop], weight)
         return running.result("train_")
 
     @property
@@ -326,7 +333,7 @@ def _train(args):
     show_lines = not (args.quiet or args.json)
     stopper = None
     if args.early_stopping:
-        stopper = EarlyStopping(args.early_stopping, split.val_X, split.val_y_scaled)
+        stopper = EarlyStopping(args.early_stopping, split.val_X, split.val_y_scaled, split.val_weight)
     bar = Progress(args.epochs, enabled=not args.quiet)
     lines = None
     if show_lines and not is_seed_job and bar.bar is None:
@@ -447,7 +454,7 @@ class _Whole:
         self.X, self.y, self.rows, self.weight = X, y, rows, None
         self.scaler = Standardizer(np.zeros(num_features), np.ones(num_features), np.zeros(1), np.ones(1))
         self.mean, self.scale = self.scaler.x_mean, self.scaler.x_scale
-        self.val_X = self.val_y = self.val_y_scaled = self.start = None
+        self.val_X = self.val_y = self.val_y_scaled = self.val_weight = self.start = None
         self.rows_trained = rows
         self.host_chunks = chunks
 
@@ -660,7 +667,7 @@ def _report(model, split, args, elapsed, trained, table=None):
     report.update(split.train_metrics(model, trained))
     if split.val_X is not None:
         report["val_rows"] = int(split.val_X.shape[0])
-        report.update(host_metrics(_on_standardized(model, split.val_X), split.val_y, "val_"))
+        report.update(host_metrics(_on_standardized(model, split.val_X), split.val_y, "val_", split.val_weight))
     return report
 
 

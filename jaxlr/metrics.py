@@ -60,9 +60,10 @@ def r2_from(yhat: jax.Array, y: jax.Array, weight: jax.Array) -> jax.Array:
     return jnp.mean(score)
 
 
-def host_metrics(predictions: np.ndarray, y: np.ndarray, prefix: str = "") -> dict[str, float]:
-    """MSE and R² of host arrays of shape (n, k), in float64, as a report's entries."""
-    return RunningMetrics().add(predictions, y).result(prefix)
+def host_metrics(predictions: np.ndarray, y: np.ndarray, prefix: str = "", weight=None) -> dict[str, float]:
+    """MSE and R² of host arrays of shape (n, k), in float64, as a report's
+    entries; with `weight` (n,), each row's share (weighted MSE and R²)."""
+    return RunningMetrics().add(predictions, y, weight).result(prefix)
 
 
 class RunningMetrics:
@@ -70,26 +71,28 @@ class RunningMetrics:
 
     The target's spread is summed about each chunk's own mean and the chunks
     combined by Chan's rule: the sum of squares minus the squared sum would
-    cancel to nothing for targets far from zero (1e9 + a small spread).
+    cancel to nothing for targets far from zero (1e9 + a small spread). Rows
+    may carry weights: each then counts as that many rows.
     """
 
     def __init__(self) -> None:
-        self.count = 0
+        self.count = 0.0
         self.squared = self.mean = self.spread = 0.0
 
-    def add(self, predictions: np.ndarray, y: np.ndarray) -> "RunningMetrics":
+    def add(self, predictions: np.ndarray, y: np.ndarray, weight=None) -> "RunningMetrics":
         predictions, y = np.asarray(predictions, np.float64), np.asarray(y, np.float64)
-        m = y.shape[0]
+        share = np.ones((y.shape[0], 1)) if weight is None else np.asarray(weight, np.float64).reshape(-1, 1)
+        m = float(share.sum())
         if m == 0:
             return self
-        chunk_mean = y.mean(axis=0)
-        chunk_spread = ((y - chunk_mean) ** 2).sum(axis=0)
+        chunk_mean = (share * y).sum(axis=0) / m
+        chunk_spread = (share * (y - chunk_mean) ** 2).sum(axis=0)
         total = self.count + m
         delta = chunk_mean - self.mean
         self.spread = self.spread + chunk_spread + delta**2 * self.count * m / total
         self.mean = self.mean + delta * m / total
         self.count = total
-        self.squared = self.squared + ((predictions - y) ** 2).sum(axis=0)
+        self.squared = self.squared + (share * (predictions - y) ** 2).sum(axis=0)
         return self
 
     def result(self, prefix: str = "") -> dict[str, float]:

@@ -289,3 +289,29 @@ def test_a_large_table_is_solved_in_blocks_as_lstsq_solves_it(monkeypatch, x64):
     rtol = 1e-9 if x64 else 2e-3
     np.testing.assert_allclose(np.asarray(params.w, np.float64), w, rtol=rtol)
     np.testing.assert_allclose(np.asarray(params.b, np.float64), b[0], rtol=rtol)
+
+
+def test_sample_weights_also_weigh_the_validation_rows_and_the_reported_metrics(tmp_path, cache_dir):
+    # Rows of weight 0 are noise: training ignores them, and so must the
+    # held-out score, early stopping and the reported R² (unweighted, the
+    # noise made a good model look worse than the mean).
+    rng = np.random.default_rng(0)
+    n = 2000
+    x = rng.normal(size=n)
+    noise_row = rng.random(n) < 0.3
+    y = np.where(noise_row, 200 * rng.normal(size=n), 2 * x + 1 + 0.1 * rng.normal(size=n))
+    weight = np.where(noise_row, 0.0, 1.0)
+    rows = "".join(f"{float(a)!r},{w},{float(t)!r}\n" for a, w, t in zip(x, weight, y))
+    (tmp_path / "w.csv").write_text("x,weight,y\n" + rows)
+    done = run_cli("train", "--data", "w.csv", "--target", "y", "--sample-weight", "weight", "--json", "--quiet",
+                   cwd=tmp_path, cache_dir=cache_dir)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    np.testing.assert_allclose(report["w"], [2.0], atol=0.05)
+    assert report["train_r2"] > 0.99 and report["val_r2"] > 0.99, report
+    assert "worse than" not in done.stderr
+
+    (tmp_path / "zero.csv").write_text("x,weight,y\n" + "".join(f"{float(a)!r},0,{float(t)!r}\n" for a, t in zip(x[:200], y[:200])))
+    done = run_cli("train", "--data", "zero.csv", "--target", "y", "--sample-weight", "weight", "--quiet",
+                   cwd=tmp_path, cache_dir=cache_dir)  # fmt: skip
+    assert done.returncode == 2 and "every validation row has weight 0" in done.stderr, done.stderr

@@ -200,3 +200,24 @@ def test_resume_if_present_keeps_unreadable_checkpoints_of_this_run(tmp_path):
     with pytest.raises(jaxlr.checkpoint.CheckpointError, match="none is readable"):
         jaxlr.fit(X, y, key=jax.random.key(0), epochs=2, checkpoint=tmp_path, resume="if_present")
     assert all(file.read_bytes() == b"damaged" for file in files)
+
+
+def test_early_stopping_and_the_metrics_weigh_the_validation_rows():
+    from types import SimpleNamespace
+
+    from jaxlr.callbacks import EarlyStopping
+    from jaxlr.metrics import host_metrics
+
+    X_val = np.array([[0.0], [1.0], [2.0]])
+    y_val = np.array([[1.0], [3.0], [100.0]])  # the last row, of weight 0, is noise
+    weight = np.array([1.0, 3.0, 0.0])
+    rule = EarlyStopping(1, X_val, y_val, weight)
+    exact = SimpleNamespace(params=jaxlr.Params(np.array([[2.0]]), np.array([1.0])))
+    off = SimpleNamespace(params=jaxlr.Params(np.array([[2.0]]), np.array([2.0])))
+    assert rule(0, exact) is False and rule.best == 0.0  # the noisy row does not count
+    assert rule(1, off) is True and rule.best_epoch == 0
+    # The metrics as scikit-learn's with the same weights: (1 * 1 + 3 * 1) / 4 for the MSE.
+    metrics = host_metrics(X_val * 2.0 + 2.0, y_val, weight=weight)
+    assert metrics["mse"] == 1.0
+    mean = (1.0 * 1 + 3.0 * 3) / 4
+    assert metrics["r2"] == 1 - 4.0 / (1 * (1 - mean) ** 2 + 3 * (3 - mean) ** 2)
