@@ -63,6 +63,24 @@ def test_a_timestamp_table_from_pandas_with_a_bom_and_a_quoted_target(tmp_path):
     np.testing.assert_allclose(np.array(values, float), expected)
 
 
+def test_predict_scores_rows_whose_target_is_left_blank(tmp_path):
+    cache = tmp_path / "cache"
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(300, 2))
+    y = X @ [1.0, -2.0] + 0.5
+    (tmp_path / "d.csv").write_text("a,b,price\n" + "".join(f"{a!r},{b!r},{t!r}\n" for (a, b), t in zip(X.tolist(), y.tolist())))
+    done = run_cli("solve", "--data", "d.csv", "--target", "price", "--save", "m.npz", cwd=tmp_path, cache_dir=cache)
+    assert done.returncode == 0, done.stderr
+    new_rows = [[0.5, 1.0], [-1.0, 0.25]]
+    for blanks in ("", "n/a"):  # an empty column, then one of text
+        (tmp_path / "new.csv").write_text("a,b,price\n" + "".join(f"{a},{b},{blanks}\n" for a, b in new_rows))
+        done = run_cli("predict", "--model", "m.npz", "--data", "new.csv", cwd=tmp_path, cache_dir=cache)
+        assert done.returncode == 0, done.stderr
+        assert "every row is predicted" in done.stderr and "--drop" not in done.stderr, done.stderr
+        predicted = np.array(done.stdout.splitlines()[1:], float)
+        np.testing.assert_allclose(predicted, np.array(new_rows) @ [1.0, -2.0] + 0.5, atol=1e-6)
+
+
 def test_npz_without_target_overflow_and_streamed_columns(tmp_path):
     cache = tmp_path / "cache"
     rng = np.random.default_rng(1)
