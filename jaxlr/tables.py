@@ -213,13 +213,25 @@ def _holds_a_row(text):
 def _check_text(path):
     with open(path, "rb") as file:
         head = file.read(1 << 16)
+    if b"\0" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):  # not UTF-16 text either
+        raise DataError(f"{path.name} is not a text CSV file (use .npy or .npz for binary data).")
     try:
         head.decode("utf-8")
-        ok = b"\0" not in head
     except UnicodeDecodeError as err:
-        ok = err.start > len(head) - 4  # a character cut at the end of the sample
-    if not ok:
-        raise DataError(f"{path.name} is not a text CSV file (use .npy or .npz for binary data).")
+        if err.start <= len(head) - 4:  # not a character cut at the end of the sample
+            line = head[: err.start].count(b"\n") + 1
+            raise DataError(f"{path.name}: line {line} is not UTF-8 text: {_NOT_UTF8}") from None
+
+
+_NOT_UTF8 = "jaxlr reads CSV files in UTF-8; save the file as UTF-8 (from Latin-1, Windows-1252 or UTF-16) and try again."
+
+
+def _utf8(cell: bytes) -> bool:
+    try:
+        cell.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
 
 
 def _read_parquet(path):
@@ -424,6 +436,10 @@ class _Columns:
             return Step(name, "number"), ""
         if pa.types.is_date(kind) or pa.types.is_timestamp(kind):
             return Step(name, "days"), " (a time of day as a fraction of a day)" if pa.types.is_timestamp(kind) else ""
+        if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+            # pyarrow reads a CSV column with bytes that are not UTF-8 as binary.
+            first = next(i for i, cell in enumerate(column.to_pylist()) if cell is not None and not _utf8(cell))
+            raise DataError(f"{self._where(first)}, column {name!r} is not UTF-8 text: {_NOT_UTF8}")
         if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
             return self._refuse(requested, name, f"of type {kind}, which jaxlr does not turn into numbers")
         present = pa.compute.drop_null(column)

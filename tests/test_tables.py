@@ -141,3 +141,16 @@ def test_a_npz_table_is_read_member_by_member_and_checked(tmp_path):
     (tmp_path / "crafted.npy").write_bytes(header.getvalue() + np.ones(4).tobytes())
     with pytest.raises(DataError, match=r"crafted.npy is damaged: its header declares float64 \(1000000000000, 2\)"):
         load_table(tmp_path / "crafted.npy", target=1)
+
+
+@pytest.mark.parametrize("bad_row", [2, 3500])  # in the sample read first, and far past it
+def test_a_csv_that_is_not_utf8_is_refused_naming_the_line_not_half_read(tmp_path, bad_row):
+    rng = np.random.default_rng(0)
+    rows = [f"{rng.normal()!r},{'Lyon' if i % 2 else 'Paris'},{rng.normal()!r}" for i in range(4000)]
+    rows[bad_row] = rows[bad_row].replace("Lyon", "Orléans").replace("Paris", "Orléans")
+    (tmp_path / "latin.csv").write_bytes(("x,city,y\n" + "\n".join(rows) + "\n").encode("latin-1"))
+    with pytest.raises(DataError, match=f"line {bad_row + 2}.* is not UTF-8 text: .*save the file as UTF-8"):
+        load_table(tmp_path / "latin.csv", target="y")
+    (tmp_path / "wide.csv").write_bytes(("x,city,y\n" + "\n".join(rows[:50]) + "\n").encode("utf-16"))
+    with pytest.raises(DataError, match="line 1 is not UTF-8 text"):
+        load_table(tmp_path / "wide.csv", target="y")
