@@ -164,7 +164,16 @@ def _one_line(err):
     text = str(err) or type(err).__name__
     if isinstance(err, OSError) and err.filename is not None:
         text = f"{err.strerror}: {err.filename!r}"
+    checkpoint = sys.modules.get("jaxlr.checkpoint")
+    if checkpoint is not None and isinstance(err, checkpoint.CheckpointError):
+        for name, option in _CHECKPOINT_OPTIONS:  # `fit`'s argument names, as the command's options
+            text = text.replace(name, option)
     return " ".join(text.split())
+
+
+_CHECKPOINT_OPTIONS = (("`checkpoint`", "--checkpoint"), ("pass resume=True", "give --resume"),
+                       ("pass resume='if_present'", "give --resume-if-present"), ("pass overwrite=True", "give --overwrite"),
+                       ("overwrite=True", "--overwrite"))  # fmt: skip
 
 
 # ------------------------------------------------------------------ arguments

@@ -527,6 +527,8 @@ def _solve(args):
 def _predict(args):
     model = load_model(args.model)
     path = Path(args.data)
+    if args.target is not None and args.target in model.feature_names:
+        raise UsageError(f"--target {args.target!r} is one of the model's features, not a target to score against.")
     if model.encoding is not None and reader_for(path).read is not None:
         # The model's own columns, encoded as in training; the table's others are not read.
         target = _predict_target(args, model, path)

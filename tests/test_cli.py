@@ -185,6 +185,8 @@ ERRORS = {
     "truncated model": (["predict", "--model", "truncated.npz", "--data", "table.csv"], "not a readable jaxlr model file"),
     "old model format": (["predict", "--model", "old.npz", "--data", "table.csv"], "format version 0"),
     "wrong features": (["predict", "--model", "model.npz", "--data", "other.csv"], "lacks the model's feature column(s) 'c'"),
+    "feature as target": (["predict", "--model", "model.npz", "--data", "table.csv", "--target", "a"],
+                          "--target 'a' is one of the model's features"),
     "unknown option": (["train", "--colour", "red"], "unrecognized arguments: --colour red"),
 }
 
@@ -247,6 +249,7 @@ def test_checkpoint_and_resume_from_the_command_line(tmp_path, cache_dir):
     # Into a directory holding this run, without --resume or --overwrite: refused, in one line.
     assert again.returncode == 2 and again.stderr.count("\n") == 1
     assert "already holds checkpoints of this run" in again.stderr
+    assert "give --resume to continue this run, or --overwrite" in again.stderr  # the options, not fit's arguments
     # The resumed run trained epochs 3 to 5 only, and ended where the whole run did.
     assert json.loads(part.stdout)["first_epoch"] == 0 and json.loads(rest.stdout)["first_epoch"] == 3
     assert json.loads(rest.stdout)["w"] == json.loads(whole.stdout)["w"]
@@ -254,6 +257,7 @@ def test_checkpoint_and_resume_from_the_command_line(tmp_path, cache_dir):
     # Resuming into a missing directory is an error, unless asked to start afresh.
     missing = run_cli(*common, "--epochs", "2", "--checkpoint", "nope", "--resume", cwd=tmp_path, cache_dir=cache_dir)
     assert missing.returncode == 2 and "nothing to resume" in missing.stderr and not (tmp_path / "nope").exists()
+    assert "--checkpoint (='nope')" in missing.stderr and "give --resume-if-present" in missing.stderr
     fresh = run_cli(*common, "--epochs", "2", "--checkpoint", "nope", "--resume-if-present", "--checkpoint-every", "1",
                     cwd=tmp_path, cache_dir=cache_dir)  # fmt: skip
     assert fresh.returncode == 0 and json.loads(fresh.stdout)["first_epoch"] == 0
