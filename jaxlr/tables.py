@@ -717,7 +717,11 @@ def _column_index(path, names, wanted, role):
         if 0 <= index < len(names):
             return index
         raise DataError(f"{role} column index {index} is out of range: {path.name} has {len(names)} columns.")
-    raise DataError(f"{role} column {wanted!r} is not in {path.name}; its columns are: {', '.join(names)}.")
+    hint = ""
+    if len(names) == 1 and (";" in names[0] or "\t" in names[0]):
+        separator = "semicolons" if ";" in names[0] else "tabs"
+        hint = f" (its header is one column: the file separates its columns with {separator}; jaxlr reads them separated by commas)"
+    raise DataError(f"{role} column {wanted!r} is not in {path.name}; its columns are: {', '.join(names)}{hint}.")
 
 
 # ------------------------------------------------------------------ NumPy files

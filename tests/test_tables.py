@@ -154,3 +154,9 @@ def test_a_csv_that_is_not_utf8_is_refused_naming_the_line_not_half_read(tmp_pat
     (tmp_path / "wide.csv").write_bytes(("x,city,y\n" + "\n".join(rows[:50]) + "\n").encode("utf-16"))
     with pytest.raises(DataError, match="line 1 is not UTF-8 text"):
         load_table(tmp_path / "wide.csv", target="y")
+
+
+def test_a_semicolon_separated_file_is_named_as_such(tmp_path):
+    (tmp_path / "semi.csv").write_text("a;b;price\n1;2;3\n4;5;6\n")
+    with pytest.raises(DataError, match="separates its columns with semicolons; jaxlr reads them separated by commas"):
+        load_table(tmp_path / "semi.csv", target="price")
