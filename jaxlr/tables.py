@@ -653,7 +653,13 @@ def _used(name, use, why):
 
 _NUMBER = re.compile(r"^\s*[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|inf|Inf|INF|infinity|Infinity)\s*$")
 _NUMBER_LIKE = re.compile(r"^\s*([$€£+-]*\s*[\d.,_']*\d[\d.,_']*\s*[%‰]?|[+-]?0[xXbBoO][0-9a-fA-F_]+)\s*$")
-_DATE_LIKE = re.compile(r"^\s*\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*$")
+_MONTH = r"(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?"
+_DATE_LIKE = re.compile(
+    r"^\s*(\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?"  # 31/12/2021, 2021.12.31 10:00
+    r"|\d{4}[-/]\d{1,2}"  # 2021-12: a month
+    rf"|\d{{1,2}}\s+{_MONTH},?\s+\d{{2,4}}|{_MONTH}\s+\d{{1,2}},?\s+\d{{2,4}}|{_MONTH}\s+\d{{4}})\s*$",  # 31 Dec 2021
+    re.IGNORECASE,
+)
 _ID_NAME = re.compile(r"(^|[_\W])(id|ID|Id)$|[a-z]ID$|[a-z]Id$|^(id|ID|Id)[_\W]|^(id|ID)$")
 
 
@@ -664,7 +670,8 @@ def _matches(column, pattern):
     import pyarrow as pa
 
     # Kleene "and" with validity: a null cell is False, not null (and no pandas import, as fill_null makes).
-    matched = pc.and_kleene(pc.match_substring_regex(column, pattern.pattern), pc.is_valid(column)).cast(pa.int8())
+    found = pc.match_substring_regex(column, pattern.pattern, ignore_case=bool(pattern.flags & re.IGNORECASE))
+    matched = pc.and_kleene(found, pc.is_valid(column)).cast(pa.int8())
     return np.concatenate([_numpy(chunk, np.int8) for chunk in matched.chunks] or [np.zeros(0, np.int8)]).astype(bool)
 
 

@@ -149,6 +149,10 @@ def test_numbers_are_read_strictly_and_a_header_of_empty_names_stays_a_header(tm
     (tmp_path / "d.csv").write_text("when,y\n05/01/2024,1\n06/01/2024,2\n")
     with pytest.raises(DataError, match=r"column 'when' holds dates written as '05/01/2024'.*YYYY-MM-DD"):
         load_table(tmp_path / "d.csv", target="y")
+    for written in ("2024-01", "5 Jan 2024", "Jan 5, 2024", "january 2024"):  # months, and months by name
+        (tmp_path / "m.csv").write_text(f'when,y\n"{written}",1\n"{written}",2\n')
+        with pytest.raises(DataError, match=f"column 'when' holds dates written as '{written}'"):
+            load_table(tmp_path / "m.csv", target="y")
     (tmp_path / "c.csv").write_text("city,y\nParis,1\n,2\nLyon,3\n")
     with pytest.raises(DataError, match=r"c.csv: line 3, column 'city' is empty"):
         load_table(tmp_path / "c.csv", target="y")
