@@ -134,6 +134,9 @@ def _feature_columns(path, names, target_index, features, kinds, weight_index=No
         for index, role in ((target_index, "the target"), (weight_index, "a sample weight")):
             if index in features:
                 raise DataError(f"column {names[index]!r} cannot be both {role} and a feature.")
+        twice = sorted({j for j in features if list(features).count(j) > 1})
+        if twice:  # by name or by index: the same column, which would be two identical features
+            raise DataError(f"column {names[twice[0]]!r} is given twice as a feature (`features`, --features).")
         chosen = list(features)
     else:
         # A mixed column is chosen too, so that its text cell is reported rather than the column dropped.

@@ -808,7 +808,7 @@ def _load_npz(path, target, features):
     elif target is not None:
         raise DataError(f"{path.name} holds no array named y to train on.")
     if features is not None:
-        chosen = [_column_index(path, names, name, "feature") for name in features]
+        chosen = _feature_columns(path, names, None, [_column_index(path, names, name, "feature") for name in features], None)
         X, names = X[:, chosen], [names[j] for j in chosen]
     X = aligned(X, np.float64)
     y = None if y is None else np.asarray(y, np.float64)

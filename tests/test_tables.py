@@ -160,3 +160,13 @@ def test_a_semicolon_separated_file_is_named_as_such(tmp_path):
     (tmp_path / "semi.csv").write_text("a;b;price\n1;2;3\n4;5;6\n")
     with pytest.raises(DataError, match="separates its columns with semicolons; jaxlr reads them separated by commas"):
         load_table(tmp_path / "semi.csv", target="price")
+
+
+def test_a_feature_given_twice_is_refused(tmp_path):
+    (tmp_path / "t.csv").write_text("a,b,price\n1,2,3\n4,5,6\n7,8,10\n")
+    for twice in (["a", "a"], ["a", "0"]):  # by name, and by name and index
+        with pytest.raises(DataError, match="column 'a' is given twice as a feature"):
+            load_table(tmp_path / "t.csv", target="price", features=twice)
+    np.savez(tmp_path / "t.npz", X=np.ones((3, 2)), y=np.ones(3))
+    with pytest.raises(DataError, match="given twice as a feature"):
+        load_table(tmp_path / "t.npz", features=["0", "0"])
