@@ -444,6 +444,13 @@ class _Columns:
             return self._refuse(requested, name, f"of type {kind}, which jaxlr does not turn into numbers")
         present = pa.compute.drop_null(column)
         numbers = int(pa.compute.sum(pa.compute.match_substring_regex(present, _NUMBER.pattern)).as_py() or 0)
+        if 0 < numbers < len(present) / 2 and bool(_matches(present, _NUMBER_LIKE).all()):
+            # Mostly numbers with separators or units ('1,982.8'), a few without
+            # ('982.8'): numbers written as text, as a whole. (A few odd cells
+            # among plain numbers are errors, named by their line, below.)
+            example = pa.compute.filter(present, pa.array(~_matches(present, _NUMBER)))[0].as_py()
+            return self._refuse(requested, name, f"numbers written as text (such as {example!r}), whose meaning jaxlr "
+                                "does not guess: write them as plain numbers to use them")  # fmt: skip
         if 0 < numbers < len(present):
             first = int(np.argmax(~_matches(column, _NUMBER)))
             raise DataError(f"{self._where(first)}, column {name!r} holds {self._cell(j, first)!r}, not a number "

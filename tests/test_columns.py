@@ -143,6 +143,9 @@ def test_numbers_are_read_strictly_and_a_header_of_empty_names_stays_a_header(tm
     (tmp_path / "u.csv").write_text("x,y\n1,1\n1_000,2\n3,3\n")
     with pytest.raises(DataError, match=r"u.csv: line 3, column 'x' holds '1_000', not a number"):
         load_table(tmp_path / "u.csv", target="y")
+    # Mostly with separators: numbers written as text, left out as a whole (with a note), not one cell's error.
+    (tmp_path / "s.csv").write_text('x,z,y\n"1,982.8",1,1\n982.5,2,2\n"2,100",3,3\n')
+    assert load_table(tmp_path / "s.csv", target="y").feature_names == ("z",)
     (tmp_path / "h.csv").write_text(",,\n1,2,3\n4,5,6\n")
     with pytest.raises(DataError, match=r"the header row names no column 2, 3"):
         load_table(tmp_path / "h.csv", target="2")
