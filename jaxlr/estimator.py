@@ -95,6 +95,7 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
     _one_output: bool
     _standard: tuple
     _state: Any
+    _shift: Optional[np.ndarray]  # the targets' mean, taken out while training in float32
 
     _parameter_constraints: dict = {
         "loss": [StrOptions(set(_LOSSES))],
@@ -356,7 +357,7 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         n = X.shape[0]
         if state is None:
             self._shift = self._target_shift(y, dtype)
-        shift = self._shift
+        shift = getattr(self, "_shift", None)  # a model pickled before the shift had none
         targets = np.asarray(y).reshape(n, -1)
         if shift is not None:
             targets = targets - shift
@@ -413,7 +414,6 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         w, b = (np.array(p, X.dtype) for p in answer)  # writable copies, as scikit-learn's
         self.coef_ = w[:, 0] if self._one_output else np.ascontiguousarray(w.T)
         self.intercept_ = b.reshape(-1)
-
 
     def _target_shift(self, y, dtype):
         """What a float32 run subtracts from the targets (and from the
