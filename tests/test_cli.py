@@ -305,4 +305,4 @@ def test_predict_on_a_matrix_takes_the_models_columns_by_position(tmp_path, cach
         np.testing.assert_allclose(json.loads(done.stdout)["predictions"], expected, rtol=1e-9)
     # A model's own column named as the target is refused, not replaced by the next column.
     done = run_cli("predict", "--model", "m.npz", "--data", "t.npy", "--target", "0", cwd=tmp_path, cache_dir=cache_dir)
-    assert done.returncode == 2 and "lacks the model's feature column(s) '0'" in done.stderr, done.stderr
+    assert done.returncode == 2 and "--target '0' is one of the model's features" in done.stderr, done.stderr
