@@ -215,9 +215,10 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         validation, tol = None, self.tol
         if self.early_stopping:
             X, y, sample_weight, validation = self._validation_split(X, y, sample_weight)
-            if validation[0].shape[0] < 2:
+            if validation[0].shape[0] < 2 or tol is None:
                 # scikit-learn's validation score, R², is NaN on one row: an
-                # epoch then never counts as stalled, and all max_iter run.
+                # epoch then never counts as stalled, and all max_iter run (as
+                # without a tol). The rows stay held out, as scikit-learn's do.
                 validation, tol = None, None
         self._state = None
         self.t_ = 1.0

@@ -207,7 +207,7 @@ def fit(
         n_iter_no_change: the patience of that rule.
         validation: (X_val, y_val), or (X_val, y_val, sample_weight_val), for
             the rule to score (their weighted R²) instead of the
-            training loss.
+            training loss; it needs `tol`.
         shuffle: True shuffles every epoch; False keeps the rows in their
             stored order. Each epoch's order is a function of the key and the
             epoch alone (`jaxlr.shuffle`), the same wherever it is drawn: on
@@ -297,7 +297,14 @@ def _prepare(  # fmt: skip
     """Checks `fit`'s arguments and gathers what its driver needs (see `fit`)."""
     deprecated = _take_deprecated(deprecated)
     key = validate.check_key(key)
+    if deprecated.get("device") is not None and devices is not None:
+        raise ValueError(f"give `devices` (={devices!r}) or the old `device` (={deprecated['device']!r}), not both.")
     devices = devices if deprecated.get("device") is None else deprecated["device"]
+    if validation is not None and tol is None:
+        raise ValueError("`validation` is scored by the stopping rule, which `tol` (=None) turns off: give a `tol` "
+                         "(the least gain in validation R² that counts), or leave out `validation`.")  # fmt: skip
+    if state is not None and init is not None:
+        raise ValueError("give `init` (starting params) or `state` (a run to continue, params included), not both.")
     if isinstance(X, np.memmap):
         X = NpyStream.from_memmap(X, y)
     stream = X if isinstance(X, NpyStream) else None
@@ -306,6 +313,8 @@ def _prepare(  # fmt: skip
             stream.chunk_bytes = validate.check_int("chunk_bytes", deprecated["chunk_bytes"], low=1)
         n, d, k, dtype = stream.num_rows, stream.num_features, stream.num_outputs, stream.dtype
     else:
+        if "chunk_bytes" in deprecated:
+            raise ValueError("`chunk_bytes` sets how a table streamed from disk is read; X here is in memory.")
         X, y = validate.training_arrays(X, y)
         (n, d), k, dtype = X.shape, y.shape[1], X.dtype
     settings = _check_settings(
@@ -317,6 +326,8 @@ def _prepare(  # fmt: skip
     epochs, batch_size, rule, lr, shuffle = (settings.epochs, settings.batch_size, settings.rule, settings.lr,
                                              settings.shuffle)  # fmt: skip
     log_every = validate.check_int("log_every", log_every, low=1)
+    record_steps = validate.check_flag("record_steps", record_steps)
+    loss_growth = validate.check_flag("loss_growth", loss_growth)
     engine = validate.check_choice("engine", engine, engines.ENGINES)
     weight = None if sample_weight is None else _sample_weights(sample_weight, n, dtype)
     # Callbacks with a state of their own (early stopping) have it saved in checkpoints.
@@ -594,7 +605,8 @@ def _checked_settings(n: int, k: int, dtype, given: dict) -> _Settings:
     max_slope = None if max_slope is None else validate.check_real("max_slope", max_slope, low=0.0)
     settings = _Settings(
         batch_size=batch_size, rule=rule, lr=lr, schedule=schedule, loss=loss, penalty=penalty, alpha=alpha,
-        average_start=_average_start(given["average"]), tol=tol, fit_intercept=bool(given["fit_intercept"]),
+        average_start=_average_start(given["average"]), tol=tol,
+        fit_intercept=validate.check_flag("fit_intercept", given["fit_intercept"]),
         max_slope=max_slope, **alone,
     )  # fmt: skip
     for name, value in (("lr", lr), ("alpha", alpha), ("epsilon", settings.epsilon), ("power_t", settings.power_t)):

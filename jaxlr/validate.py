@@ -76,6 +76,14 @@ def check_real(name, value, *, low, high=None, low_open=True):
     return value
 
 
+def check_flag(name, value) -> bool:
+    """`value` as a bool: True or False (NumPy's too, and 1 or 0). A string
+    such as "False" is refused, not read by its truth (it is true)."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"`{name}` (={_describe(value)}) must be True or False.")
+
+
 def check_choice(name, value, choices):
     if value not in choices:
         options = ", ".join(repr(c) for c in choices)

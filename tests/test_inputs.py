@@ -107,3 +107,24 @@ def test_a_target_too_large_for_float32_is_not_blamed_on_the_learning_rate():
     message = str(caught.value)
     assert "too large for the loss to be computed in float32" in message and "Lower `lr`" not in message
     assert "centre and scale the target" in message
+
+
+def test_settings_a_run_would_ignore_are_refused_by_name():
+    X = np.random.default_rng(0).normal(size=(40, 2)).astype(np.float32)
+    y = X @ np.array([1.0, 2.0], np.float32) + 5
+    key = jax.random.key(0)
+    # A string is not read by its truth ("False" is true): named, not trained with an intercept.
+    for name in ("fit_intercept", "record_steps", "loss_growth"):
+        with pytest.raises(TypeError, match=f"`{name}` \\(='False'\\) must be True or False"):
+            jaxlr.fit(X, y, key=key, epochs=1, **{name: "False"})
+    with pytest.raises(TypeError, match="`fit_intercept` \\(='no'\\)"):
+        jaxlr.sweep(X, y, key=key, lrs=[0.01], fit_intercept="no")
+    first = jaxlr.fit(X, y, key=key, epochs=1)
+    with pytest.raises(ValueError, match="give `init` .* or `state` .*, not both"):
+        jaxlr.fit(X, y, key=key, epochs=1, state=first.state, init=first.params)
+    with pytest.raises(ValueError, match="`validation` is scored by the stopping rule, which `tol` \\(=None\\) turns off"):
+        jaxlr.fit(X, y, key=key, epochs=1, validation=(X, y))
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="`chunk_bytes` sets how a table streamed"):
+        jaxlr.fit(X, y, key=key, epochs=1, chunk_bytes=10)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="give `devices` .* or the old `device`"):
+        jaxlr.fit(X, y, key=key, epochs=1, device=jax.devices()[0], devices=1)
