@@ -1001,7 +1001,10 @@ def _validation_data(validation, d, k, dtype, device) -> core.Data:
     if len(items) not in (2, 3):
         raise TypeError("`validation` must be a pair (X_val, y_val) or a triple (X_val, y_val, sample_weight_val).")
     X_val, y_val, weight_val = (*items, None)[:3]
-    X_val, y_val = validate.training_arrays(X_val, y_val)
+    try:
+        X_val, y_val = validate.training_arrays(X_val, y_val)
+    except (TypeError, ValueError) as err:  # its messages name X and y: say they are the validation rows'
+        raise type(err)(f"`validation` (X_val, y_val): {err}") from None
     if X_val.shape[1] != d or y_val.shape[1] != k:
         raise ValueError(
             f"`validation` has {X_val.shape[1]} features and {y_val.shape[1]} outputs; the data has {d} and {k}."

@@ -274,7 +274,7 @@ def test_by_default_checkpoints_are_saved_by_time_and_after_the_last_epoch(tmp_p
         (lambda X, y: dict(init=jaxlr.Params(np.ones((2, 1), np.float32), np.zeros(1, np.float32))), "init differs"),
         (lambda X, y: dict(loss=lambda yhat, target: (yhat - target) ** 2), "loss="),
         (lambda X, y: dict(schedule=lambda t: 0.001 + 0 * t), "schedule="),
-        (lambda X, y: dict(validation=(X[:20], y[:20] + 1)), "validation differs"),
+        (lambda X, y: dict(validation=(X[:20], y[:20] + 1), tol=0.0), "validation differs"),
     ],
 )
 def test_resume_refuses_other_data_weights_start_or_functions(tmp_path, change, named):
@@ -282,7 +282,7 @@ def test_resume_refuses_other_data_weights_start_or_functions(tmp_path, change, 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(100, 2)).astype(np.float32)
     y = X.sum(axis=1)
-    first = change(X, y).get("validation") and {"validation": (X[:20], y[:20])}
+    first = change(X, y).get("validation") and {"validation": (X[:20], y[:20]), "tol": 0.0}
     jaxlr.fit(X, y, key=jax.random.key(0), epochs=2, checkpoint=tmp_path, **(first or {}))
     given = {"X": X, "y": y, **change(X, y)}
     with pytest.raises(jaxlr.checkpoint.CheckpointError, match=named):

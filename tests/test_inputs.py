@@ -124,6 +124,8 @@ def test_settings_a_run_would_ignore_are_refused_by_name():
         jaxlr.fit(X, y, key=key, epochs=1, state=first.state, init=first.params)
     with pytest.raises(ValueError, match="`validation` is scored by the stopping rule, which `tol` \\(=None\\) turns off"):
         jaxlr.fit(X, y, key=key, epochs=1, validation=(X, y))
+    with pytest.raises(ValueError, match="`validation` \\(X_val, y_val\\): `y` has 5 rows but `X` has 40"):
+        jaxlr.fit(X, y, key=key, epochs=1, tol=0.0, validation=(X, y[:5]))
     with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="`chunk_bytes` sets how a table streamed"):
         jaxlr.fit(X, y, key=key, epochs=1, chunk_bytes=10)
     with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="give `devices` .* or the old `device`"):
