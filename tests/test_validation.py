@@ -96,11 +96,12 @@ BAD_SETTINGS = {
     "average": ({"average": -2}, ValueError, r"`average` \(=-2\) must be at least 0"),
     "shuffle": ({"shuffle": "yes"}, ValueError, r"`shuffle` \(='yes'\) must be one of True, False, 'host', 'device'"),
     "state": ({"state": (1, 2)}, TypeError, r"`state` \(=\(1, 2\)\) must be a jaxlr.FitState"),
-    "validation weights": ({"validation": (X_OK[:5], Y_OK[:5], np.ones(3))}, ValueError,
+    "validation weights": ({"validation": (X_OK[:5], Y_OK[:5], np.ones(3)), "tol": 0.0}, ValueError,
                            r"the validation rows' `sample_weight` has shape \(3,\); it needs one weight per row, \(5,\)"),
-    "validation items": ({"validation": (X_OK, Y_OK, None, None)}, TypeError,
+    "validation items": ({"validation": (X_OK, Y_OK, None, None), "tol": 0.0}, TypeError,
                          r"`validation` must be a pair \(X_val, y_val\) or a triple"),
     "unknown keyword": ({"learning_rate": 0.1}, TypeError, r"unexpected keyword argument 'learning_rate'"),
+    "validation without tol": ({"validation": (X_OK, Y_OK)}, ValueError, r"`validation` is scored by the stopping rule"),
 }
 
 
