@@ -760,15 +760,19 @@ def _raise_diverged(engine, run: _Run, block, limit, *, grew: bool):
     if limit is not None:
         settings = core.unpack(jax.device_get(run.numbers))._replace(loss_limit=limit)
         numbers = core.pack(settings, np.asarray(run.numbers[0]).dtype)
+    # The replay keeps its steps' losses even where the run did not
+    # (`record_steps=False`): the failing step's own loss tells the growth
+    # rule from a loss or params that stopped being finite.
     guarded = run._replace(
         spec=run.spec._replace(guard=True), numbers=numbers, epochs=run.epochs - (block.first_epoch - run.initial_epoch),
-        initial_epoch=block.first_epoch, initial_step=block.first_step,
+        initial_epoch=block.first_epoch, initial_step=block.first_step, keep_steps=True,
     )  # fmt: skip
-    state = next(iter(engine(guarded, block.start))).state
+    replayed = next(iter(engine(guarded, block.start)))
+    state = replayed.state
     done = int(parallel.host_value(state.step)) - block.first_step
     epoch, batch = divmod(done, run.steps_per_epoch)
     last = float(parallel.host_value(state.last_loss))
-    seen = parallel.host_value(block.losses)
+    seen = parallel.host_value(replayed.losses)
     if limit is not None and done < np.shape(seen)[0] and math.isfinite(seen[done]) and seen[done] > limit:
         grew = True  # the step that failed had a finite loss: it was the growth rule that stopped it
     raise TrainingDiverged(block.first_epoch + epoch, batch, None if math.isnan(last) else last, state, run.lr,

@@ -16,18 +16,31 @@ def unstable_problem(n=200, d=5):
     return X, (X.sum(1) + rng.normal(size=n)).astype(np.float32)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_growth_is_caught_whether_or_not_steps_are_recorded(engine):
-    """Without the steps' losses, the rule still sees each epoch's largest loss."""
-    X, y = unstable_problem()
-    where = []
+def overflowing_problem():
+    # Batches of 5 at lr 1.6: the loss passes the growth limit, then stops
+    # being finite, within one block of epochs.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(301, 3)).astype(np.float32)
+    return X, np.column_stack([X @ [1.0, 2.0, 3.0], X[:, 0]]).astype(np.float32)
+
+
+@pytest.mark.parametrize("engine", [*ENGINES, "scan"])
+@pytest.mark.parametrize("problem", ["unstable", "overflowing"])
+def test_growth_is_caught_whether_or_not_steps_are_recorded(engine, problem):
+    """Without the steps' losses, the rule still sees each epoch's largest
+    loss, and names the same cause (the growth, not a loss that stopped
+    being finite)."""
+    X, y = unstable_problem() if problem == "unstable" else overflowing_problem()
+    settings = dict(epochs=1, lr=0.25, batch_size=1) if problem == "unstable" else dict(epochs=5, lr=1.6, batch_size=5)
+    where, said = [], []
     for record_steps in (True, False):
         with pytest.raises(jaxlr.TrainingDiverged) as caught:
-            jaxlr.fit(X, y, key=jax.random.key(1), epochs=1, lr=0.25, batch_size=1, engine=engine,
-                      record_steps=record_steps)  # fmt: skip
+            jaxlr.fit(X, y, key=jax.random.key(1), engine=engine, record_steps=record_steps, **settings)
         where.append((caught.value.epoch, caught.value.batch))
+        said.append(str(caught.value))
         assert np.abs(np.asarray(caught.value.params.w)).max() < 1e6
     assert where[0] == where[1]
+    assert said[0] == said[1] and "the loss grew past" in said[0], said
 
 
 def test_continuing_from_the_error_state_trains():
