@@ -436,10 +436,13 @@ class _Columns:
             return Step(name, "number"), ""
         if pa.types.is_date(kind) or pa.types.is_timestamp(kind):
             return Step(name, "days"), " (a time of day as a fraction of a day)" if pa.types.is_timestamp(kind) else ""
-        if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
-            # pyarrow reads a CSV column with bytes that are not UTF-8 as binary.
-            first = next(i for i, cell in enumerate(column.to_pylist()) if cell is not None and not _utf8(cell))
-            raise DataError(f"{self._where(first)}, column {name!r} is not UTF-8 text: {_NOT_UTF8}")
+        if (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)) and self.reader.lines:
+            # pyarrow reads a CSV column with bytes that are not UTF-8 as binary
+            # (a Parquet file's binary column is binary data, left out below).
+            bad = (i for i, cell in enumerate(column.to_pylist()) if cell is not None and not _utf8(cell))
+            first = next(bad, None)
+            if first is not None:
+                raise DataError(f"{self._where(first)}, column {name!r} is not UTF-8 text: {_NOT_UTF8}")
         if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
             return self._refuse(requested, name, f"of type {kind}, which jaxlr does not turn into numbers")
         present = pa.compute.drop_null(column)

@@ -154,6 +154,14 @@ def test_a_csv_that_is_not_utf8_is_refused_naming_the_line_not_half_read(tmp_pat
     (tmp_path / "wide.csv").write_bytes(("x,city,y\n" + "\n".join(rows[:50]) + "\n").encode("utf-16"))
     with pytest.raises(DataError, match="line 1 is not UTF-8 text"):
         load_table(tmp_path / "wide.csv", target="y")
+    # A Parquet file's binary column is binary data, left out with a note, whatever its bytes.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"x": [1.0, 2.0, 3.0], "blob": [b"\xff", b"ok", None], "y": [1.0, 2.0, 4.0]}),
+                   tmp_path / "b.parquet")  # fmt: skip
+    table = load_table(tmp_path / "b.parquet", target="y")
+    assert table.feature_names == ("x",) and "'blob' is left out: of type binary" in table.notes[0]
 
 
 def test_a_semicolon_separated_file_is_named_as_such(tmp_path):
