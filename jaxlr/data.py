@@ -100,9 +100,10 @@ def to_device(array, device=None, *, rows=None):
         return array if device is None else jax.device_put(array, device)
     array = np.asarray(array)
     if array.ndim and (device or jax.devices()[0]).platform == "cpu":
-        # One copy into aligned memory, which a CPU device then uses in place:
-        # a third of the time of filling a device buffer piece by piece
-        # (about 40 against 120 ms for 200 000 x 100 float32), no more memory.
+        # One copy into aligned memory, which a CPU device then uses in place,
+        # where filling a device buffer piece by piece copied the buffer at
+        # every piece: a one-epoch fit over 200 000 x 100 unaligned float32
+        # rows took 45-49 ms against 155-171 (RESULTS.md). No more memory.
         return jax.device_put(padded(array, array.shape[0] + extra), device)
     piece_rows = max(1, _TRANSFER_BYTES // max(1, array[:1].nbytes))
     if array.ndim == 0 or array.shape[0] <= piece_rows:
