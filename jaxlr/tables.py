@@ -446,15 +446,12 @@ class _Columns:
         if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
             return self._refuse(requested, name, f"of type {kind}, which jaxlr does not turn into numbers")
         present = pa.compute.drop_null(column)
-        numbers = int(pa.compute.sum(pa.compute.match_substring_regex(present, _NUMBER.pattern)).as_py() or 0)
-        if 0 < numbers < len(present) / 2 and bool(_matches(present, _NUMBER_LIKE).all()):
-            # Mostly numbers with separators or units ('1,982.8'), a few without
-            # ('982.8'): numbers written as text, as a whole. (A few odd cells
-            # among plain numbers are errors, named by their line, below.)
-            example = pa.compute.filter(present, pa.array(~_matches(present, _NUMBER)))[0].as_py()
-            return self._refuse(requested, name, f"numbers written as text (such as {example!r}), whose meaning jaxlr "
-                                "does not guess: write them as plain numbers to use them")  # fmt: skip
-        if 0 < numbers < len(present):
+        plain = _matches(present, _NUMBER)
+        numbers = int(plain.sum())
+        # Numbers with separators or units ('1,982.8', '39.4%'), with at most
+        # a few plain ones ('982.8') among them: numbers written as text.
+        text_numbers = numbers < len(present) / 2 and bool(_matches(present, _NUMBER_LIKE).all())
+        if 0 < numbers < len(present) and not text_numbers:  # a few odd cells among plain numbers: errors
             first = int(np.argmax(~_matches(column, _NUMBER)))
             raise DataError(f"{self._where(first)}, column {name!r} holds {self._cell(j, first)!r}, not a number "
                             f"(the column's other cells are numbers; fix it, or --drop {name})")  # fmt: skip
@@ -464,8 +461,8 @@ class _Columns:
             example = present[0].as_py()
             raise DataError(f"{self.path.name}: column {name!r} holds dates written as {example!r}, which jaxlr does "
                             f"not read (write them as YYYY-MM-DD to use them as {DAYS}, or --drop {name}).")  # fmt: skip
-        if bool(_matches(present, _NUMBER_LIKE).all()):
-            example = present[0].as_py()
+        if text_numbers:
+            example = present[int(np.argmax(~plain))].as_py()
             return self._refuse(requested, name, f"numbers written as text (such as {example!r}), whose meaning jaxlr "
                                 "does not guess: write them as plain numbers to use them")  # fmt: skip
         distinct = pa.compute.count_distinct(present).as_py()
