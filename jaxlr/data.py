@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlr import shuffle, validate
+from jaxlr import parallel, shuffle, validate
 from jaxlr.arrays import (  # noqa: F401  (host arrays, importable from here as before)
     ALIGNMENT,
     DataError,
@@ -99,7 +99,7 @@ def to_device(array, device=None, *, rows=None):
             array = _pad_rows(array, extra)
         return array if device is None else jax.device_put(array, device)
     array = np.asarray(array)
-    if array.ndim and (device or jax.devices()[0]).platform == "cpu":
+    if array.ndim and parallel.platform(device) == "cpu":
         # One copy into aligned memory, which a CPU device then uses in place,
         # where filling a device buffer piece by piece copied the buffer at
         # every piece: a one-epoch fit over 200 000 x 100 unaligned float32

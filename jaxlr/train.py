@@ -552,6 +552,7 @@ _SETTING_CHECKS = {
     "n_iter_no_change": functools.partial(validate.check_int, low=1),
     "smoothing": functools.partial(validate.check_real, low=0.0, high=1.0),
     "shuffle": functools.partial(validate.check_choice, choices=(True, False, "host", "device")),
+    "fit_intercept": validate.check_flag,
 }
 
 
@@ -606,7 +607,6 @@ def _checked_settings(n: int, k: int, dtype, given: dict) -> _Settings:
     settings = _Settings(
         batch_size=batch_size, rule=rule, lr=lr, schedule=schedule, loss=loss, penalty=penalty, alpha=alpha,
         average_start=_average_start(given["average"]), tol=tol,
-        fit_intercept=validate.check_flag("fit_intercept", given["fit_intercept"]),
         max_slope=max_slope, **alone,
     )  # fmt: skip
     for name, value in (("lr", lr), ("alpha", alpha), ("epsilon", settings.epsilon), ("power_t", settings.power_t)):
@@ -976,8 +976,7 @@ def rows_on_device(array: np.ndarray, device=None):
 def _unpadded(array: np.ndarray, device):
     """A host array on the device as it is: in place where JAX can (a CPU
     device and 64-byte-aligned, C-ordered memory), else one copy."""
-    target = device if device is not None else jax.devices()[0]
-    if target.platform == "cpu" and is_aligned(array):
+    if parallel.platform(device) == "cpu" and is_aligned(array):
         return jax.device_put(array, device)
     return to_device(array, device)
 
