@@ -545,7 +545,7 @@ class _Settings(NamedTuple):
 
 
 # The settings checked alone, each by its own rule (the others are checked together in `_check_settings`).
-_SETTING_CHECKS = {
+_SETTING_CHECKS: dict[str, Callable[..., Any]] = {
     "epochs": functools.partial(validate.check_int, low=0),
     "power_t": functools.partial(validate.check_real, low=-math.inf, low_open=True),
     "epsilon": functools.partial(validate.check_real, low=0.0, low_open=False),
