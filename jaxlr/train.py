@@ -231,7 +231,11 @@ def fit(
         state: a `FitState` to continue a run from (``result.state``): its
             params, optimizer state, epoch, step count, moving average and
             averaged params all carry on; with the same key and settings the
-            result is that of one uninterrupted run.
+            result is that of one uninterrupted run. A state from a run that
+            did not average, continued with `average`, averages the updates
+            made from there on. The update rule's state carries on as it is:
+            momentum and Nesterov keep the same trace, so either may continue
+            the other, as a run may continue with another `lr`.
         engine: "fused" (every step in sequence, one compiled program),
             "loop" (the lesson's Python loop over jitted steps), "scan" (the
             same steps in parallel time: the squared loss with sgd, momentum
@@ -371,10 +375,18 @@ def _prepare(  # fmt: skip
 
     # The starting state: given, from the old keywords, or fresh (a checkpoint may replace it below).
     given_state = state
-    start = _start(key, state, init, deprecated, rule, d, k, dtype, epochs=epochs, draw=draw)
+    averaging = settings.average_start is not None
+    start = _start(key, state, init, deprecated, rule, d, k, dtype, epochs=epochs, draw=draw, average=averaging)
     state, shuffle_key, known_words, params, first_epoch = start
     if given_state is not None:  # where it stands, in one read
-        given_at = tuple(int(v) for v in parallel.host_values((state.epoch, state.step, state.stop.done)))
+        *given_at, unaveraged = parallel.host_values(
+            (state.epoch, state.step, state.stop.done, averaging and jnp.isnan(state.average.b[0])))
+        given_at = tuple(int(v) for v in given_at)
+        if unaveraged:
+            # A run that did not average continues with averaging: the mean
+            # runs over the updates from here on, not over those before.
+            settings = settings._replace(average_start=max(settings.average_start, given_at[1] + 1))
+            state = state._replace(average=state.params)
     end_epoch = (first_epoch if given_state is None else given_at[0]) + epochs
 
     # Built before the identity, which holds its rows' digest.
@@ -446,7 +458,7 @@ def _prepare(  # fmt: skip
     return engines.get(engine), run, state, log_every if verbose else None, callback, dtype, settings.average_start
 
 
-def _start(key, state, init, deprecated, rule, d, k, dtype, *, epochs, draw):
+def _start(key, state, init, deprecated, rule, d, k, dtype, *, epochs, draw, average):
     """A run's starting state: `state` (checked), the params of `init` (or the
     old `params`/`opt_state`/`initial_epoch` keywords), or fresh ones drawn
     from `key`. Returns (state, shuffle key, the first epochs' shuffle words
@@ -461,7 +473,7 @@ def _start(key, state, init, deprecated, rule, d, k, dtype, *, epochs, draw):
         # (a block's worth at most: later ones are drawn when needed, so memory does not follow `epochs`)
         count = core.bucket(min(max(epochs, 1), _WORDS_AHEAD)) if draw == "host" else 1
         epoch_ids = np.arange(first_epoch, first_epoch + count, dtype=np.int32)
-        state, shuffle_key, words = _begin(rule, d, k, dtype)(key, epoch_ids)
+        state, shuffle_key, words = _begin(rule, d, k, dtype, average)(key, epoch_ids)
         known_words = (first_epoch, words)
     else:
         name = "params" if "params" in deprecated else "init"
@@ -469,7 +481,7 @@ def _start(key, state, init, deprecated, rule, d, k, dtype, *, epochs, draw):
         params = Params(*(np.asarray(p, dtype) for p in validate.check_params(params, d, k, name=name)))
         if not bool(_sound(params)):
             raise ValueError(f"`{name}` holds NaN, inf, or values too large for {np.dtype(dtype).name}: start from finite params.")
-        state = init_fit_state(params, rule, epoch=first_epoch)
+        state = init_fit_state(params, rule, epoch=first_epoch, average=average)
         shuffle_key = _shuffle_key(key)
     if deprecated.get("opt_state") is not None:
         if rule == "sgd":
@@ -1150,7 +1162,7 @@ def _split(key):
 
 
 @functools.lru_cache(maxsize=32)
-def _begin(rule, num_inputs, num_outputs, dtype):
+def _begin(rule, num_inputs, num_outputs, dtype, average):
     """``(key, epochs) -> (fresh FitState, shuffle key, the epochs' key words)``
     as one compiled call: at the lesson's size, separate small dispatches cost
     as much as training."""
@@ -1158,7 +1170,7 @@ def _begin(rule, num_inputs, num_outputs, dtype):
     def begin(key, epochs):
         init_key, shuffle_key = jax.random.split(key)
         params = init_params(init_key, num_inputs, num_outputs, dtype=dtype)
-        state = core._init_fit_state(rule).__wrapped__(params, epochs[0], jnp.int32(0))
+        state = core._init_fit_state(rule, average).__wrapped__(params, epochs[0], jnp.int32(0))
         return state, shuffle_key, _fold_words.__wrapped__(shuffle_key, epochs)
 
     return jax.jit(begin)

@@ -1,3 +1,4 @@
+import functools
 import re
 
 import jax
@@ -543,3 +544,21 @@ def test_a_sweep_refuses_a_schedule_that_ignores_lr(schedule):
     X = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
     with pytest.raises(ValueError, match=r"`schedule` \(=.*\) sets the rates without `lr`"):
         jaxlr.sweep(X, X.sum(axis=1), key=jax.random.key(0), lrs=[0.01, 0.1], schedule=schedule)
+
+
+@pytest.mark.parametrize("engine", ["fused", "loop", "scan"])
+def test_averaging_switched_on_midway_averages_the_updates_from_there(engine):
+    X = np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32)
+    y = X @ np.float32([1, 2, 3]) + 0.1
+    run = functools.partial(jaxlr.fit, X, y, key=jax.random.key(0), lr=0.05, batch_size=4, engine=engine)
+    plain = run(epochs=2)
+    assert int(plain.state.step) == 100
+    continued = run(epochs=2, average=True, state=plain.state)
+    # One run whose average starts at update 101: what was asked of the second half.
+    whole = run(epochs=4, average=101)
+    np.testing.assert_allclose(continued.params.w, whole.params.w, rtol=1e-6)
+    np.testing.assert_allclose(continued.params.b, whole.params.b, rtol=1e-6)
+    # Averaging on throughout carries on as one run does.
+    averaged = run(epochs=2, average=True)
+    np.testing.assert_allclose(run(epochs=2, average=True, state=averaged.state).params.w,
+                               run(epochs=4, average=True).params.w, rtol=1e-6)  # fmt: skip

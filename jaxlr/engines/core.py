@@ -144,21 +144,26 @@ class FitState(NamedTuple):
     stop: StopState
 
 
-def init_fit_state(params: Params, rule: Rule, *, epoch: int = 0, step: int = 0) -> FitState:
-    """The state a run starts from: `params`, the rule's fresh state, nothing averaged yet."""
-    return _init_fit_state(rule)(params, np.int32(epoch), np.int32(step))
+def init_fit_state(params: Params, rule: Rule, *, epoch: int = 0, step: int = 0, average: bool = True) -> FitState:
+    """The state a run starts from: `params`, the rule's fresh state, nothing averaged yet.
+
+    A run that does not average keeps NaN for the running average: a state
+    continued with averaging then starts its average afresh, rather than
+    take the starting params for the mean of the updates made so far."""
+    return _init_fit_state(rule, average)(params, np.int32(epoch), np.int32(step))
 
 
 @functools.lru_cache(maxsize=16)
-def _init_fit_state(rule: Rule) -> Callable:
+def _init_fit_state(rule: Rule, average: bool = True) -> Callable:
     # One compiled call: built eagerly, the state's dozen arrays would cost a
     # dispatch each.
     def build(params, epoch, step):
         dtype = params.w.dtype
         nan = jnp.full((), jnp.nan, dtype)
+        unkept = jax.tree.map(lambda p: jnp.full_like(p, jnp.nan), params)
         return FitState(
             params=params, opt_state=rule_init(rule, params), step=step, epoch=epoch,
-            moving=nan, last_loss=nan, average=params, l1=penalties.l1_init(params.w), ok=jnp.asarray(True),
+            moving=nan, last_loss=nan, average=params if average else unkept, l1=penalties.l1_init(params.w), ok=jnp.asarray(True),
             stop=StopState(jnp.full((), -jnp.inf, dtype), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
                            jnp.asarray(False)),
         )  # fmt: skip
