@@ -562,3 +562,16 @@ def test_averaging_switched_on_midway_averages_the_updates_from_there(engine):
     averaged = run(epochs=2, average=True)
     np.testing.assert_allclose(run(epochs=2, average=True, state=averaged.state).params.w,
                                run(epochs=4, average=True).params.w, rtol=1e-6)  # fmt: skip
+
+
+@pytest.mark.parametrize("record_steps", [True, False])
+def test_every_engine_keeps_the_moving_average_alike(record_steps):
+    X = np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32)
+    y = X @ np.float32([1, 2, 3]) + 0.1
+    moving = {engine: float(jaxlr.fit(X, y, key=jax.random.key(0), epochs=2, lr=0.05, engine=engine,
+                                      record_steps=record_steps).state.moving)
+              for engine in ("loop", "fused", "scan")}  # fmt: skip
+    # Kept only where the steps are recorded: a state then carries the curve on.
+    assert all(np.isnan(v) != record_steps for v in moving.values()), moving
+    if record_steps:
+        np.testing.assert_allclose(list(moving.values()), moving["fused"], rtol=1e-5)

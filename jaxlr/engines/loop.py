@@ -68,8 +68,9 @@ def run(run, state) -> Iterator[Block]:
             state = state._replace(step=np.int32(first_step + len(taken)))
         losses, objectives, moving = taken[:, 0], taken[:, -2], taken[:, -1]
         good = core.loss_ok(losses, limit)
-        finite_moving = moving[good]
-        state = state._replace(moving=np.asarray(finite_moving[-1] if len(finite_moving) else state.moving, dtype))
+        if run.spec.smooth:  # as the compiled engines, which keep it only for the steps they record
+            finite_moving = moving[good]
+            state = state._replace(moving=np.asarray(finite_moving[-1] if len(finite_moving) else state.moving, dtype))
         finite = bool(good.all())
         if not run.spec.guard:
             # What the guarded step tracks as it goes, worked out from the losses.
