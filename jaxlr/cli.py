@@ -14,6 +14,7 @@ is read on a thread; `solve` on a table and `predict` need none.
 """
 
 import argparse
+import csv
 import math
 import os
 import re
@@ -252,7 +253,7 @@ def _data_options(command):
                       "Parquet file (both with the tables extra: pip install 'jaxlr[tables]'), a .npy matrix, or a .npz "
                       "with X and y (default: the lesson's synthetic data)")  # fmt: skip
     data.add_argument("--target", metavar="COL", help="target column: a name, or a 0-based index")
-    data.add_argument("--features", metavar="COLS", help="comma-separated feature columns (default: every other column "
+    data.add_argument("--features", metavar="COLS", help="comma-separated feature columns, a name holding a comma in double quotes (default: every other column "
                       "that can be one: numbers, dates as days since 1970-01-01, text of few values one-hot encoded)")  # fmt: skip
     data.add_argument("--categorical", metavar="COLS", help="comma-separated columns to one-hot encode whatever they hold "
                       "(default: text columns of at most --max-categories values)")  # fmt: skip
@@ -432,9 +433,19 @@ def _same_file(a, b):
 
 # ------------------------------------------------------------------ tables
 
-def _names(text):
-    """A comma-separated list of column names, as a list (empty for None)."""
-    return [] if text is None else [name.strip() for name in text.split(",") if name.strip()]
+def column_list(text):
+    """A comma-separated list of column names, as a list (empty for None).
+
+    The list is read as a CSV row, so a name holding a comma is given in
+    double quotes: ``--features '"size, m2",rooms'``."""
+    if text is None:
+        return []
+    try:
+        (row,) = csv.reader([text], skipinitialspace=True, strict=True) if text.strip() else [[]]
+    except (csv.Error, ValueError):
+        raise UsageError(f"column list {text!r} is not one comma-separated row: quote a name only whole, "
+                         "as in '\"size, m2\",rooms'.") from None  # fmt: skip
+    return [name.strip() for name in row if name.strip()]
 
 
 def table_request(args):
@@ -448,9 +459,9 @@ def table_request(args):
     target = args.target if args.target is not None else reader_for(args.data).target
     if target is None:
         raise UsageError("--data needs --target (a column name or 0-based index).")
-    features = None if args.features is None else _names(args.features)
+    features = None if args.features is None else column_list(args.features)
     return dict(path=args.data, target=target, features=features, weight=getattr(args, "sample_weight", None),
-                categorical=_names(args.categorical), drop=_names(args.drop), max_categories=args.max_categories)
+                categorical=column_list(args.categorical), drop=column_list(args.drop), max_categories=args.max_categories)
 
 
 class _ReadAhead:

@@ -484,7 +484,7 @@ def _streamed(args):
         raise UsageError("--stream needs --target as a 0-based column index.")
     features = None
     if args.features is not None:
-        features = [f.strip() for f in args.features.split(",") if f.strip()]
+        features = cli.column_list(args.features)
         if not all(f.isdigit() for f in features):
             raise UsageError(f"--stream needs --features as 0-based column indices, got {args.features!r}.")
         features = [int(f) for f in features]

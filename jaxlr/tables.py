@@ -20,7 +20,7 @@ How columns become features (CSV and Parquet; a .npy or .npz holds numbers only)
                            left out: their meaning is not guessed
     dates, times           days since 1970-01-01 (a time of day as a fraction of a day);
                            dates written in another form than YYYY-MM-DD are refused
-    empty in every row     left out
+    empty in every row     left out (also the nameless last column of a comma ending every line)
 
 `categorical` one-hot encodes a column whatever its kind and number of values;
 `drop` leaves a column out. Every column left out or transformed is named in
@@ -352,6 +352,12 @@ class _Columns:
     """A pyarrow table's columns with the file they came from, for messages."""
 
     def __init__(self, path, reader, arrow):
+        # A comma ending every line (as some spreadsheets write) makes a last
+        # column with neither a name nor a value: left out, with a note.
+        self.unnamed = []
+        while arrow.num_columns > 1 and not arrow.column_names[-1] and arrow.column(arrow.num_columns - 1).null_count == arrow.num_rows:
+            arrow = arrow.remove_column(arrow.num_columns - 1)
+            self.unnamed.append(_used("", "left out", "it has no name and is empty in every row (a comma ends each line)"))
         self.path, self.reader, self.arrow = path, reader, arrow
         self.names = arrow.column_names
         self.rows = arrow.num_rows
@@ -384,7 +390,7 @@ class _Columns:
         if features is not None:
             requested = [_column_index(path, names, name, "feature") for name in features]
             requested = _feature_columns(path, names, target_index, requested, None, weight_index)
-        steps, report = [], []
+        steps, report = [], list(self.unnamed[:1])
         candidates = requested if requested is not None else [j for j in range(len(names)) if j not in (target_index, weight_index)]
         for j in candidates:
             name = names[j]
@@ -735,7 +741,11 @@ def _column_index(path, names, wanted, role):
     if len(names) == 1 and (";" in names[0] or "\t" in names[0]):
         separator = "semicolons" if ";" in names[0] else "tabs"
         hint = f" (its header is one column: the file separates its columns with {separator}; jaxlr reads them separated by commas)"
-    raise DataError(f"{role} column {wanted!r} is not in {path.name}; its columns are: {', '.join(names)}{hint}.")
+    with_commas = [name for name in names if "," in name and wanted in (part.strip() for part in name.split(","))]
+    if with_commas:
+        hint = f" (a name holding a comma is given in double quotes: '\"{with_commas[0]}\"')"
+    listed = ", ".join(repr(name) if "," in name else name for name in names)
+    raise DataError(f"{role} column {wanted!r} is not in {path.name}; its columns are: {listed}{hint}.")
 
 
 # ------------------------------------------------------------------ NumPy files

@@ -178,3 +178,28 @@ def test_a_feature_given_twice_is_refused(tmp_path):
     np.savez(tmp_path / "t.npz", X=np.ones((3, 2)), y=np.ones(3))
     with pytest.raises(DataError, match="given twice as a feature"):
         load_table(tmp_path / "t.npz", features=["0", "0"])
+
+
+def test_a_comma_ending_every_line_adds_no_column(tmp_path):
+    (tmp_path / "t.csv").write_text("a,b,price,\n1,2,3,\n4,5,6,\n7,8,10,\n")
+    table = load_table(tmp_path / "t.csv", target="price")
+    assert table.feature_names == ("a", "b") and "no name and is empty in every row" in table.notes[0]
+    # A nameless column that holds values is still the header's fault.
+    (tmp_path / "u.csv").write_text("a,b,price,\n1,2,3,\n4,5,6,9\n")
+    with pytest.raises(DataError, match="the header row names no column 4"):
+        load_table(tmp_path / "u.csv", target="price")
+
+
+def test_a_column_named_with_a_comma_is_chosen_in_quotes(tmp_path):
+    from jaxlr.cli import UsageError, column_list
+
+    (tmp_path / "t.csv").write_text('"size, m2",rooms,price\n50,2,3\n70,3,6\n90,3,10\n')
+    assert column_list('"size, m2", rooms') == ["size, m2", "rooms"]
+    assert column_list("a,,b ") == ["a", "b"] and column_list(None) == []
+    table = load_table(tmp_path / "t.csv", target="price", features=column_list('"size, m2",rooms'))
+    assert table.feature_names == ("size, m2", "rooms")
+    # Unquoted, the name splits in two: the error says how to quote it.
+    with pytest.raises(DataError, match=r"columns are: 'size, m2', rooms, price \(a name holding a comma is given in double quotes"):
+        load_table(tmp_path / "t.csv", target="price", features=column_list("size, m2,rooms"))
+    with pytest.raises(UsageError, match="not one comma-separated row"):
+        column_list('"size, m2" x,rooms')
