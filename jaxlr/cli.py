@@ -258,6 +258,7 @@ def _data_options(command):
     data.add_argument("--categorical", metavar="COLS", help="comma-separated columns to one-hot encode whatever they hold "
                       "(default: text columns of at most --max-categories values)")  # fmt: skip
     data.add_argument("--drop", metavar="COLS", help="comma-separated columns to leave out (default: none)")
+    data.add_argument("--sample-weight", metavar="COL", help="a column of per-row weights (not used as a feature)")
     data.add_argument("--max-categories", type=_positive_int, default=MAX_CATEGORIES, metavar="N",
                       help="the most values a text column may hold to be one-hot encoded without --categorical")
     data.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
@@ -321,7 +322,6 @@ def _parser():
     train.add_argument("--average", type=_count, nargs="?", const=1, default=0, metavar="T0",
                        help="return the average of the params over the updates (from update T0, 1 if T0 is left out; "
                        "0: no averaging)")  # fmt: skip
-    train.add_argument("--sample-weight", metavar="COL", help="a column of per-row weights (not used as a feature)")
     train.add_argument("--early-stopping", type=_count, metavar="N",
                        help="stop after N epochs without a lower validation MSE and keep the best params; 0 never "
                        "stops early (" + _default("early_stopping") + ")")  # fmt: skip

@@ -115,6 +115,8 @@ class _Split:
             kept = np.ones(X.shape[0], bool)  # a mask, not indices: an eighth of the memory
             kept[held] = False
             y, weight = y[kept], None if weight is None else weight[kept]
+        if weight is not None and not np.any(weight > 0):
+            raise DataError(f"--sample-weight: every training row has weight 0 ({y.shape[0]} rows): nothing to fit.")
         scaling = None if args.target_scaling == "none" else args.target_scaling
         # A table's features are centred at least, in float64: training casts
         # to float32 only after. The lesson's own data is used as it comes.
@@ -508,7 +510,7 @@ def _solve(args):
     start = time.perf_counter()
     # In float64 on the table as it is, then as the params of the standardized
     # rows on the scaled target that the model file holds (see _model).
-    params = split.scaler.to_standardized(Params(*least_squares(split.X, split.y_original)))
+    params = split.scaler.to_standardized(Params(*least_squares(split.X, split.y_original, split.weight)))
     elapsed = time.perf_counter() - start
     model = _model(
         params, split, table,

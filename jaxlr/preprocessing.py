@@ -131,7 +131,7 @@ def _moments(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(spread > 0, spread, 1.0)  # a constant column stays as it is
 
 
-def least_squares(X, y):
+def least_squares(X, y, weight=None):
     """Least squares with an intercept on a host table, in float64, with memory for a block of rows.
 
     The columns are centred and scaled to unit spread first, which removes
@@ -152,6 +152,9 @@ def least_squares(X, y):
     Args:
         X: array of shape (n, d), any float dtype.
         y: array of shape (n, k).
+        weight: optional array of shape (n,), each row's weight (>= 0) in the
+            sum of squares; the rows are then centred on their weighted means,
+            where the weighted problem's intercept passes.
 
     Returns:
         (w, b): float64 NumPy arrays of shapes (d, k) and (k,), in the table's units.
@@ -160,10 +163,24 @@ def least_squares(X, y):
     k = y.shape[1]
     rows = max(d + k, _BLOCK_BYTES // (8 * (d + k)))
     scaler = Standardizer.fit(X, y, features=True, target="center")
+    x_center, y_center = np.zeros(d), np.zeros(k)
+    if weight is not None:
+        weight = np.asarray(weight, np.float64)
+        total = weight.sum()
+        if not total > 0:
+            raise ValueError("`weight` has no row of positive weight: least squares needs one.")
+        for i in range(0, n, rows):
+            x_center += weight[i : i + rows] @ scaler.transform(X[i : i + rows]) / total
+            y_center += weight[i : i + rows] @ scaler.transform_target(y[i : i + rows]) / total
 
     def scaled_blocks():
         for i in range(0, n, rows):
-            yield scaler.transform(X[i : i + rows]), scaler.transform_target(y[i : i + rows])
+            Xs, ys = scaler.transform(X[i : i + rows]), scaler.transform_target(y[i : i + rows])
+            if weight is None:
+                yield Xs, ys
+            else:  # rows scaled by the root of their weight: their squares then count that much
+                root = np.sqrt(weight[i : i + rows])[:, None]
+                yield (Xs - x_center) * root, (ys - y_center) * root
 
     gram, xty = np.zeros((d, d)), np.zeros((d, k))
     for Xs, ys in scaled_blocks():
@@ -190,5 +207,5 @@ def least_squares(X, y):
         # rounding over n rows) are dependence, not signal: one-hot levels
         # beside an intercept would otherwise get weights of 1e10 and more.
         w = np.linalg.lstsq(square[:, :d], square[:, d:], rcond=np.finfo(np.float64).eps * max(n, d + 1))[0]
-    original = scaler.to_original(Params(w, np.zeros(k)))
+    original = scaler.to_original(Params(w, y_center - x_center @ w))
     return original.w, original.b

@@ -310,8 +310,20 @@ def test_sample_weights_also_weigh_the_validation_rows_and_the_reported_metrics(
     np.testing.assert_allclose(report["w"], [2.0], atol=0.05)
     assert report["train_r2"] > 0.99 and report["val_r2"] > 0.99, report
     assert "worse than" not in done.stderr
+    # solve weighs the rows' squares by them, as train weighs its steps.
+    done = run_cli("solve", "--data", "w.csv", "--target", "y", "--sample-weight", "weight", "--json", "--quiet",
+                   cwd=tmp_path, cache_dir=cache_dir)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    np.testing.assert_allclose(report["w"], [2.0], atol=0.02)
+    assert report["train_r2"] > 0.99, report
 
     (tmp_path / "zero.csv").write_text("x,weight,y\n" + "".join(f"{float(a)!r},0,{float(t)!r}\n" for a, t in zip(x[:200], y[:200])))
     done = run_cli("train", "--data", "zero.csv", "--target", "y", "--sample-weight", "weight", "--quiet",
                    cwd=tmp_path, cache_dir=cache_dir)  # fmt: skip
     assert done.returncode == 2 and "every validation row has weight 0" in done.stderr, done.stderr
+    for command in ("train", "solve"):
+        done = run_cli(command, "--data", "zero.csv", "--target", "y", "--sample-weight", "weight", "--val-fraction", "0",
+                       cwd=tmp_path, cache_dir=cache_dir)  # fmt: skip
+        assert done.returncode == 2 and done.stderr.strip() == (
+            "jaxlr: error: --sample-weight: every training row has weight 0 (200 rows): nothing to fit."), done.stderr

@@ -173,3 +173,30 @@ def test_host_least_squares_factors_the_rows_in_blocks_as_the_normal_equations_s
     np.testing.assert_allclose(factored[1], normal[1], rtol=1e-9)
     w, b = preprocessing.least_squares(X[:3], y[:3])  # fewer rows than features: an exact fit
     np.testing.assert_allclose(X[:3] @ w + b, y[:3], atol=1e-6)
+
+
+@pytest.mark.parametrize("factored", [False, True])
+def test_host_least_squares_weighs_each_row_as_numpy_does_on_rows_scaled_by_the_root_of_their_weight(
+    monkeypatch, factored
+):
+    from jaxlr import preprocessing
+
+    rng = np.random.default_rng(7)
+    n = 1001
+    X = rng.normal(size=(n, 3)) * [1.0, 10.0, 1e3] + [0.0, 5.0, 1.7e6]
+    weight = rng.uniform(0, 3, n)
+    weight[:50] = 0  # rows that count for nothing
+    # Noise that grows where the weight is small: the weighted fit differs from the plain one.
+    y = X @ [[1.0], [-0.5], [1e-3]] + 4.0 + rng.normal(size=(n, 1)) * (1 + 5 * (weight < 1))[:, None]
+    if factored:
+        monkeypatch.setattr(preprocessing, "_GRAM_CONDITION", 0.0)
+        monkeypatch.setattr(preprocessing, "_BLOCK_BYTES", 8 * 5 * 100)
+    w, b = preprocessing.least_squares(X, y, weight)
+    root = np.sqrt(weight)[:, None]
+    design = np.column_stack([X, np.ones(n)])
+    want = np.linalg.lstsq(design * root, y * root, rcond=None)[0]
+    np.testing.assert_allclose(np.append(w, b), want.ravel(), rtol=1e-7)
+    plain_w, _ = preprocessing.least_squares(X, y)
+    assert np.abs(plain_w - w).max() > 1e-3  # the weights changed the answer
+    with pytest.raises(ValueError, match="`weight` has no row of positive weight"):
+        preprocessing.least_squares(X, y, np.zeros(n))
