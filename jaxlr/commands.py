@@ -533,17 +533,10 @@ def _predict(args):
         raise UsageError(f"--target {args.target!r} is one of the model's features, not a target to score against.")
     if model.encoding is not None and reader_for(path).read is not None:
         # The model's own columns, encoded as in training; the table's others are not read.
-        target = _predict_target(args, model, path)
-        try:
-            table = load_table(path, target=target, encoding=model.encoding)
-        except DataError as err:
-            if args.target is not None or target is None or repr(target) not in str(err):
-                raise
-            # Rows to score often leave the target blank: they are predicted all the same.
-            table = load_table(path, target=None, encoding=model.encoding)
-            _note(f"column {target!r}, the model's target, has empty or other cells that are not numbers: "
-                  "every row is predicted, and no error is reported against it.")  # fmt: skip
-        table = _noted(table)
+        # Rows to score often leave the model's target blank: they are
+        # predicted all the same. A --target asked for must hold numbers.
+        table = _noted(load_table(path, target=_predict_target(args, model, path), encoding=model.encoding,
+                                  target_optional=args.target is None))  # fmt: skip
         X = table.X
     else:
         table = _noted(load_table(path, target=args.target))

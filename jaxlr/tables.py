@@ -293,7 +293,7 @@ def column_names(path):
 
 
 def load_table(path, *, target=None, features=None, weight=None, categorical=(), drop=(),
-               max_categories=MAX_CATEGORIES, encoding=None) -> Table:  # fmt: skip
+               max_categories=MAX_CATEGORIES, encoding=None, target_optional=False) -> Table:  # fmt: skip
     """Reads a table: CSV (also .csv.gz, ...) or Parquet, a `.npy` matrix, or a `.npz` with X and y.
 
     In a CSV or Parquet file, `target` is a column name or a 0-based index;
@@ -315,6 +315,9 @@ def load_table(path, *, target=None, features=None, weight=None, categorical=(),
         encoding: an `Encoding` (from a trained model) to apply instead of
             choosing the columns: its columns must be in the file; values it
             never saw become all-zero one-hot rows, with a note.
+        target_optional: with `encoding`, a target column that does not hold
+            a number in every row (rows to score, their target left blank) is
+            not read: y is None, with a note.
 
     Returns:
         Table.
@@ -344,7 +347,7 @@ def load_table(path, *, target=None, features=None, weight=None, categorical=(),
     names = [str(name).strip() for name in arrow.column_names]
     columns = _Columns(path, reader, arrow.rename_columns(names))
     if encoding is not None:
-        return columns.encoded(Encoding(encoding), target)
+        return columns.encoded(Encoding(encoding), target, target_optional=target_optional)
     return columns.chosen(target, features, weight, categorical, drop, max_categories)
 
 
@@ -494,8 +497,8 @@ class _Columns:
 
     # -------------------------------------------------------------- features
 
-    def encoded(self, encoding, target, check_unseen=True):
-        """The features of `encoding`, from this table's columns."""
+    def encoded(self, encoding, target, check_unseen=True, target_optional=False):
+        """The features of `encoding`, from this table's columns (and the target's, see `load_table`)."""
         pa = _pyarrow()
         missing = [step.column for step in encoding if step.column not in self.names]
         if missing:
@@ -531,7 +534,14 @@ class _Columns:
                       encoding=encoding)  # fmt: skip
         if target is not None:
             j = _column_index(self.path, self.names, target, "target")
-            table = table._replace(y=self._numbers(j, "target")[:, None], target_name=self.names[j])
+            try:
+                table = table._replace(y=self._numbers(j, "target")[:, None], target_name=self.names[j])
+            except DataError:
+                if not target_optional:
+                    raise
+                table = table._replace(notes=(*table.notes, (
+                    f"{self.path.name}: column {self.names[j]!r}, the target, has empty cells or cells that are not "
+                    "numbers: every row is predicted, and no error is reported against it.")))  # fmt: skip
         return table
 
     def _number_chunks(self, j, role):

@@ -79,6 +79,10 @@ def test_predict_scores_rows_whose_target_is_left_blank(tmp_path):
         assert "every row is predicted" in done.stderr and "--drop" not in done.stderr, done.stderr
         predicted = np.array(done.stdout.splitlines()[1:], float)
         np.testing.assert_allclose(predicted, np.array(new_rows) @ [1.0, -2.0] + 0.5, atol=1e-6)
+        # A target asked for by name is one to score against: it must hold numbers.
+        done = run_cli("predict", "--model", "m.npz", "--data", "new.csv", "--target", "price", cwd=tmp_path,
+                       cache_dir=cache)  # fmt: skip
+        assert done.returncode == 2 and "'price'" in done.stderr and "every row is predicted" not in done.stderr
 
 
 def test_npz_without_target_overflow_and_streamed_columns(tmp_path):
