@@ -188,7 +188,9 @@ def fit(
             "momentum" (0.9), "nesterov", "adam", or an optax transformation.
         loss: "squared" (the lesson's), "huber", "epsilon_insensitive",
             "squared_epsilon_insensitive" (see `jaxlr.losses`), or a function
-            ``(yhat, y) -> per-entry losses``.
+            ``(yhat, y) -> per-entry losses``. A function (loss or schedule)
+            runs with the values it reads now: one reading a global that
+            changed since an earlier fit is traced again, not reused.
         epsilon: the margin of the Huber and epsilon-insensitive losses.
         penalty: None, "l2", "l1" or "elasticnet", on the weights only.
         alpha: the penalty's strength (and the "optimal" schedule's).
@@ -519,6 +521,7 @@ class _Settings(NamedTuple):
             loss=self.loss, rule=self.rule, schedule=self.schedule, l1=self.penalty.l1 > 0, l2=self.penalty.l2 > 0,
             average=self.average_start is not None, batch_size=self.batch_size, sharding=sharding, stops=stops,
             fit_intercept=self.fit_intercept, weighted=weighted, smooth=smooth, max_slope=self.max_slope,
+            values_read=_values_read(self.loss.function, self.schedule),
         )  # fmt: skip
 
     def numbers(self, total_steps: int) -> core.Numbers:
@@ -1073,6 +1076,20 @@ def _check_opt_state(opt_state, like, d, k, name):
                 f"`{name}` holds an optimizer state of shape {np.shape(got)} where {d} feature(s) and {k} "
                 f"output(s) need {np.shape(want)}."
             )
+
+
+def _values_read(*functions) -> tuple:
+    """What the user's functions among `functions` (a loss, a schedule) do
+    and read, as `rule_value` gives it; jaxlr's own losses and the named
+    schedules are keyed by themselves. A function whose values cannot be
+    compared (a large array among them) is keyed by itself alone."""
+    values = []
+    for function in functions:
+        while hasattr(function, "function"):  # the wrappers of jaxlr.losses: factor, epsilon-less calls
+            function = function.function
+        if callable(function) and function not in losses.LOSSES.values():
+            values.append(rule_value(function))
+    return tuple(values)
 
 
 def _function_name(setting: str, name: str, function) -> str:

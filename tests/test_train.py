@@ -575,3 +575,30 @@ def test_every_engine_keeps_the_moving_average_alike(record_steps):
     assert all(np.isnan(v) != record_steps for v in moving.values()), moving
     if record_steps:
         np.testing.assert_allclose(list(moving.values()), moving["fused"], rtol=1e-5)
+
+
+SHIFT, RATE = 0.0, 0.05  # read by the functions below when they are traced
+
+
+def shifted_loss(yhat, y):
+    return (yhat - y - SHIFT) ** 2
+
+
+def global_rate(count):
+    return RATE * jnp.ones_like(count, jnp.float32)
+
+
+@pytest.mark.parametrize("engine", ["fused", "loop"])
+def test_a_loss_or_schedule_reading_a_global_trains_with_its_value_now(engine, monkeypatch):
+    X = np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32)
+    y = X @ np.float32([1, 2, 3]) + 0.1
+    run = functools.partial(jaxlr.fit, X, y, key=jax.random.key(0), epochs=3, engine=engine)
+    before = run(loss=shifted_loss, lr=0.05)
+    monkeypatch.setitem(globals(), "SHIFT", 5.0)
+    after = run(loss=shifted_loss, lr=0.05)
+    np.testing.assert_allclose(after.params.b - before.params.b, [5.0], atol=1e-4)
+    moving = run(schedule=global_rate)
+    monkeypatch.setitem(globals(), "RATE", 0.0)
+    still = run(schedule=global_rate)  # every step of rate 0: the initial params
+    np.testing.assert_array_equal(still.params.w, jaxlr.init_params(jax.random.split(jax.random.key(0))[0], 3, 1).w)
+    assert not np.array_equal(moving.params.w, still.params.w)

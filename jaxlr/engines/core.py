@@ -67,6 +67,10 @@ class Spec(NamedTuple):
         shapes: features, outputs, dtype and the stored (bucketed) rows of
             the data and validation data: part of the key, so that the
             bounded caches of compiled programs are bounded in shapes too.
+        values_read: what a user's loss and schedule read when traced (their
+            code, the values they close over, the globals they read): part
+            of the key, so that one reading a global since changed compiles
+            anew, where a jitted function would keep its first trace's value.
     """
 
     loss: Loss
@@ -85,6 +89,7 @@ class Spec(NamedTuple):
     guard: bool = False
     parallel: bool = False
     shapes: tuple = ()
+    values_read: Any = None
 
 
 class StopNumbers(NamedTuple):
