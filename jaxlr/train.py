@@ -217,7 +217,8 @@ def fit(
             and `batches` use) or inside the program on the device
             ("device": the default on an accelerator, and with `tol`, which
             may end the run at any epoch).
-        fit_intercept: False keeps b at its starting value (zero for fresh params).
+        fit_intercept: False keeps b at its starting value: zero for fresh
+            params, the given one for `init` or `state`.
         max_slope: caps the slope of the loss at each prediction (scikit-learn
             caps it at 1e12): a step far too large then stays finite instead
             of diverging. None (the default) leaves it alone.
@@ -378,7 +379,8 @@ def _prepare(  # fmt: skip
     # The starting state: given, from the old keywords, or fresh (a checkpoint may replace it below).
     given_state = state
     averaging = settings.average_start is not None
-    start = _start(key, state, init, deprecated, rule, d, k, dtype, epochs=epochs, draw=draw, average=averaging)
+    start = _start(key, state, init, deprecated, rule, d, k, dtype, epochs=epochs, draw=draw, average=averaging,
+                   fit_intercept=settings.fit_intercept)  # fmt: skip
     state, shuffle_key, known_words, params, first_epoch = start
     if given_state is not None:  # where it stands, in one read
         *given_at, unaveraged = parallel.host_values(
@@ -460,7 +462,7 @@ def _prepare(  # fmt: skip
     return engines.get(engine), run, state, log_every if verbose else None, callback, dtype, settings.average_start
 
 
-def _start(key, state, init, deprecated, rule, d, k, dtype, *, epochs, draw, average):
+def _start(key, state, init, deprecated, rule, d, k, dtype, *, epochs, draw, average, fit_intercept):
     """A run's starting state: `state` (checked), the params of `init` (or the
     old `params`/`opt_state`/`initial_epoch` keywords), or fresh ones drawn
     from `key`. Returns (state, shuffle key, the first epochs' shuffle words
@@ -475,7 +477,7 @@ def _start(key, state, init, deprecated, rule, d, k, dtype, *, epochs, draw, ave
         # (a block's worth at most: later ones are drawn when needed, so memory does not follow `epochs`)
         count = core.bucket(min(max(epochs, 1), _WORDS_AHEAD)) if draw == "host" else 1
         epoch_ids = np.arange(first_epoch, first_epoch + count, dtype=np.int32)
-        state, shuffle_key, words = _begin(rule, d, k, dtype, average)(key, epoch_ids)
+        state, shuffle_key, words = _begin(rule, d, k, dtype, average, fit_intercept)(key, epoch_ids)
         known_words = (first_epoch, words)
     else:
         name = "params" if "params" in deprecated else "init"
@@ -1179,7 +1181,7 @@ def _split(key):
 
 
 @functools.lru_cache(maxsize=32)
-def _begin(rule, num_inputs, num_outputs, dtype, average):
+def _begin(rule, num_inputs, num_outputs, dtype, average, fit_intercept):
     """``(key, epochs) -> (fresh FitState, shuffle key, the epochs' key words)``
     as one compiled call: at the lesson's size, separate small dispatches cost
     as much as training."""
@@ -1187,6 +1189,8 @@ def _begin(rule, num_inputs, num_outputs, dtype, average):
     def begin(key, epochs):
         init_key, shuffle_key = jax.random.split(key)
         params = init_params(init_key, num_inputs, num_outputs, dtype=dtype)
+        if not fit_intercept:  # a model without an intercept has b = 0, which training then keeps
+            params = params._replace(b=jnp.zeros_like(params.b))
         state = core._init_fit_state(rule, average).__wrapped__(params, epochs[0], jnp.int32(0))
         return state, shuffle_key, _fold_words.__wrapped__(shuffle_key, epochs)
 

@@ -602,3 +602,19 @@ def test_a_loss_or_schedule_reading_a_global_trains_with_its_value_now(engine, m
     still = run(schedule=global_rate)  # every step of rate 0: the initial params
     np.testing.assert_array_equal(still.params.w, jaxlr.init_params(jax.random.split(jax.random.key(0))[0], 3, 1).w)
     assert not np.array_equal(moving.params.w, still.params.w)
+
+
+@pytest.mark.parametrize("path", ["fused", "loop", "scan", "streamed", "sweep"])
+def test_without_an_intercept_fresh_params_start_and_stay_at_b_zero(path, tmp_path):
+    X = np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32)
+    y = X @ np.float32([2, -1])  # through the origin
+    settings = dict(key=jax.random.key(0), epochs=20, batch_size=8, fit_intercept=False)
+    if path == "sweep":
+        params = jaxlr.sweep(X, y, lrs=[0.01], **settings).params
+    elif path == "streamed":
+        np.save(tmp_path / "t.npy", np.column_stack([X, y]))
+        params = jaxlr.fit(jaxlr.NpyStream(tmp_path / "t.npy", target=2), lr=0.01, **settings).params
+    else:
+        params = jaxlr.fit(X, y, lr=0.01, engine=path, **settings).params
+    np.testing.assert_array_equal(np.ravel(params.b), [0.0])
+    np.testing.assert_allclose(np.ravel(params.w), [2, -1], atol=1e-3)
