@@ -335,6 +335,13 @@ def _prepare(  # fmt: skip
     log_every = validate.check_int("log_every", log_every, low=1)
     record_steps = validate.check_flag("record_steps", record_steps)
     loss_growth = validate.check_flag("loss_growth", loss_growth)
+    verbose, overwrite = validate.check_flag("verbose", verbose), validate.check_flag("overwrite", overwrite)
+    if verbose and not record_steps:
+        raise ValueError("`verbose` prints the steps' moving loss, which `record_steps` (=False) does not keep: "
+                         "leave one of them out, or follow the epochs with a `callback`.")  # fmt: skip
+    if checkpoint_every is not None and checkpoint is None:
+        raise ValueError(f"`checkpoint_every` (={checkpoint_every!r}) sets how often checkpoints are written, "
+                         "which needs `checkpoint`, the directory to write them to.")  # fmt: skip
     engine = validate.check_choice("engine", engine, engines.ENGINES)
     weight = None if sample_weight is None else _sample_weights(sample_weight, n, dtype)
     # Callbacks with a state of their own (early stopping) have it saved in checkpoints.
@@ -906,6 +913,8 @@ def _sample_weights(sample_weight, n, dtype, name="`sample_weight`") -> np.ndarr
         raise ValueError(f"{name} has shape {weight.shape}; it needs one weight per row, ({n},).")
     if not np.all(np.isfinite(weight)) or np.any(weight < 0):
         raise ValueError(f"{name} must be finite and >= 0.")
+    if n and not np.any(weight > 0):
+        raise ValueError(f"{name} is 0 for every one of the {n} rows: no row counts, so there is nothing to fit.")
     return weight
 
 
