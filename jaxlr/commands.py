@@ -475,7 +475,7 @@ def _streamed(args):
     from jaxlr.data import NpyStream
     from jaxlr.tables import Table
 
-    for option in ("val_fraction", "standardize", "early_stopping", "plot", "sample_weight"):
+    for option in ("val_fraction", "standardize", "early_stopping", "plot", "sample_weight", "drop", "categorical"):
         if getattr(args, option):
             raise UsageError(f"--{option.replace('_', '-')} needs the data in memory; it cannot go with --stream.")
     if args.target_scaling != "none":

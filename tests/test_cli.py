@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import jaxlr
+from jaxlr import cli
 from jaxlr.persist import load_model
 
 
@@ -266,7 +267,7 @@ def test_checkpoint_and_resume_from_the_command_line(tmp_path, cache_dir):
     assert json.loads(finished.stdout)["final_moving_loss"] == json.loads(fresh.stdout)["final_moving_loss"] is not None
 
 
-def test_stream_a_npy_table_from_disk(tmp_path, cache_dir):
+def test_stream_a_npy_table_from_disk(tmp_path, cache_dir, capsys):
     X, y = write_table(tmp_path / "unused.csv", n=2000)
     np.save(tmp_path / "big.npy", np.column_stack([X, y]).astype(np.float32))
     done = run_cli("train", "--data", "big.npy", "--target", "3", "--stream", "--chunk-mb", "1", "--epochs", "2",
@@ -277,6 +278,10 @@ def test_stream_a_npy_table_from_disk(tmp_path, cache_dir):
     done = run_cli("train", "--data", "big.npy", "--target", "3", "--stream", "--standardize",
                    cwd=tmp_path, cache_dir=cache_dir)  # fmt: skip
     assert done.returncode == 2 and "cannot go with --stream" in done.stderr
+    # What chooses columns by name or kind is refused too: the stream reads every column it is given.
+    for option, value in (("--drop", "1"), ("--categorical", "0")):
+        status = cli.main(["train", "--data", str(tmp_path / "big.npy"), "--target", "3", "--stream", option, value])
+        assert status == 2 and f"{option} needs the data in memory" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("rows, held", [(5, 1), (25, 3)])
