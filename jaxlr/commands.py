@@ -714,9 +714,10 @@ def _warn_if_worse_than_the_mean(report, args):
     if not worse:
         return
     tries = []
-    if not args.standardize:
+    streamed = getattr(args, "stream", False)  # a stream is trained as it is stored: neither option goes with it
+    if not args.standardize and not streamed:
         tries.append("--standardize")
-    if args.target_scaling != "scale":
+    if args.target_scaling != "scale" and not streamed:
         tries.append("--target-scaling scale")
     if args.command == "train":
         if report.get("early_stopped") and report.get("best_epoch") == 0:

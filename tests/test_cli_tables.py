@@ -83,6 +83,18 @@ def test_a_model_worse_than_the_mean_is_one_warning_line_that_says_what_to_try(t
     assert "--standardize" in done.stderr and "--target-scaling scale" in done.stderr and "--lr" in done.stderr
 
 
+def test_the_advice_for_a_streamed_table_names_only_what_a_stream_takes(capsys):
+    import argparse
+
+    from jaxlr import commands
+
+    args = argparse.Namespace(command="train", stream=True, standardize=False, target_scaling="none", lr=0.1, json=False)
+    commands._warn_if_worse_than_the_mean({"train_r2": -0.5, "epochs_run": 3}, args)
+    warning = capsys.readouterr().err
+    assert "worse than the target's mean" in warning and "--lr" in warning
+    assert "--standardize" not in warning and "--target-scaling" not in warning
+
+
 def test_help_shows_every_default_and_every_option_explains_itself():
     parser = cli._parser()
     commands = parser._subparsers._group_actions[0].choices
