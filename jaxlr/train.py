@@ -234,7 +234,8 @@ def fit(
         state: a `FitState` to continue a run from (``result.state``): its
             params, optimizer state, epoch, step count, moving average and
             averaged params all carry on; with the same key and settings the
-            result is that of one uninterrupted run. A state from a run that
+            result is that of one uninterrupted run (a run its stopping rule
+            ended stays ended, unless continued without `tol`). A state from a run that
             did not average, continued with `average`, averages the updates
             made from there on. The update rule's state carries on as it is:
             momentum and Nesterov keep the same trace, so either may continue
@@ -393,6 +394,11 @@ def _prepare(  # fmt: skip
         *given_at, unaveraged = parallel.host_values(
             (state.epoch, state.step, state.stop.done, averaging and jnp.isnan(state.average.b[0])))
         given_at = tuple(int(v) for v in given_at)
+        if given_at[2] and not spec.stops:
+            # A run its stopping rule ended, continued without one: the rule
+            # no longer holds it, so the epochs asked for run.
+            state = state._replace(stop=state.stop._replace(done=jnp.asarray(False)))
+            given_at = (*given_at[:2], 0)
         if unaveraged:
             # A run that did not average continues with averaging: the mean
             # runs over the updates from here on, not over those before.

@@ -618,3 +618,18 @@ def test_without_an_intercept_fresh_params_start_and_stay_at_b_zero(path, tmp_pa
         params = jaxlr.fit(X, y, lr=0.01, engine=path, **settings).params
     np.testing.assert_array_equal(np.ravel(params.b), [0.0])
     np.testing.assert_allclose(np.ravel(params.w), [2, -1], atol=1e-3)
+
+
+@pytest.mark.parametrize("engine", ["fused", "loop"])
+def test_a_run_its_stopping_rule_ended_continues_without_the_rule(engine):
+    X = np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32)
+    y = X @ np.float32([1, 2, 3]) + 0.1
+    run = functools.partial(jaxlr.fit, X, y, key=jax.random.key(0), lr=0.01, batch_size=8, engine=engine)
+    stopped = run(epochs=50, tol=1e-2, n_iter_no_change=1)
+    ran = int(stopped.state.epoch)
+    assert ran < 50
+    # With the rule again, the run is over; without it, the epochs asked for run as one run would.
+    assert int(run(epochs=5, tol=1e-2, n_iter_no_change=1, state=stopped.state).state.epoch) == ran
+    continued = run(epochs=5, state=stopped.state)
+    assert int(continued.state.epoch) == ran + 5
+    np.testing.assert_array_equal(continued.params.w, run(epochs=ran + 5).params.w)
