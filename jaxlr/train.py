@@ -416,6 +416,8 @@ def _prepare(  # fmt: skip
             settings={"examples": n, "features": d, "outputs": k, **settings.identity(),
                       "data": _data_digest(stream if stream is not None else (X, y), weight),
                       "init": None if init is None and "params" not in deprecated else _digest_arrays(params),
+                      # (only when given: the names of runs started afresh stay those they were)
+                      **({} if given_state is None else {"state": _digest_arrays(state)}),
                       "sample_weight": weight is not None,
                       "validation": None if validation_data is None else _digest_arrays(validation_data[:3]),
                       "callbacks": [cb.checkpoint_settings() for cb in keepers]},
@@ -1358,7 +1360,7 @@ def _differences(names, theirs: dict, ours: dict) -> str:
     parts = []
     for name in names:
         was, now = theirs.get(name), ours.get(name)
-        if name in ("data", "init", "validation") or len(repr(was)) + len(repr(now)) > 80:  # digests say nothing to a reader
+        if name in ("data", "init", "state", "validation") or len(repr(was)) + len(repr(now)) > 80:  # digests say nothing to a reader
             parts.append(f"{name} differs")
         else:
             parts.append(f"{name}={was!r}, now {now!r}")

@@ -1,5 +1,6 @@
 """Checkpoints survive kill -9, and a resumed run ends exactly where an uninterrupted one does."""
 
+import functools
 import signal
 import subprocess
 import sys
@@ -399,3 +400,19 @@ def test_functions_that_call_other_attributes_or_hold_sets_are_told_apart_and_al
         assert done.returncode == 0, done.stderr[-2000:]
         digests.add(done.stdout.strip())
     assert len(digests) == 1, digests
+
+
+def test_a_run_continued_from_a_state_resumes_only_from_that_state(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100, 2)).astype(np.float32)
+    y = X.sum(axis=1)
+    run = functools.partial(jaxlr.fit, X, y, key=jax.random.key(0), lr=0.05)
+    one, two = run(epochs=1).state, run(epochs=2).state
+    run(epochs=1, state=one, checkpoint=tmp_path)
+    with pytest.raises(jaxlr.checkpoint.CheckpointError, match="state differs"):
+        run(epochs=1, state=two, checkpoint=tmp_path, resume=True)
+    # Nothing of this run to resume: it starts from its own state.
+    np.testing.assert_array_equal(run(epochs=1, state=two, checkpoint=tmp_path, resume="if_present").params.w,
+                                  run(epochs=1, state=two).params.w)  # fmt: skip
+    resumed = run(epochs=1, state=one, checkpoint=tmp_path, resume=True)
+    np.testing.assert_array_equal(resumed.params.w, run(epochs=1, state=one).params.w)
