@@ -114,3 +114,14 @@ def test_the_l1_debt_keeps_growing_over_millions_of_tiny_steps():
 
     state, _ = jax.lax.scan(step, penalties.l1_init(w), None, length=4_000_000)
     assert float(state.owed) == pytest.approx(0.04, rel=1e-4)
+
+
+@pytest.mark.parametrize("engine", ["fused", "loop"])
+def test_without_an_intercept_an_optax_rule_that_decays_weights_leaves_b_alone(engine):
+    X = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    y = X @ np.float32([2, -1]) + 1
+    start = jaxlr.Params(np.zeros((2, 1), np.float32), np.full(1, 0.5, np.float32))
+    result = jaxlr.fit(X, y, key=jax.random.key(0), epochs=3, optimizer=optax.adamw(0.01, weight_decay=0.5),
+                       fit_intercept=False, init=start, engine=engine)  # fmt: skip
+    np.testing.assert_array_equal(result.params.b, [0.5])
+    assert np.abs(result.params.w).max() > 0.01  # the weights did train

@@ -268,6 +268,8 @@ def descend(spec: Spec, numbers: Numbers, state: FitState, X, y, weight, count, 
     if shrinks:
         start = start._replace(w=penalties.l2_shrink(start.w, lr, numbers.penalty.l2))
     params, opt_state = rule_apply(spec.rule, start, grads, state.opt_state, lr, numbers.rule)
+    if not spec.fit_intercept:  # b's gradient is zero, but an optax rule may move it still (weight decay)
+        params = params._replace(b=state.params.b)
     l1 = state.l1
     if spec.l1:
         w, l1 = penalties.l1_step(params.w, l1, lr * numbers.penalty.l1)
