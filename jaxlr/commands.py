@@ -195,7 +195,7 @@ class _Split:
             import jax.numpy as jnp
 
             w, b = (jnp.asarray(p, self.X.dtype) for p in trained)
-            scaled = np.asarray(self.X @ w + b)  # predictions of the scaled target
+            scaled = np.asarray(self.X @ w + b[None, :])  # predictions of the scaled target
 
             def predict(model, predicted):
                 return self.scaler.inverse_target(predicted)
@@ -309,6 +309,11 @@ def _train(args):
 
     _configure_jax(args)
     _settle_defaults(args)
+    if args.schedule == "optimal":
+        if "lr" not in args.defaulted:
+            raise UsageError(f"--lr {args.lr} would set no rate: --schedule optimal takes its rates from --alpha. "
+                             "Leave --lr out.")  # fmt: skip
+        args.lr = None  # and the model file records none
     for option in ("resume", "resume_if_present", "overwrite", "checkpoint_every"):
         if getattr(args, option) and not args.checkpoint:
             raise UsageError(f"--{option.replace('_', '-')} needs --checkpoint DIR.")
@@ -730,7 +735,9 @@ def _warn_if_worse_than_the_mean(report, args):
 
         if report.get("val_rows", MIN_VALIDATION_ROWS) < MIN_VALIDATION_ROWS:
             tries.append(f"a larger --val-fraction (validation R^2 on {report['val_rows']} rows is mostly noise)")
-        if not (report.get("early_stopped") and report.get("best_epoch") == 0):
+        if args.lr is None:
+            tries.append(f"another --alpha (was {args.alpha}), which sets the 'optimal' schedule's rates")
+        elif not (report.get("early_stopped") and report.get("best_epoch") == 0):
             tries.append(f"another --lr (was {args.lr})")
     scores = ", ".join(f"{name} R^2 = {report[key]:.3g}" for key, name in (("train_r2", "training"), ("val_r2", "validation")) if key in report)
     advice = f"; try {', '.join(tries)}" if tries else ""

@@ -374,7 +374,9 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
                 # `fit` casts a float64 table once, 64-byte aligned, which JAX
                 # then uses in place on a CPU, and refuses values beyond float32.
                 X, targets, key=key, epochs=epochs,
-                lr=self.eta0, batch_size=min(self.batch_size, n), optimizer=self.optimizer,
+                # (scikit-learn's 'optimal' rates come from alpha, without eta0)
+                lr=None if self.learning_rate == "optimal" else self.eta0, batch_size=min(self.batch_size, n),
+                optimizer=self.optimizer,
                 # jaxlr averages the loss over the outputs too; summed over them,
                 # each column trains as a model of its own would.
                 loss=losses.scaled(name, factor * self._num_outputs), epsilon=self.epsilon, penalty=self.penalty, alpha=self.alpha,

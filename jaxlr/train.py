@@ -127,7 +127,7 @@ def fit(
     *,
     key: Any,
     epochs: int = 2,
-    lr: float = 0.001,
+    lr: Optional[float] = None,
     batch_size: int = 4,
     optimizer: Rule = None,
     loss: Union[str, Callable] = "squared",
@@ -180,8 +180,10 @@ def fit(
             key; epoch e shuffles with ``fold_in(shuffle_key, e)``, so the order
             of any epoch does not depend on the epochs before it.
         epochs: passes over the data (the most, with `tol`).
-        lr: learning rate (eta0 of a named schedule; optax optimizers carry
-            their own).
+        lr: learning rate, eta0 of a named schedule; None for 0.001. Refused
+            where it would set nothing: an optax optimizer carries its own
+            rate, "optimal" takes its rates from alpha, and a function
+            schedule is the rate itself.
         batch_size: rows per step, between 1 and n; the last batch of an
             epoch is short when it does not divide n.
         optimizer: None or "sgd" for the lesson's hand-written `sgd`,
@@ -611,8 +613,13 @@ def _checked_settings(n: int, k: int, dtype, given: dict) -> _Settings:
     batch_size = validate.check_int("batch_size", given["batch_size"], low=1, high=n, high_name="the number of examples")
     rule = check_rule(given["optimizer"])
     # An optax transformation carries its own learning rate.
-    lr = validate.check_real("lr", given["lr"], low=0.0) if isinstance(rule, str) else None
     schedule = schedules.check(given["schedule"])
+    if given["lr"] is not None and not (isinstance(rule, str) and not schedules.ignores_lr(schedule)):
+        sets = (f"the optax `optimizer` carries its own" if not isinstance(rule, str) else
+                "schedule='optimal' takes its rates from `alpha`" if schedule == "optimal" else
+                f"the `schedule` (={_shown(schedule)}) is the rate itself")  # fmt: skip
+        raise ValueError(f"`lr` (={given['lr']!r}) would set no rate: {sets}. Leave `lr` out.")
+    lr = validate.check_real("lr", _DEFAULT_LR if given["lr"] is None else given["lr"], low=0.0) if isinstance(rule, str) else None
     loss = losses.resolve(given["loss"])
     losses.check_entries(loss, batch_size, k, dtype)
     penalty = penalties.make(given["penalty"], given["alpha"], given["l1_ratio"])
@@ -648,6 +655,7 @@ def _checked_settings(n: int, k: int, dtype, given: dict) -> _Settings:
 
 
 _WORDS_AHEAD = 1024
+_DEFAULT_LR = 0.001  # the lesson's
 
 # From this many rows, a CPU run of a known number of epochs draws its orders
 # on the host: measured at batch 1 and 20 features, the host took 1.3 ms an

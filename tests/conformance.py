@@ -262,6 +262,8 @@ def fit_settings(name: str) -> dict:
     import optax
 
     settings = {**BASE, **SETTINGS[name]}
+    if settings.get("schedule") in ("optimal", "decaying") or settings.get("optimizer") == "optax.sgd":
+        del settings["lr"]  # their rates come from elsewhere: `fit` refuses an `lr` that would set none
     X, y, weight, X_val, y_val = data()
     if settings.get("loss") == "log_cosh":
         settings["loss"] = log_cosh
@@ -304,7 +306,7 @@ def run_path(path: str, name: str, tmp_dir=None):
         stream = jaxlr.NpyStream(file, y=y, chunk_bytes=16 * 4 * D)  # several chunks, batches not straddling
         result = jaxlr.fit(stream, key=key, init=init, **settings)
     elif path == "sweep":
-        lr = settings.pop("lr")
+        lr = settings.pop("lr", BASE["lr"])
         for fixed in ("batch_size", "epochs"):
             settings.pop(fixed)
         got = jaxlr.sweep(X, y, key=key, lrs=[lr], params=init, batch_size=BATCH, epochs=EPOCHS, **settings)

@@ -311,3 +311,15 @@ def test_predict_on_a_matrix_takes_the_models_columns_by_position(tmp_path, cach
     # A model's own column named as the target is refused, not replaced by the next column.
     done = run_cli("predict", "--model", "m.npz", "--data", "t.npy", "--target", "0", cwd=tmp_path, cache_dir=cache_dir)
     assert done.returncode == 2 and "--target '0' is one of the model's features" in done.stderr, done.stderr
+
+
+def test_an_lr_the_optimal_schedule_would_not_use_is_refused_and_none_is_recorded(tmp_path, capsys):
+    write_table(tmp_path / "t.csv", n=200)
+    common = ["train", "--data", str(tmp_path / "t.csv"), "--target", "price", "--schedule", "optimal", "--quiet"]
+    assert cli.main([*common, "--lr", "5", "--save", str(tmp_path / "m.npz")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "jaxlr: error: --lr 5.0 would set no rate: --schedule optimal takes its rates from --alpha. Leave --lr out.")
+    assert not (tmp_path / "m.npz").exists()
+    assert cli.main([*common, "--alpha", "1", "--epochs", "2", "--save", str(tmp_path / "m.npz")]) == 0
+    settings = load_model(tmp_path / "m.npz").settings
+    assert settings["schedule"] == "optimal" and settings["lr"] is None

@@ -291,7 +291,7 @@ def test_the_optimal_rate_on_a_tiny_unscaled_table_fits_where_scikit_learn_does(
     assert np.max(np.abs(theirs.coef_)) > 1e9  # the transient is there
     assert np.all(np.isfinite(ours.coef_)) and ours.n_iter_ == 5
     # `fit` keeps its growth rule unless told otherwise.
-    rows = dict(key=jax.random.key(0), epochs=5, lr=1.0, batch_size=1, shuffle=False, schedule="optimal",
+    rows = dict(key=jax.random.key(0), epochs=5, batch_size=1, shuffle=False, schedule="optimal",
                 alpha=0.01, penalty="l2", max_slope=1e12)  # fmt: skip
     with pytest.raises(jaxlr.TrainingDiverged, match="grew past"):
         jaxlr.fit(TINY_X, TINY_Y, **rows)

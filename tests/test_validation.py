@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxlr
@@ -96,6 +97,9 @@ BAD_SETTINGS = {
     "verbose text": ({"verbose": "no"}, TypeError, r"`verbose` \(='no'\)"),
     "verbose without steps": ({"verbose": True, "record_steps": False}, ValueError, r"`verbose` prints the steps' moving loss"),
     "checkpoint_every alone": ({"checkpoint_every": 2}, ValueError, r"`checkpoint_every` \(=2\) .* needs `checkpoint`"),
+    "lr with optax": ({"optimizer": optax.sgd(0.1), "lr": 0.1}, ValueError, r"`lr` \(=0.1\) would set no rate: the optax `optimizer` carries its own"),
+    "lr with optimal": ({"schedule": "optimal", "lr": 0.1}, ValueError, r"`lr` \(=0.1\) would set no rate: schedule='optimal' takes its rates from `alpha`"),
+    "lr with a function": ({"schedule": optax.constant_schedule(0.1), "lr": 0.1}, ValueError, r"`lr` \(=0.1\) would set no rate: the `schedule` .* is the rate itself"),
     "tol": ({"tol": float("nan")}, ValueError, r"`tol` \(=nan\)"),
     "n_iter_no_change": ({"tol": 0.1, "n_iter_no_change": 0}, ValueError, r"`n_iter_no_change` \(=0\) must be at least 1"),
     "average": ({"average": -2}, ValueError, r"`average` \(=-2\) must be at least 0"),
