@@ -298,6 +298,11 @@ def _settle_defaults(args):
         args.early_stopping = 0
 
 
+# --schedule adaptive divides the rate by 5 after this many epochs in a row
+# whose training loss fell by less than the tol (scikit-learn's defaults).
+ADAPTIVE_TOL, ADAPTIVE_PATIENCE = 1e-3, 5
+
+
 def _train(args):
     # JAX and the training code load here (a second or more), while the table is read (see jaxlr.cli).
     with end_at_once():
@@ -359,6 +364,8 @@ def _train(args):
             penalty=args.penalty,
             alpha=args.alpha, l1_ratio=args.l1_ratio, schedule=args.schedule, power_t=args.power_t,
             average=args.average, sample_weight=split.weight,
+            # The adaptive rate is cut by fit's own rule on the training loss, with scikit-learn's defaults.
+            **(dict(tol=ADAPTIVE_TOL, n_iter_no_change=ADAPTIVE_PATIENCE) if args.schedule == "adaptive" else {}),
             verbose=show_lines and is_seed_job,
             callback=[stopper, bar if bar.bar is not None else None, lines],
             checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, overwrite=args.overwrite,

@@ -368,6 +368,9 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
                 validation = (validation[0], np.asarray(validation[1]).reshape(len(validation[1]), -1) - shift,
                               *validation[2:])  # fmt: skip
         weights = None if np.all(sample_weight == 1) else sample_weight
+        # scikit-learn's adaptive rate is cut by its stopping rule: without a
+        # tol (and in partial_fit) the rate stays eta0.
+        schedule = "constant" if self.learning_rate == "adaptive" and tol is None else self.learning_rate
         key = np.array([0, seed], np.uint32)  # jax.random.key(seed)'s words, without its dispatch
         try:
             result = fit(
@@ -380,7 +383,7 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
                 # jaxlr averages the loss over the outputs too; summed over them,
                 # each column trains as a model of its own would.
                 loss=losses.scaled(name, factor * self._num_outputs), epsilon=self.epsilon, penalty=self.penalty, alpha=self.alpha,
-                l1_ratio=0.0 if self.l1_ratio is None else self.l1_ratio, schedule=self.learning_rate, power_t=self.power_t,
+                l1_ratio=0.0 if self.l1_ratio is None else self.l1_ratio, schedule=schedule, power_t=self.power_t,
                 average=int(self.average), sample_weight=weights, tol=tol,
                 n_iter_no_change=self.n_iter_no_change, validation=validation, shuffle=shuffle,
                 fit_intercept=self.fit_intercept, record_steps=bool(self.verbose), devices=self.devices,

@@ -637,6 +637,9 @@ def _checked_settings(n: int, k: int, dtype, given: dict) -> _Settings:
                 f"`penalty` (={given['penalty']!r}) takes an L1 step scaled by the learning rate, which an optax "
                 "`optimizer` keeps to itself: use optimizer='sgd', 'momentum', 'nesterov' or 'adam' for L1."
             )
+    if schedule == "adaptive" and given["tol"] is None:
+        raise ValueError("`schedule` (='adaptive') cuts the rate when the stopping rule sees an epoch without gain, "
+                         "which `tol` (=None) turns off, leaving a constant rate: give a `tol`, or use 'constant'.")  # fmt: skip
     if schedule == "optimal" and alpha <= 0:
         raise ValueError(f"`alpha` (={alpha}) must be > 0 with schedule='optimal', which divides by it.")
     tol = given["tol"]
@@ -1439,10 +1442,13 @@ def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01
         raise TypeError(f"sweep() got an unexpected keyword argument {unknown[0]!r}")
     epochs = validate.check_int("epochs", epochs, low=1)
     schedule = settings.get("schedule", "constant")
+    if schedule == "adaptive":
+        raise ValueError("`schedule` (='adaptive') cuts the rate when a stopping rule sees an epoch without gain, "
+                         "and a sweep runs none (its runs end together): sweep 'constant' or 'invscaling'.")  # fmt: skip
     if schedules.ignores_lr(schedule):  # `lrs` would change nothing
         raise ValueError(
             f"`schedule` (={_shown(schedule)}) sets the rates without `lr`, so the runs of `lrs` would all be one: "
-            "sweep a schedule that scales `lr` (constant, invscaling, adaptive)."
+            "sweep a schedule that scales `lr` (constant, invscaling)."
         )
     # `fit` checks and prepares everything (the rates are set below); the sweep then vmaps its program.
     given = dict(key=key, epochs=epochs, lr=1.0, batch_size=batch_size, init=params,

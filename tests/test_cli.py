@@ -323,3 +323,19 @@ def test_an_lr_the_optimal_schedule_would_not_use_is_refused_and_none_is_recorde
     assert cli.main([*common, "--alpha", "1", "--epochs", "2", "--save", str(tmp_path / "m.npz")]) == 0
     settings = load_model(tmp_path / "m.npz").settings
     assert settings["schedule"] == "optimal" and settings["lr"] is None
+
+
+def test_the_adaptive_schedule_cuts_the_rate_as_scikit_learns_rule_says(tmp_path, capsys):
+    from jaxlr import commands
+
+    write_table(tmp_path / "t.csv", n=200)
+    common = ["train", "--data", str(tmp_path / "t.csv"), "--target", "price", "--lr", "0.05", "--epochs", "40",
+              "--early-stopping", "0", "--quiet", "--json"]  # fmt: skip
+    runs = {}
+    for schedule in ("adaptive", "constant"):
+        assert cli.main([*common, "--schedule", schedule]) == 0
+        runs[schedule] = json.loads(capsys.readouterr().out)["w"]
+    assert runs["adaptive"] != runs["constant"]  # it was the constant rate, the rate never cut
+    from sklearn.linear_model import SGDRegressor
+
+    assert (commands.ADAPTIVE_TOL, commands.ADAPTIVE_PATIENCE) == (SGDRegressor().tol, SGDRegressor().n_iter_no_change)

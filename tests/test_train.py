@@ -546,6 +546,12 @@ def test_a_sweep_refuses_a_schedule_that_ignores_lr(schedule):
         jaxlr.sweep(X, X.sum(axis=1), key=jax.random.key(0), lrs=[0.01, 0.1], schedule=schedule)
 
 
+def test_a_sweep_refuses_the_adaptive_schedule_it_has_no_rule_to_cut():
+    X = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"`schedule` \(='adaptive'\) .* a sweep runs none"):
+        jaxlr.sweep(X, X.sum(axis=1), key=jax.random.key(0), lrs=[0.01, 0.1], schedule="adaptive")
+
+
 @pytest.mark.parametrize("engine", ["fused", "loop", "scan"])
 def test_averaging_switched_on_midway_averages_the_updates_from_there(engine):
     X = np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32)

@@ -100,6 +100,7 @@ BAD_SETTINGS = {
     "lr with optax": ({"optimizer": optax.sgd(0.1), "lr": 0.1}, ValueError, r"`lr` \(=0.1\) would set no rate: the optax `optimizer` carries its own"),
     "lr with optimal": ({"schedule": "optimal", "lr": 0.1}, ValueError, r"`lr` \(=0.1\) would set no rate: schedule='optimal' takes its rates from `alpha`"),
     "lr with a function": ({"schedule": optax.constant_schedule(0.1), "lr": 0.1}, ValueError, r"`lr` \(=0.1\) would set no rate: the `schedule` .* is the rate itself"),
+    "adaptive without tol": ({"schedule": "adaptive"}, ValueError, r"`schedule` \(='adaptive'\) cuts the rate when the stopping rule .* `tol` \(=None\) turns off"),
     "tol": ({"tol": float("nan")}, ValueError, r"`tol` \(=nan\)"),
     "n_iter_no_change": ({"tol": 0.1, "n_iter_no_change": 0}, ValueError, r"`n_iter_no_change` \(=0\) must be at least 1"),
     "average": ({"average": -2}, ValueError, r"`average` \(=-2\) must be at least 0"),
