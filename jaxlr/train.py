@@ -1450,6 +1450,9 @@ def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01
             f"`schedule` (={_shown(schedule)}) sets the rates without `lr`, so the runs of `lrs` would all be one: "
             "sweep a schedule that scales `lr` (constant, invscaling)."
         )
+    if isinstance(X, (np.memmap, NpyStream)):
+        raise TypeError(f"`X` (={validate._describe(X)}) is read from disk in chunks, and a sweep trains on rows in "
+                        "memory: load it with np.asarray(X) (or train each rate with fit).")  # fmt: skip
     # `fit` checks and prepares everything (the rates are set below); the sweep then vmaps its program.
     given = dict(key=key, epochs=epochs, lr=1.0, batch_size=batch_size, init=params,
                  smoothing=smoothing, devices=device, **settings)  # fmt: skip

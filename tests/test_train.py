@@ -546,6 +546,12 @@ def test_a_sweep_refuses_a_schedule_that_ignores_lr(schedule):
         jaxlr.sweep(X, X.sum(axis=1), key=jax.random.key(0), lrs=[0.01, 0.1], schedule=schedule)
 
 
+def test_a_sweep_refuses_rows_read_from_disk_by_name(tmp_path):
+    np.save(tmp_path / "X.npy", np.ones((20, 2), np.float32))
+    with pytest.raises(TypeError, match=r"`X` \(=.*\) is read from disk in chunks, and a sweep trains on rows in memory"):
+        jaxlr.sweep(np.load(tmp_path / "X.npy", mmap_mode="r"), np.ones(20, np.float32), key=jax.random.key(0), lrs=[0.1])
+
+
 def test_a_sweep_refuses_the_adaptive_schedule_it_has_no_rule_to_cut():
     X = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
     with pytest.raises(ValueError, match=r"`schedule` \(='adaptive'\) .* a sweep runs none"):
