@@ -683,6 +683,8 @@ def _report(model, split, args, elapsed, trained, table=None):
     }
     if getattr(table, "columns", ()):
         report["columns"] = list(table.columns)  # every column left out or transformed, and why
+    if getattr(args, "sample_weight", None) is not None:
+        report["metrics_weighted_by"] = args.sample_weight  # the MSE and R² below weigh rows by this column
     report.update(split.train_metrics(model, trained))
     if split.val_X is not None:
         report["val_rows"] = int(split.val_X.shape[0])
@@ -706,7 +708,8 @@ def _print_report(report, args):
     for split in ("train", "val"):
         if f"{split}_mse" in report:
             name = "training" if split == "train" else "validation"
-            print(f"{name} MSE = {report[f'{split}_mse']:.4g}, R^2 = {report[f'{split}_r2']:.4f}")
+            weighted = f" (rows weighted by {report['metrics_weighted_by']!r})" if "metrics_weighted_by" in report else ""
+            print(f"{name} MSE = {report[f'{split}_mse']:.4g}, R^2 = {report[f'{split}_r2']:.4f}{weighted}")
     if report.get("best_epoch") is not None:
         if report["early_stopped"]:
             print(f"early stopping: stopped after {report['epochs_run']} epochs, {args.early_stopping} without a "
