@@ -281,6 +281,10 @@ class NpyStream:
     def from_memmap(cls, X, y, *, chunk_bytes=64 << 20):
         """The stream behind a memory-mapped matrix (`np.load(..., mmap_mode="r")` or `np.memmap`)."""
         if not (X.ndim == 2 and X.flags.c_contiguous and isinstance(X.base, mmap.mmap) and X.filename):
+            if X.ndim == 2 and X.flags.f_contiguous and isinstance(X.base, mmap.mmap):
+                raise ValueError("`X` is a memmap stored column by column (Fortran order), which cannot be read a "
+                                 "block of rows at a time: save it in C order (np.save(path, np.ascontiguousarray(X))), "
+                                 "or load it into memory with np.asarray(X).")  # fmt: skip
             raise ValueError("`X` is a view of a memmap; stream the whole file (NpyStream with `features`).")
         # The layout is the memmap's own, not read again from the file: a raw
         # matrix has no .npy header to read.
@@ -313,9 +317,10 @@ class NpyStream:
         for name, part in (("X", X), ("y", y)):
             if not np.isfinite(part.sum()):
                 bad = ~np.isfinite(part).all(axis=1)
+                where = "the `y` array given" if name == "y" and self._y is not None else self.path.name
                 raise ValueError(
                     f"`{name}` has NaN or inf in row {start + int(np.argmax(bad))} (counting from 0) "
-                    f"of {self.path.name}. Drop or impute it before training."
+                    f"of {where}. Drop or impute it before training."
                 )
         return X, y
 

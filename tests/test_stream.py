@@ -96,3 +96,13 @@ def test_nan_in_a_streamed_chunk_names_its_row(tmp_path):
     np.save(tmp_path / "m.npy", matrix)
     with pytest.raises(ValueError, match=r"`X` has NaN or inf in row 777"):
         jaxlr.fit(jaxlr.NpyStream(tmp_path / "m.npy", target=2, chunk_bytes=1200), None, key=jax.random.key(0))
+    # A target given beside the mapped features is named as that array, not as the file.
+    y = np.ones(1000, np.float32)
+    y[5] = np.inf
+    matrix[777, 1] = 0
+    np.save(tmp_path / "m.npy", matrix)
+    with pytest.raises(ValueError, match=r"`y` has NaN or inf in row 5 \(counting from 0\) of the `y` array given"):
+        jaxlr.fit(np.load(tmp_path / "m.npy", mmap_mode="r"), y, key=jax.random.key(0))
+    np.save(tmp_path / "f.npy", np.asfortranarray(matrix))
+    with pytest.raises(ValueError, match=r"`X` is a memmap stored column by column \(Fortran order\)"):
+        jaxlr.fit(np.load(tmp_path / "f.npy", mmap_mode="r"), y, key=jax.random.key(0))
