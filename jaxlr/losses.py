@@ -140,6 +140,14 @@ def resolve(loss: Union[str, LossFunction]) -> Loss:
     return Loss(getattr(loss, "__name__", "custom"), _with_epsilon(loss))
 
 
+def reads_epsilon(loss: Loss) -> bool:
+    """Whether `loss` reads its `epsilon` argument: the margin losses, and a user's function that takes it."""
+    function = loss.function
+    while isinstance(function, _Scaled):
+        function = function.function
+    return not (function is squared or isinstance(function, _TwoArgumentLoss))
+
+
 def check_entries(loss: Loss, rows: int, outputs: int, dtype) -> None:
     """Refuses, before anything is traced, a loss that does not return one loss
     per entry: a mean would be taken again, and its shape breaks the program."""

@@ -570,7 +570,8 @@ class _Settings(NamedTuple):
         return {
             "batch_size": self.batch_size, "lr": self.lr, "optimizer": _rule_name(self.rule),
             "loss": _function_name("loss", self.loss.name, self.loss.function), "penalty": list(self.penalty),
-            "alpha": self.alpha, "epsilon": self.epsilon,
+            # A loss that never reads epsilon records the default: no part of the run (and the names of runs stay).
+            "alpha": self.alpha, "epsilon": self.epsilon if losses.reads_epsilon(self.loss) else _FIT_DEFAULTS["epsilon"],
             "schedule": schedule if isinstance(schedule, str) else _function_name("schedule", "custom", schedule),
             "power_t": self.power_t, "average": self.average_start, "tol": self.tol,
             "n_iter_no_change": self.n_iter_no_change, "shuffle": bool(self.shuffle),

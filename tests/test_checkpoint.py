@@ -110,8 +110,13 @@ def test_resuming_with_another_key_or_settings_is_refused(tmp_path):
         jaxlr.fit(X, y, key=jax.random.key(2), epochs=2, batch_size=8, checkpoint=tmp_path, resume=True)
     with pytest.raises(jaxlr.checkpoint.CheckpointError, match=r"other settings \(lr=0.001, now 0.002\)"):
         jaxlr.fit(X, y, key=jax.random.key(2), epochs=2, lr=0.002, checkpoint=tmp_path, resume=True)
+    # The squared loss never reads epsilon: no part of the run. A margin loss's is.
+    resumed = jaxlr.fit(X, y, key=jax.random.key(2), epochs=2, epsilon=0.2, checkpoint=tmp_path, resume=True)
+    assert int(resumed.state.epoch) == 2
+    jaxlr.fit(X, y, key=jax.random.key(2), epochs=1, loss="huber", checkpoint=tmp_path / "huber")
     with pytest.raises(jaxlr.checkpoint.CheckpointError, match=r"other settings \(epsilon=0.1, now 0.2\)"):
-        jaxlr.fit(X, y, key=jax.random.key(2), epochs=2, epsilon=0.2, checkpoint=tmp_path, resume=True)
+        jaxlr.fit(X, y, key=jax.random.key(2), epochs=2, loss="huber", epsilon=0.2, checkpoint=tmp_path / "huber",
+                  resume=True)  # fmt: skip
     with pytest.raises(ValueError, match="`resume` needs `checkpoint`"):
         jaxlr.fit(X, y, key=jax.random.key(2), resume=True)
 
