@@ -85,14 +85,11 @@ class EarlyStopping:
 
     def __call__(self, epoch: int, result: Any) -> bool:
         from jaxlr import parallel
+        from jaxlr.metrics import host_metrics
 
         self.epochs_seen += 1
         w, b = (parallel.host_value(p).astype(np.float64) for p in result.params)
-        squared = (self.X_val @ w + b - self.y_val) ** 2
-        if self.weight is None:
-            error = float(np.mean(squared))
-        else:
-            error = float(np.sum(self.weight * squared) / (np.sum(self.weight) * squared.shape[1]))
+        error = host_metrics(self.X_val @ w + b, self.y_val, weight=self.weight)["mse"]  # the report's own MSE
         if self.best is None or error < self.best:
             self.best, self.best_params, self.best_epoch, self.waited = error, result.params, epoch, 0
             return False
