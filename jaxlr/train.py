@@ -371,8 +371,7 @@ def _prepare(  # fmt: skip
     )  # fmt: skip
     setup = engine_plan.Setup(spec=spec, streamed=stream is not None, placed=mesh is not None or device is not None,
                               processes=1 if mesh is None else jax.process_count(), shuffle=shuffle)  # fmt: skip
-    backend = jax.default_backend() if device is None else device.platform
-    chosen = engine_plan.plan(engine, setup, backend=backend, features=d,
+    chosen = engine_plan.plan(engine, setup, backend=parallel.platform(device, mesh), features=d,
                               X=None if stream is not None else X, y=y)  # fmt: skip
     if engine == "auto" and verbose:
         print(f"engine: {'scan' if chosen.spec.parallel else 'fused'} ({chosen.reason})")
@@ -973,7 +972,7 @@ def _device_data(X, y, weight, batch_size, device, mesh, validation) -> core.Dat
     if isinstance(X, np.ndarray) and not _pads(X):
         X, y = _unpadded(X, device), _unpadded(y, device)
     elif (isinstance(X, np.ndarray) and X.nbytes <= _TRAVELLING_BYTES and device is None and mesh is None
-          and jax.default_backend() == "cpu"):  # fmt: skip
+          and parallel.platform() == "cpu"):  # fmt: skip
         # A small table on a CPU goes to the program with each call, in
         # NumPy: that costs 2-12 µs a call, a device_put 50-70 µs once.
         X, y = padded(X, N), padded(y, N)
