@@ -392,9 +392,10 @@ def _prepare(  # fmt: skip
                    fit_intercept=settings.fit_intercept)  # fmt: skip
     state, shuffle_key, known_words, params, first_epoch = start
     if given_state is not None:  # where it stands, in one read
-        *given_at, unaveraged = parallel.host_values(
-            (state.epoch, state.step, state.stop.done, averaging and jnp.isnan(state.average.b[0])))
+        *given_at, average_b = parallel.host_values(
+            (state.epoch, state.step, state.stop.done, state.average.b if averaging else None))
         given_at = tuple(int(v) for v in given_at)
+        unaveraged = average_b is not None and bool(np.isnan(average_b).any())
         if given_at[2] and not spec.stops:
             # A run its stopping rule ended, continued without one: the rule
             # no longer holds it, so the epochs asked for run.
