@@ -401,6 +401,10 @@ def _prepare(  # fmt: skip
             # no longer holds it, so the epochs asked for run.
             state = state._replace(stop=state.stop._replace(done=jnp.asarray(False)))
             given_at = (*given_at[:2], 0)
+        if not averaging:
+            # Updates made without averaging end any average the state held:
+            # one switched on again starts afresh, as from a run that never averaged.
+            state = state._replace(average=_unkept_average(d, k, np.dtype(dtype)))
         if unaveraged:
             # A run that did not average continues with averaging: the mean
             # runs over the updates from here on, not over those before.
@@ -1081,6 +1085,12 @@ def _check_state(state, rule, d, k, dtype) -> FitState:
     # A state fit returned (partial_fit's) is on the device in its dtypes already: kept as it is.
     keep = lambda a, b: a if isinstance(a, jax.Array) and a.dtype == b.dtype else jnp.asarray(a, b.dtype)  # noqa: E731
     return jax.tree.map(keep, state, like)
+
+
+@functools.lru_cache(maxsize=32)
+def _unkept_average(d, k, dtype) -> Params:
+    """The average of a run that keeps none (NaN), made once for its shapes."""
+    return Params(jnp.full((d, k), jnp.nan, dtype), jnp.full((k,), jnp.nan, dtype))
 
 
 @functools.lru_cache(maxsize=32)

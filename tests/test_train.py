@@ -645,3 +645,14 @@ def test_a_run_its_stopping_rule_ended_continues_without_the_rule(engine):
     continued = run(epochs=5, state=stopped.state)
     assert int(continued.state.epoch) == ran + 5
     np.testing.assert_array_equal(continued.params.w, run(epochs=ran + 5).params.w)
+
+
+def test_averaging_switched_off_and_on_again_starts_afresh():
+    X = np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32)
+    y = X @ np.float32([1, 2, 3]) + 0.1
+    run = functools.partial(jaxlr.fit, X, y, key=jax.random.key(0), lr=0.05, batch_size=4)
+    on = run(epochs=2, average=True)
+    off = run(epochs=2, state=on.state)
+    again = run(epochs=2, average=True, state=off.state)
+    # The last two epochs' mean (from update 201), not one mixed with the first run's.
+    np.testing.assert_allclose(again.params.w, run(epochs=6, average=201).params.w, rtol=1e-6)
