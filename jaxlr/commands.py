@@ -83,6 +83,8 @@ class _Split:
         if X.shape[0] == 0:
             raise DataError(f"{args.data} has no rows.")
         self.rows = X.shape[0]
+        if weight is not None and not np.any(weight > 0):
+            raise DataError(f"--sample-weight: every row has weight 0 ({X.shape[0]} rows): nothing to fit.")
         val_X = val_y = val_weight = unsplit = None
         if args.val_fraction:
             from jaxlr.callbacks import MIN_VALIDATION_ROWS, validation_rows
@@ -110,13 +112,15 @@ class _Split:
                 # The held-out rows are judged with their weights, as training weighs its rows.
                 val_weight = weight[held]
                 if not np.any(val_weight > 0):
-                    raise DataError(f"--sample-weight: every validation row has weight 0 ({num_val} rows held out); "
-                                    "hold out more rows (--val-fraction) or use --val-fraction 0.")  # fmt: skip
+                    raise DataError(f"--sample-weight: every validation row has weight 0 ({num_val} rows held out), "
+                                    "so none would score the model: hold out more rows (--val-fraction) or use "
+                                    "--val-fraction 0.")  # fmt: skip
             kept = np.ones(X.shape[0], bool)  # a mask, not indices: an eighth of the memory
             kept[held] = False
             y, weight = y[kept], None if weight is None else weight[kept]
         if weight is not None and not np.any(weight > 0):
-            raise DataError(f"--sample-weight: every training row has weight 0 ({y.shape[0]} rows): nothing to fit.")
+            raise DataError(f"--sample-weight: every training row has weight 0 ({y.shape[0]} rows left after "
+                            f"--val-fraction {args.val_fraction} held out the others): nothing to fit.")  # fmt: skip
         scaling = None if args.target_scaling == "none" else args.target_scaling
         # A table's features are centred at least, in float64: training casts
         # to float32 only after. The lesson's own data is used as it comes.

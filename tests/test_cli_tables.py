@@ -330,12 +330,15 @@ def test_sample_weights_also_weigh_the_validation_rows_and_the_reported_metrics(
     np.testing.assert_allclose(report["w"], [2.0], atol=0.02)
     assert report["train_r2"] > 0.99 and report["metrics_weighted_by"] == "weight", report
 
-    (tmp_path / "zero.csv").write_text("x,weight,y\n" + "".join(f"{float(a)!r},0,{float(t)!r}\n" for a, t in zip(x[:200], y[:200])))
-    done = run_cli("train", "--data", "zero.csv", "--target", "y", "--sample-weight", "weight", "--quiet",
+    # One row of weight 1, which training keeps: no held-out row could score the model.
+    (tmp_path / "one.csv").write_text("x,weight,y\n" + "".join(f"{float(a)!r},{int(i == 0)},{float(t)!r}\n"
+                                                                for i, (a, t) in enumerate(zip(x[:200], y[:200]))))  # fmt: skip
+    done = run_cli("train", "--data", "one.csv", "--target", "y", "--sample-weight", "weight", "--quiet",
                    cwd=tmp_path, cache_dir=cache_dir)  # fmt: skip
     assert done.returncode == 2 and "every validation row has weight 0" in done.stderr, done.stderr
-    for command in ("train", "solve"):
-        done = run_cli(command, "--data", "zero.csv", "--target", "y", "--sample-weight", "weight", "--val-fraction", "0",
+    (tmp_path / "zero.csv").write_text("x,weight,y\n" + "".join(f"{float(a)!r},0,{float(t)!r}\n" for a, t in zip(x[:200], y[:200])))
+    for command, split in (("train", ()), ("solve", ("--val-fraction", "0"))):  # train holds out rows by default
+        done = run_cli(command, "--data", "zero.csv", "--target", "y", "--sample-weight", "weight", *split,
                        cwd=tmp_path, cache_dir=cache_dir)  # fmt: skip
         assert done.returncode == 2 and done.stderr.strip() == (
-            "jaxlr: error: --sample-weight: every training row has weight 0 (200 rows): nothing to fit."), done.stderr
+            "jaxlr: error: --sample-weight: every row has weight 0 (200 rows): nothing to fit."), done.stderr
