@@ -441,12 +441,18 @@ def column_list(text):
     double quotes: ``--features '"size, m2",rooms'``."""
     if text is None:
         return []
-    try:
-        (row,) = csv.reader([text], skipinitialspace=True, strict=True) if text.strip() else [[]]
-    except (csv.Error, ValueError):
-        raise UsageError(f"column list {text!r} is not one comma-separated row: quote a name only whole, "
-                         "as in '\"size, m2\",rooms'.") from None  # fmt: skip
+    (row,) = csv.reader([text], skipinitialspace=True) if text.strip() else [[]]
     return [name.strip() for name in row if name.strip()]
+
+
+def column_name(text):
+    """One column's name, in double quotes or not (as `column_list` reads one); None for None."""
+    if text is None or not text.strip().startswith('"'):
+        return text
+    names = column_list(text)
+    if len(names) != 1:
+        raise UsageError(f"{text!r} names {len(names)} columns where one is wanted.")
+    return names[0]
 
 
 def table_request(args):
@@ -457,11 +463,11 @@ def table_request(args):
         if given:
             raise UsageError(f"{', '.join(given)} need{'s' if len(given) == 1 else ''} --data.")
         return None
-    target = args.target if args.target is not None else reader_for(args.data).target
+    target = column_name(args.target) if args.target is not None else reader_for(args.data).target
     if target is None:
         raise UsageError("--data needs --target (a column name or 0-based index).")
     features = None if args.features is None else column_list(args.features)
-    return dict(path=args.data, target=target, features=features, weight=getattr(args, "sample_weight", None),
+    return dict(path=args.data, target=target, features=features, weight=column_name(getattr(args, "sample_weight", None)),
                 categorical=column_list(args.categorical), drop=column_list(args.drop), max_categories=args.max_categories)
 
 

@@ -543,6 +543,7 @@ def _solve(args):
 
 
 def _predict(args):
+    args.target = cli.column_name(args.target)
     model = load_model(args.model)
     path = Path(args.data)
     if args.target is not None and args.target in model.feature_names:

@@ -340,6 +340,13 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
             raise ValueError(
                 "The sample weights for validation set are all zero, consider using a different random state."
             )
+        if not np.any(sample_weight[train] > 0):
+            # scikit-learn trains on them all the same, and nothing moves but the L2 shrink.
+            raise ValueError(
+                f"`sample_weight` is 0 on every one of the {len(train)} rows left for training once "
+                f"validation_fraction={self.validation_fraction!r} held out {num_val}: nothing would train. Lower "
+                "validation_fraction, use another random_state, or disable early_stopping."
+            )
         # The validation R² weighs the rows as training does (scikit-learn's score with their weights).
         weights = () if np.all(sample_weight[val] == 1) else (sample_weight[val],)
         return X[train], y[train], sample_weight[train], (X[val], y[val], *weights)

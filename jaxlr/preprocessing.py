@@ -166,6 +166,9 @@ def least_squares(X, y, weight=None):
     x_center, y_center = np.zeros(d), np.zeros(k)
     if weight is not None:
         weight = np.asarray(weight, np.float64)
+        if weight.shape != (n,) or not np.all(np.isfinite(weight)) or np.any(weight < 0):
+            raise ValueError(f"`weight` must hold one finite weight >= 0 per row ({n},); got shape {weight.shape}"
+                             + ("" if weight.shape != (n,) else ", with a negative or non-finite one") + ".")  # fmt: skip
         total = weight.sum()
         if not total > 0:
             raise ValueError("`weight` has no row of positive weight: least squares needs one.")

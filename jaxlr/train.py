@@ -338,7 +338,9 @@ def _prepare(  # fmt: skip
     log_every = validate.check_int("log_every", log_every, low=1)
     record_steps = validate.check_flag("record_steps", record_steps)
     loss_growth = validate.check_flag("loss_growth", loss_growth)
-    verbose, overwrite = validate.check_flag("verbose", verbose), validate.check_flag("overwrite", overwrite)
+    overwrite = validate.check_flag("overwrite", overwrite)
+    # An int as scikit-learn's verbosity levels: any above 0 prints the lesson's lines.
+    verbose = verbose if isinstance(verbose, bool) else validate.check_int("verbose", verbose, low=0) > 0
     if verbose and not record_steps:
         raise ValueError("`verbose` prints the steps' moving loss, which `record_steps` (=False) does not keep: "
                          "leave one of them out, or follow the epochs with a `callback`.")  # fmt: skip

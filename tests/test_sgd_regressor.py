@@ -379,6 +379,12 @@ def test_early_stopping_scores_the_validation_rows_with_their_weights():
     for model in (jaxlr.SGDRegressor(**settings), SklearnSGDRegressor(**settings)):
         with pytest.raises(ValueError, match="The sample weights for validation set are all zero"):
             model.fit(X, y, sample_weight=weights)
+    # Weight only on the validation rows: nothing would train (scikit-learn trains on zeros).
+    only_validation = np.zeros(len(y))
+    only_validation[validation_rows] = 1.0
+    with pytest.raises(ValueError, match=r"`sample_weight` is 0 on every one of the \d+ rows left for training once "
+                                         r"validation_fraction=0.2 held out"):
+        jaxlr.SGDRegressor(**settings).fit(X, y, sample_weight=only_validation)
 
 
 def test_one_validation_row_never_stops_training_as_in_scikit_learn(diabetes):

@@ -200,3 +200,6 @@ def test_host_least_squares_weighs_each_row_as_numpy_does_on_rows_scaled_by_the_
     assert np.abs(plain_w - w).max() > 1e-3  # the weights changed the answer
     with pytest.raises(ValueError, match="`weight` has no row of positive weight"):
         preprocessing.least_squares(X, y, np.zeros(n))
+    for bad in (-weight, np.full(n, np.nan), weight[:-1]):
+        with pytest.raises(ValueError, match=r"`weight` must hold one finite weight >= 0 per row"):
+            preprocessing.least_squares(X, y, bad)

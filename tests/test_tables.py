@@ -191,7 +191,7 @@ def test_a_comma_ending_every_line_adds_no_column(tmp_path):
 
 
 def test_a_column_named_with_a_comma_is_chosen_in_quotes(tmp_path):
-    from jaxlr.cli import UsageError, column_list
+    from jaxlr.cli import UsageError, column_list, column_name
 
     (tmp_path / "t.csv").write_text('"size, m2",rooms,price\n50,2,3\n70,3,6\n90,3,10\n')
     assert column_list('"size, m2", rooms') == ["size, m2", "rooms"]
@@ -201,5 +201,7 @@ def test_a_column_named_with_a_comma_is_chosen_in_quotes(tmp_path):
     # Unquoted, the name splits in two: the error says how to quote it.
     with pytest.raises(DataError, match=r"columns are: 'size, m2', rooms, price \(a name holding a comma is given in double quotes"):
         load_table(tmp_path / "t.csv", target="price", features=column_list("size, m2,rooms"))
-    with pytest.raises(UsageError, match="not one comma-separated row"):
-        column_list('"size, m2" x,rooms')
+    assert column_list('"size, m2" ,rooms') == ["size, m2", "rooms"]  # a space after the quote
+    assert column_name('"size, m2"') == "size, m2" and column_name("size, m2") == "size, m2"
+    with pytest.raises(UsageError, match="names 2 columns where one is wanted"):
+        column_name('"size, m2",rooms')
