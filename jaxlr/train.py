@@ -191,8 +191,10 @@ def fit(
         loss: "squared" (the lesson's), "huber", "epsilon_insensitive",
             "squared_epsilon_insensitive" (see `jaxlr.losses`), or a function
             ``(yhat, y) -> per-entry losses``. A function (loss or schedule)
-            runs with the values it reads now: one reading a global that
-            changed since an earlier fit is traced again, not reused.
+            that reads a global number, array or tuple of them that changed
+            since an earlier fit is traced again, not reused. Functions it
+            calls and other objects it reads are known by name and type only,
+            as `jax.jit` knows them: after changing one, pass a new function.
         epsilon: the margin of the Huber and epsilon-insensitive losses.
         penalty: None, "l2", "l1" or "elasticnet", on the weights only.
         alpha: the penalty's strength (and the "optimal" schedule's).
