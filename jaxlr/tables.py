@@ -731,7 +731,9 @@ def _csv_problem(path):
                 if width is None:
                     width = len(cells)
                 elif len(cells) != width:
-                    return f"{path.name}: line {reader.line_num} has {len(cells)} fields but the header has {width}."
+                    hint = (" (its last field is empty: does a comma end each data line but not the header?)"
+                            if len(cells) == width + 1 and not cells[-1].strip() else "")  # fmt: skip
+                    return f"{path.name}: line {reader.line_num} has {len(cells)} fields but the header has {width}{hint}."
     except (csv.Error, OSError) as err:
         return f"{path.name} could not be parsed as CSV: {err}"
     return None
