@@ -624,7 +624,7 @@ def _checked_settings(n: int, k: int, dtype, given: dict) -> _Settings:
     # An optax transformation carries its own learning rate.
     schedule = schedules.check(given["schedule"])
     if given["lr"] is not None and not (isinstance(rule, str) and not schedules.ignores_lr(schedule)):
-        sets = (f"the optax `optimizer` carries its own" if not isinstance(rule, str) else
+        sets = ("the optax `optimizer` carries its own" if not isinstance(rule, str) else
                 "schedule='optimal' takes its rates from `alpha`" if schedule == "optimal" else
                 f"the `schedule` (={_shown(schedule)}) is the rate itself")  # fmt: skip
         raise ValueError(f"`lr` (={given['lr']!r}) would set no rate: {sets}. Leave `lr` out.")
