@@ -239,9 +239,9 @@ def fit(
             params, optimizer state, epoch, step count, moving average and
             averaged params all carry on; with the same key and settings the
             result is that of one uninterrupted run (a run its stopping rule
-            ended stays ended, unless continued without `tol`). A state from a run that
-            did not average, continued with `average`, averages the updates
-            made from there on. The update rule's state carries on as it is:
+            ended stays ended, unless continued without `tol`). A state from
+            a run that did not average, continued with `average`, averages
+            the updates made from there on. The update rule's state carries on as it is:
             momentum and Nesterov keep the same trace, so either may continue
             the other, as a run may continue with another `lr`.
         engine: "fused" (every step in sequence, one compiled program),
@@ -395,25 +395,8 @@ def _prepare(  # fmt: skip
     start = _start(key, state, init, deprecated, rule, d, k, dtype, epochs=epochs, draw=draw, average=averaging,
                    fit_intercept=settings.fit_intercept)  # fmt: skip
     state, shuffle_key, known_words, params, first_epoch = start
-    if given_state is not None:  # where it stands, in one read
-        *given_at, average_b = parallel.host_values(
-            (state.epoch, state.step, state.stop.done, state.average.b if averaging else None))
-        given_at = tuple(int(v) for v in given_at)
-        unaveraged = average_b is not None and bool(np.isnan(average_b).any())
-        if given_at[2] and not spec.stops:
-            # A run its stopping rule ended, continued without one: the rule
-            # no longer holds it, so the epochs asked for run.
-            state = state._replace(stop=state.stop._replace(done=jnp.asarray(False)))
-            given_at = (*given_at[:2], 0)
-        if not averaging:
-            # Updates made without averaging end any average the state held:
-            # one switched on again starts afresh, as from a run that never averaged.
-            state = state._replace(average=_unkept_average(d, k, np.dtype(dtype)))
-        if unaveraged:
-            # A run that did not average continues with averaging: the mean
-            # runs over the updates from here on, not over those before.
-            settings = settings._replace(average_start=max(settings.average_start, given_at[1] + 1))
-            state = state._replace(average=state.params)
+    if given_state is not None:
+        state, settings, given_at = _continued(state, settings, stops=spec.stops)
     end_epoch = (first_epoch if given_state is None else given_at[0]) + epochs
 
     # Built before the identity, which holds its rows' digest.
@@ -485,6 +468,31 @@ def _prepare(  # fmt: skip
     if mesh is not None:
         state = parallel.put_replicated(state, mesh)
     return engines.get(engine), run, state, log_every if verbose else None, callback, dtype, settings.average_start
+
+
+def _continued(state: FitState, settings: "_Settings", *, stops: bool):
+    """A given state as this call's settings continue it, the settings as it
+    leaves them, and where it stands (epoch, step, whether its rule ended it),
+    read in one go."""
+    start = settings.average_start
+    *at, average_b = parallel.host_values(
+        (state.epoch, state.step, state.stop.done, None if start is None else state.average.b))
+    epoch, step, done = (int(v) for v in at)
+    if done and not stops:
+        # A run its stopping rule ended, continued without one: the rule no
+        # longer holds it, so the epochs asked for run.
+        state, done = state._replace(stop=state.stop._replace(done=jnp.asarray(False))), 0
+    if start is None:
+        # Updates made without averaging end any average the state held: one
+        # switched on again starts afresh, as from a run that never averaged.
+        d, k = state.params.w.shape
+        state = state._replace(average=_unkept_average(d, k, np.dtype(state.params.w.dtype)))
+    elif np.isnan(average_b).any():
+        # A run that did not average continues with averaging: the mean runs
+        # over the updates from here on, not over those before.
+        settings = settings._replace(average_start=max(start, step + 1))
+        state = state._replace(average=state.params)
+    return state, settings, (epoch, step, done)
 
 
 def _start(key, state, init, deprecated, rule, d, k, dtype, *, epochs, draw, average, fit_intercept):
