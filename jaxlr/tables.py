@@ -726,8 +726,11 @@ def _csv_problem(path):
             reader = csv.reader(file)
             width = None
             for cells in reader:
-                if not any(cell.strip() for cell in cells):
-                    continue
+                if not cells:
+                    continue  # an empty line, which the parser skips too
+                if not any(cell.strip() for cell in cells) and width is not None and len(cells) != width:
+                    return (f"{path.name}: line {reader.line_num} holds nothing but spaces or tabs, which is read "
+                            "as a row of one empty field: remove the line.")  # fmt: skip
                 if width is None:
                     width = len(cells)
                 elif len(cells) != width:

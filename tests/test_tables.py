@@ -188,6 +188,9 @@ def test_a_comma_ending_every_line_adds_no_column(tmp_path):
     (tmp_path / "u.csv").write_text("a,b,price,\n1,2,3,\n4,5,6,9\n")
     with pytest.raises(DataError, match="the header row names no column 4"):
         load_table(tmp_path / "u.csv", target="price")
+    (tmp_path / "w.csv").write_text("a,b,price\n1,2,3\n  \t\n4,5,6\n")  # a line of spaces
+    with pytest.raises(DataError, match=r"w.csv: line 3 holds nothing but spaces or tabs"):
+        load_table(tmp_path / "w.csv", target="price")
     (tmp_path / "v.csv").write_text("a,b,price\n1,2,3,\n4,5,6,\n")  # a comma on the data lines only
     with pytest.raises(DataError, match=r"line 2 has 4 fields but the header has 3 \(its last field is empty: does a comma end"):
         load_table(tmp_path / "v.csv", target="price")
