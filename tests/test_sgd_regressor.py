@@ -536,3 +536,19 @@ def test_later_partial_fits_check_their_input_as_scikit_learns_do(diabetes):
     twins[0].partial_fit(np.asfortranarray(X), np.round(y * 10).astype(int))
     twins[1].partial_fit(X, np.round(y * 10).astype(float))
     np.testing.assert_array_equal(twins[0].coef_, twins[1].coef_)
+
+
+def test_a_warm_started_averaged_fit_averages_its_own_iterates_from_the_last_one():
+    # scikit-learn's second warm fit keeps part of the first's lazy average
+    # (README's table); its fresh fit from the last iterate is the reference.
+    X, y = load_diabetes(return_X_y=True)
+    settings = dict(average=True, shuffle=False, max_iter=3, tol=None, random_state=0, eta0=0.01)
+    first = SklearnSGDRegressor(**settings).fit(X, y)
+    reference = SklearnSGDRegressor(**settings).fit(X, y, coef_init=first._standard_coef,
+                                                     intercept_init=first._standard_intercept)  # fmt: skip
+    with jax.enable_x64(True):
+        ours = jaxlr.SGDRegressor(warm_start=True, **settings)
+        ours.fit(X, y)
+        ours.fit(X, y)
+    np.testing.assert_allclose(ours.coef_, reference.coef_, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(ours.intercept_, reference.intercept_, rtol=1e-10)
