@@ -174,7 +174,7 @@ def _one_line(err):
 
 _CHECKPOINT_OPTIONS = (("`checkpoint`", "--checkpoint"), ("pass resume=True", "give --resume"),
                        ("pass resume='if_present'", "give --resume-if-present"), ("pass overwrite=True", "give --overwrite"),
-                       ("overwrite=True", "--overwrite"))  # fmt: skip
+                       ("overwrite=True", "--overwrite"), ("`epochs` (=", "--epochs ("))  # fmt: skip
 
 
 # ------------------------------------------------------------------ arguments

@@ -419,7 +419,7 @@ def _prepare(  # fmt: skip
     finished = False
     if found is not None:
         if found.epoch > end_epoch:
-            raise ValueError(
+            raise checkpoint_lib.CheckpointError(
                 f"`epochs` (={epochs}) is fewer than the {found.epoch} epochs the checkpoint in "
                 f"{str(checkpoint)!r} holds: ask for at least {found.epoch} to resume this run."
             )

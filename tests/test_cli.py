@@ -339,3 +339,14 @@ def test_the_adaptive_schedule_cuts_the_rate_as_scikit_learns_rule_says(tmp_path
     from sklearn.linear_model import SGDRegressor
 
     assert (commands.ADAPTIVE_TOL, commands.ADAPTIVE_PATIENCE) == (SGDRegressor().tol, SGDRegressor().n_iter_no_change)
+
+
+def test_resuming_with_fewer_epochs_names_the_commands_option(tmp_path, capsys):
+    write_table(tmp_path / "t.csv", n=200)
+    common = ["train", "--data", str(tmp_path / "t.csv"), "--target", "price", "--quiet",
+              "--checkpoint", str(tmp_path / "ck")]  # fmt: skip
+    assert cli.main([*common, "--epochs", "3"]) == 0
+    capsys.readouterr()
+    assert cli.main([*common, "--epochs", "2", "--resume"]) == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith("jaxlr: error: --epochs (2) is fewer than the 3 epochs the checkpoint in") and "`" not in error
