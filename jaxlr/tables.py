@@ -356,11 +356,11 @@ class _Columns:
 
     def __init__(self, path, reader, arrow):
         # A comma ending every line (as some spreadsheets write) makes a last
-        # column with neither a name nor a value: left out, with a note.
-        self.unnamed = []
+        # column with neither a name nor a value: left out, with one note.
+        self.unnamed = ()
         while arrow.num_columns > 1 and not arrow.column_names[-1] and arrow.column(arrow.num_columns - 1).null_count == arrow.num_rows:
             arrow = arrow.remove_column(arrow.num_columns - 1)
-            self.unnamed.append(_used("", "left out", "it has no name and is empty in every row (a comma ends each line)"))
+            self.unnamed = (_used("", "left out", "it has no name and is empty in every row (a comma ends each line)"),)
         self.path, self.reader, self.arrow = path, reader, arrow
         self.names = arrow.column_names
         self.rows = arrow.num_rows
@@ -393,7 +393,7 @@ class _Columns:
         if features is not None:
             requested = [_column_index(path, names, name, "feature") for name in features]
             requested = _feature_columns(path, names, target_index, requested, None, weight_index)
-        steps, report = [], list(self.unnamed[:1])
+        steps, report = [], list(self.unnamed)
         candidates = requested if requested is not None else [j for j in range(len(names)) if j not in (target_index, weight_index)]
         for j in candidates:
             name = names[j]

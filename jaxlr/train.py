@@ -631,7 +631,8 @@ def _checked_settings(n: int, k: int, dtype, given: dict) -> _Settings:
     rule = check_rule(given["optimizer"])
     # An optax transformation carries its own learning rate.
     schedule = schedules.check(given["schedule"])
-    if given["lr"] is not None and not (isinstance(rule, str) and not schedules.ignores_lr(schedule)):
+    sets_rate = isinstance(rule, str) and not schedules.ignores_lr(schedule)
+    if given["lr"] is not None and not sets_rate:
         sets = ("the optax `optimizer` carries its own" if not isinstance(rule, str) else
                 "schedule='optimal' takes its rates from `alpha`" if schedule == "optimal" else
                 f"the `schedule` (={_shown(schedule)}) is the rate itself")  # fmt: skip
@@ -1137,12 +1138,20 @@ def _values_read(*functions) -> tuple:
     schedules are keyed by themselves. A function whose values cannot be
     compared (a large array among them) is keyed by itself alone."""
     values = []
-    for function in functions:
-        while hasattr(function, "function"):  # the wrappers of jaxlr.losses: factor, epsilon-less calls
-            function = function.function
+    for function, _ in map(_unwrapped, functions):
         if callable(function) and function not in losses.LOSSES.values():
             values.append(rule_value(function))
     return tuple(values)
+
+
+def _unwrapped(function) -> tuple[Any, list]:
+    """A loss or schedule under the wrappers of jaxlr.losses (a factor, an
+    epsilon-less call), and the wrappers' factors (None where there is none)."""
+    factors = []
+    while hasattr(function, "function"):
+        factors.append(getattr(function, "factor", None))
+        function = function.function
+    return function, factors
 
 
 def _function_name(setting: str, name: str, function) -> str:
@@ -1153,10 +1162,7 @@ def _function_name(setting: str, name: str, function) -> str:
     it resumes the same run."""
     if function in losses.LOSSES.values():
         return name
-    parts = []
-    while hasattr(function, "function"):  # the wrappers of jaxlr.losses: factor, epsilon-less calls
-        parts.append(getattr(function, "factor", None))
-        function = function.function
+    function, parts = _unwrapped(function)
     value = rule_value(function)
     if value is None:
         raise ValueError(
