@@ -16,7 +16,7 @@ How columns become features (CSV and Parquet; a .npy or .npz holds numbers only)
                            `max_categories` values (MAX_CATEGORIES unless told)
     text, a distinct value in every row, or more values than the cap
                            left out (an identifier, or free text)
-    numbers written as text ("39.4%", "0x10", "1_000")
+    numbers written as text ("39.4%", "1_000", "1 234,5", an accounting "(1.5)")
                            left out: their meaning is not guessed
     dates, times           days since 1970-01-01 (a time of day as a fraction of a day);
                            dates written in another form than YYYY-MM-DD are refused
@@ -462,8 +462,11 @@ class _Columns:
         text_numbers = numbers < len(present) / 2 and bool(_matches(present, _NUMBER_LIKE).all())
         if 0 < numbers < len(present) and not text_numbers:  # a few odd cells among plain numbers: errors
             first = int(np.argmax(~_matches(column, _NUMBER)))
-            raise DataError(f"{self._where(first)}, column {name!r} holds {self._cell(j, first)!r}, not a number "
-                            f"(the column's other cells are numbers; fix it, or --drop {name})")  # fmt: skip
+            cell = self._cell(j, first)
+            what = ("a number written as text, whose meaning jaxlr does not guess" if _NUMBER_LIKE.match(str(cell))
+                    else "not a number")  # fmt: skip
+            raise DataError(f"{self._where(first)}, column {name!r} holds {cell!r}, {what} "
+                            f"(the column's other cells are plain numbers; fix it, or --drop {name})")  # fmt: skip
         if numbers == len(present):  # numbers read as text (another block held text): they are numbers
             return Step(name, "number"), ""
         if bool(_matches(present, _DATE_LIKE).all()):
@@ -675,7 +678,13 @@ def _used(name, use, why):
 
 
 _NUMBER = re.compile(r"^\s*[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|inf|Inf|INF|infinity|Infinity)\s*$")
-_NUMBER_LIKE = re.compile(r"^\s*([$€£+-]*\s*[\d.,_']*\d[\d.,_']*\s*[%‰]?|[+-]?0[xXbBoO][0-9a-fA-F_]+)\s*$")
+# Digits grouped by separators: commas, points, apostrophes, underscores, and
+# spaces (plain, no-break and thin, as French and Swiss tables write them).
+_GROUPED = "[\\d.,_' \u00a0\u202f\u2009]*\\d[\\d.,_' \u00a0\u202f\u2009]*"
+# Accounting tables write a negative amount in parentheses: "(1,234.50)".
+_NUMBER_LIKE = re.compile(
+    rf"^\s*(\(?[$€£+-]*\s*{_GROUPED}\s*[%‰$€£]?\)?|[+-]?0[xXbBoO][0-9a-fA-F_]+)\s*$"
+)
 _MONTH = r"(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?"
 _DATE_LIKE = re.compile(
     r"^\s*(\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?"  # 31/12/2021, 2021.12.31 10:00
