@@ -9,7 +9,8 @@
 How columns become features (CSV and Parquet; a .npy or .npz holds numbers only):
 
     numbers                a feature as they stand (true/false as 1/0, and pyarrow reads
-                           hexadecimal integers such as 0x10 as numbers); an integer column
+                           hexadecimal integers such as 0x10 as numbers, which a note
+                           says when the first cell is written so); an integer column
                            named like an identifier ("id", "customer_id", "OrderID") with
                            a distinct value in every row is left out
     text, few values       one-hot encoded: a 0/1 feature per value ("city=Paris"), up to
@@ -63,8 +64,8 @@ class Table(NamedTuple):
         target_name: the target column's name, or None.
         weight: float64 array of shape (n,) of per-row weights, or None.
         notes: one-line remarks on how the file was read, for the user to see.
-        columns: one dict per column left out or transformed:
-            {"column": name, "use": "one-hot" | DAYS | "left out", "why": text}.
+        columns: one dict per column left out, transformed or read with a remark:
+            {"column": name, "use": "one-hot" | DAYS | "left out" | "number", "why": text}.
         encoding: how the source columns became the features (see
             `Encoding`), or None for a .npy or .npz table.
     """
@@ -409,8 +410,8 @@ class _Columns:
                 report.append(_used(name, "left out", why))
                 continue
             steps.append(step)
-            if step.kind != "number":
-                report.append(_used(name, "one-hot" if step.kind == "one-hot" else DAYS, why))
+            if step.kind != "number" or why:
+                report.append(_used(name, {"number": "number", "one-hot": "one-hot"}.get(step.kind, DAYS), why))
         if not steps:
             raise DataError(f"{path.name} has no column to use as a feature" + (
                 f" (left out: {', '.join(repr(r['column']) for r in report)}; name one in --categorical or --features)." if report else "."))  # fmt: skip
@@ -442,6 +443,11 @@ class _Columns:
             if pa.types.is_integer(kind) and _ID_NAME.search(name) and self.rows > 2 and not requested:
                 if pa.compute.count_distinct(column).as_py() == self.rows:
                     return None, "an identifier (a distinct value in every row)"
+            if pa.types.is_integer(kind) and self.reader.lines and self.rows:
+                # pyarrow reads "0x1f" as 31: said, since codes written so are seldom quantities.
+                first = str(self._cell(j, 0))
+                if _HEXADECIMAL.match(first):
+                    return Step(name, "number"), f"hexadecimal integers (its first, {first!r}, is {column[0].as_py()})"
             return Step(name, "number"), ""
         if pa.types.is_date(kind) or pa.types.is_timestamp(kind):
             return Step(name, "days"), " (a time of day as a fraction of a day)" if pa.types.is_timestamp(kind) else ""
@@ -649,7 +655,7 @@ class _Columns:
         return "" if value is None else value
 
 
-_PHRASES = {"left out": "is left out: ", "one-hot": "is one-hot encoded: ", DAYS: f"is turned into {DAYS}"}
+_PHRASES = {"number": "is read as numbers: ", "left out": "is left out: ", "one-hot": "is one-hot encoded: ", DAYS: f"is turned into {DAYS}"}
 
 
 def _numpy(chunk, dtype):
@@ -685,6 +691,7 @@ _GROUPED = "[\\d.,_' \u00a0\u202f\u2009]*\\d[\\d.,_' \u00a0\u202f\u2009]*"
 _NUMBER_LIKE = re.compile(
     rf"^\s*(\(?[$€£+-]*\s*{_GROUPED}\s*[%‰$€£]?\)?|[+-]?0[xXbBoO][0-9a-fA-F_]+)\s*$"
 )
+_HEXADECIMAL = re.compile(r"^\s*[+-]?0[xX][0-9a-fA-F]+\s*$")
 _MONTH = r"(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?"
 _DATE_LIKE = re.compile(
     r"^\s*(\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?"  # 31/12/2021, 2021.12.31 10:00

@@ -119,10 +119,11 @@ def test_what_each_kind_of_column_becomes(tmp_path):
     frame.to_csv(tmp_path / "t.csv", index=False)
     table = load_table(tmp_path / "t.csv", target="y")
     uses = {c["column"]: c["use"] for c in table.columns}
-    assert uses == {"id": "left out", "code": "left out", "rate": "left out", "empty": "left out", "colour": "one-hot",
-                    "when": DAYS}  # fmt: skip
+    assert uses == {"id": "left out", "code": "left out", "rate": "left out", "hex": "number", "empty": "left out",
+                    "colour": "one-hot", "when": DAYS}  # fmt: skip
     assert table.feature_names == ("hex", "colour=blue", "colour=green", "colour=red", "when", "flag")
-    assert len(table.notes) == 6 and all("\n" not in note for note in table.notes)
+    assert len(table.notes) == 7 and all("\n" not in note for note in table.notes)
+    assert "column 'hex' is read as numbers: hexadecimal integers (its first, '0x0', is 0)" in table.notes[3]
     np.testing.assert_array_equal(table.X[:, 0], np.arange(n))
     assert "'39.4%'" not in table.notes[2] and "'0.0%'" in " ".join(table.notes)  # the note shows a value
     np.testing.assert_allclose(table.X[:2, 4], [19723.0, 19723.5])  # days since 1970-01-01, noon as .5
