@@ -1425,7 +1425,8 @@ class SweepResult(NamedTuple):
         moving_losses: array of shape (m, steps).
         diverged: bool array of shape (m,): True where a loss or the params
             stopped being finite (that run's params are then its last finite
-            ones, and its later losses NaN).
+            ones, not their average, as `TrainingDiverged.params`; its later
+            losses are NaN).
     """
 
     lrs: jax.Array
@@ -1520,8 +1521,11 @@ def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01
         final, (losses, moving, *_) = guarded(states, run.data, (floats, ints), orders, np.int32(epochs))
         losses = np.asarray(losses[:, :, :steps].reshape(m, -1))
     moving = moving[:, :, :steps].reshape(m, -1)
-    params = answer(final, _average_start(settings.get("average", False)))
-    return SweepResult(jnp.asarray(rates.astype(dtype)), params, jnp.asarray(losses), moving, ~final.ok)
+    # A diverged run answers with its last good params, as `TrainingDiverged.params` does, not their average.
+    diverged = ~final.ok
+    last_good = lambda given, kept: jnp.where(diverged.reshape(-1, *[1] * (kept.ndim - 1)), given, kept)  # noqa: E731
+    params = jax.tree.map(last_good, final.params, answer(final, _average_start(settings.get("average", False))))
+    return SweepResult(jnp.asarray(rates.astype(dtype)), params, jnp.asarray(losses), moving, diverged)
 
 
 @functools.lru_cache(maxsize=8)

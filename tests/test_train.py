@@ -330,6 +330,22 @@ def test_a_sweep_flags_a_blow_up_on_its_last_step_and_keeps_the_last_good_params
     np.testing.assert_allclose(result.params.w[1], alone.w, rtol=1e-6)
 
 
+def test_an_averaged_sweep_answers_a_diverged_run_with_the_params_fit_reports():
+    # Run 0 diverges in its third epoch, after averaging began: like
+    # `TrainingDiverged.params`, its answer is the last good params, not their average.
+    X, y = jaxlr.synthetic_data(jax.random.key(0), num_examples=64)
+    settings = dict(key=jax.random.key(1), epochs=3, batch_size=8, average=True)
+    result = jaxlr.sweep(X, y, lrs=[1.3, 0.01], **settings)
+    assert np.asarray(result.diverged).tolist() == [True, False]
+    with pytest.raises(jaxlr.TrainingDiverged) as caught:
+        jaxlr.fit(X, y, lr=1.3, **settings)
+    assert caught.value.epoch > 0
+    np.testing.assert_allclose(result.params.w[0], caught.value.params.w, rtol=1e-5)
+    np.testing.assert_allclose(result.params.b[0], caught.value.params.b, rtol=1e-5)
+    alone = jaxlr.fit(X, y, lr=0.01, **settings).params  # the others still answer with their average
+    np.testing.assert_allclose(result.params.w[1], alone.w, rtol=1e-5)
+
+
 def test_a_rate_beyond_the_datas_precision_is_refused_by_name():
     X, y = jaxlr.synthetic_data(jax.random.key(0), num_examples=100)
     with pytest.raises(ValueError, match=r"`lr` \(=1e\+39\) must be finite in float32"):
