@@ -143,6 +143,11 @@ def _load(path, state_like):
         raise ValueError(f"format version {int(fields['format_version'])}, not {FORMAT_VERSION}")
     treedef = jax.tree.structure(state_like)
     likes = jax.tree.leaves(state_like)
+    last = f"state_{treedef.num_leaves - 1}"
+    if last not in fields and f"state_{treedef.num_leaves - 2}" in fields:
+        # Written before FitState recorded its average's start (its last
+        # field): the run's own start, which its settings fix, is that start.
+        fields[last] = np.asarray(likes[-1])
     leaves = [fields[f"state_{i}"] for i in range(treedef.num_leaves)]
     if f"state_{treedef.num_leaves}" in fields or any(
         saved.shape != np.shape(like) for saved, like in zip(leaves, likes)

@@ -391,7 +391,7 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
                 # each column trains as a model of its own would.
                 loss=losses.scaled(name, factor * self._num_outputs), epsilon=self.epsilon, penalty=self.penalty, alpha=self.alpha,
                 l1_ratio=0.0 if self.l1_ratio is None else self.l1_ratio, schedule=schedule, power_t=self.power_t,
-                average=int(self.average), sample_weight=weights, tol=tol,
+                average=self.average if isinstance(self.average, (bool, np.bool_)) else int(self.average), sample_weight=weights, tol=tol,
                 n_iter_no_change=self.n_iter_no_change, validation=validation, shuffle=shuffle,
                 fit_intercept=self.fit_intercept, record_steps=bool(self.verbose), devices=self.devices,
                 # scikit-learn's rule: only weights that stop being finite have

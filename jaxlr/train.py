@@ -396,7 +396,10 @@ def _prepare(  # fmt: skip
                    fit_intercept=settings.fit_intercept)  # fmt: skip
     state, shuffle_key, known_words, params, first_epoch = start
     if given_state is not None:
-        state, settings, given_at = _continued(state, settings, stops=spec.stops)
+        goes_on = isinstance(average, (bool, np.bool_)) and bool(average)  # True continues the state's average
+        state, settings, given_at = _continued(state, settings, stops=spec.stops, goes_on=goes_on)
+    # The state records where its average runs from, for a run that continues it.
+    state = state._replace(average_start=core.on_device(np.int32(settings.average_start or 0)))
     end_epoch = (first_epoch if given_state is None else given_at[0]) + epochs
 
     # Built before the identity, which holds its rows' digest.
@@ -470,14 +473,15 @@ def _prepare(  # fmt: skip
     return engines.get(engine), run, state, log_every if verbose else None, callback, dtype, settings.average_start
 
 
-def _continued(state: FitState, settings: "_Settings", *, stops: bool):
+def _continued(state: FitState, settings: "_Settings", *, stops: bool, goes_on: bool):
     """A given state as this call's settings continue it, the settings as it
     leaves them, and where it stands (epoch, step, whether its rule ended it),
-    read in one go."""
+    read in one go. `goes_on`: `average` was True, which continues an
+    average the state holds from where it started."""
     start = settings.average_start
-    *at, average_b = parallel.host_values(
-        (state.epoch, state.step, state.stop.done, None if start is None else state.average.b))
-    epoch, step, done = (int(v) for v in at)
+    *at, average_b, kept_start = parallel.host_values(
+        (state.epoch, state.step, state.stop.done, None if start is None else state.average.b, state.average_start))
+    epoch, step, done, kept_start = (int(v) for v in (*at, kept_start))
     if done and not stops:
         # A run its stopping rule ended, continued without one: the rule no
         # longer holds it, so the epochs asked for run.
@@ -492,6 +496,17 @@ def _continued(state: FitState, settings: "_Settings", *, stops: bool):
         # over the updates from here on, not over those before.
         settings = settings._replace(average_start=max(start, step + 1))
         state = state._replace(average=state.params)
+    elif start != kept_start and start <= step:
+        # The mean over updates from `start` on was never kept: only the one
+        # from the state's own start goes on. (A start after `step` is a fresh
+        # average, which begins there.)
+        if not goes_on:
+            raise ValueError(
+                f"`average` (={start}) asks for the mean of the params from update {start} on, but `state` has "
+                f"made {step} updates and averages from update {kept_start}: that mean was not kept. Continue "
+                f"with average=True (or ={kept_start}), or with a start after update {step}."
+            )
+        settings = settings._replace(average_start=kept_start)
     return state, settings, (epoch, step, done)
 
 

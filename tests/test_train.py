@@ -586,6 +586,16 @@ def test_averaging_switched_on_midway_averages_the_updates_from_there(engine):
     whole = run(epochs=4, average=101)
     np.testing.assert_allclose(continued.params.w, whole.params.w, rtol=1e-6)
     np.testing.assert_allclose(continued.params.b, whole.params.b, rtol=1e-6)
+    # Continued again, the state's average goes on from update 101, where it began.
+    assert int(continued.state.average_start) == 101
+    again = run(epochs=2, average=True, state=continued.state)
+    np.testing.assert_allclose(again.params.w, run(epochs=6, average=101).params.w, rtol=1e-6)
+    # A start the state never averaged from is refused; a start still ahead begins afresh there.
+    with pytest.raises(ValueError, match=r"`average` \(=5\) asks for the mean of the params from update 5 on, "
+                       r"but `state` has made 200 updates and averages from update 101"):  # fmt: skip
+        run(epochs=2, average=5, state=continued.state)
+    np.testing.assert_allclose(run(epochs=2, average=250, state=continued.state).params.w,
+                               run(epochs=6, average=250).params.w, rtol=1e-6)  # fmt: skip
     # Averaging on throughout carries on as one run does.
     averaged = run(epochs=2, average=True)
     np.testing.assert_allclose(run(epochs=2, average=True, state=averaged.state).params.w,

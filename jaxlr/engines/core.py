@@ -135,6 +135,10 @@ class FitState(NamedTuple):
         ok: False once a loss or the params stopped being finite; the state
             then holds the last finite params.
         stop: the stopping rule's memory.
+        average_start: the update count t from which `average` runs (0 for
+            a run that keeps none): a run continued from this state goes on
+            averaging from there. (Last, so that a checkpoint written before
+            it holds the other fields in their order.)
     """
 
     params: Params
@@ -147,6 +151,7 @@ class FitState(NamedTuple):
     l1: penalties.L1State
     ok: jax.Array
     stop: StopState
+    average_start: jax.Array
 
 
 def init_fit_state(params: Params, rule: Rule, *, epoch: int = 0, step: int = 0, average: bool = True) -> FitState:
@@ -171,6 +176,7 @@ def _init_fit_state(rule: Rule, average: bool = True) -> Callable:
             moving=nan, last_loss=nan, average=params if average else unkept, l1=penalties.l1_init(params.w), ok=jnp.asarray(True),
             stop=StopState(jnp.full((), -jnp.inf, dtype), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
                            jnp.asarray(False)),
+            average_start=jnp.int32(1 if average else 0),
         )  # fmt: skip
 
     return jax.jit(build)
