@@ -421,3 +421,21 @@ def test_a_run_continued_from_a_state_resumes_only_from_that_state(tmp_path):
                                   run(epochs=1, state=two).params.w)  # fmt: skip
     resumed = run(epochs=1, state=one, checkpoint=tmp_path, resume=True)
     np.testing.assert_array_equal(resumed.params.w, run(epochs=1, state=one).params.w)
+
+
+@pytest.mark.parametrize("average", [False, 3])
+def test_a_checkpoint_written_before_the_state_recorded_its_average_start_resumes(tmp_path, average):
+    # Such a checkpoint holds every field of the state but the last one.
+    X, y = _data()
+    settings = dict(key=jax.random.key(2), batch_size=8, average=average, checkpoint=tmp_path, checkpoint_every=1)
+    jaxlr.fit(X, y, epochs=2, **settings)
+    for path in tmp_path.iterdir():
+        with np.load(path) as archive:
+            fields = dict(archive)
+        last = max(int(name[len("state_"):]) for name in fields if name.startswith("state_"))
+        del fields[f"state_{last}"]
+        np.savez(path, **fields)
+    resumed = jaxlr.fit(X, y, epochs=4, resume=True, **settings)
+    whole = jaxlr.fit(X, y, epochs=4, key=jax.random.key(2), batch_size=8, average=average)
+    np.testing.assert_array_equal(resumed.params.w, whole.params.w)
+    assert int(resumed.state.average_start) == (average or 0)
