@@ -51,7 +51,7 @@ class Standardizer(NamedTuple):
         x_mean, x_scale = np.zeros(d), np.ones(d)
         if features:
             # In float64, a block of rows at a time: no float64 copy of a large table.
-            x_mean, spread = _moments(X)
+            x_mean, spread = _moments(X, "X")
             if features != "center":
                 x_scale = spread
         k = 1 if y is None else np.asarray(y).reshape(len(X), -1).shape[1]
@@ -59,7 +59,7 @@ class Standardizer(NamedTuple):
         if target is not None:
             if target not in ("center", "scale"):
                 raise ValueError(f"`target` (={target!r}) must be None, 'center' or 'scale'.")
-            y_mean, y_spread = _moments(np.asarray(y).reshape(len(X), -1))
+            y_mean, y_spread = _moments(np.asarray(y).reshape(len(X), -1), "y")
             if target == "scale":
                 y_scale = y_spread
         return cls(x_mean, x_scale, y_mean, y_scale)
@@ -121,13 +121,19 @@ _QR_ROWS = 2048
 _GRAM_CONDITION = 1e8
 
 
-def _moments(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _moments(A: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Column means and standard deviations, in float64, in two passes over row blocks."""
     n = A.shape[0]
     blocks = range(0, n, _BLOCK_ROWS)
-    mean = sum(A[i : i + _BLOCK_ROWS].astype(np.float64).sum(axis=0) for i in blocks) / n
-    square = sum(((A[i : i + _BLOCK_ROWS].astype(np.float64) - mean) ** 2).sum(axis=0) for i in blocks)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = sum(A[i : i + _BLOCK_ROWS].astype(np.float64).sum(axis=0) for i in blocks) / n
+        square = sum(((A[i : i + _BLOCK_ROWS].astype(np.float64) - mean) ** 2).sum(axis=0) for i in blocks)
     spread = np.sqrt(square / n)
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(spread))):
+        column = int(np.argmax(~(np.isfinite(mean) & np.isfinite(spread))))
+        raise ValueError(f"`{name}` column {column} (counting from 0) holds values too large for its mean and spread "
+                         "to be computed in float64 (beyond about 1e150 in size), or values that are not finite: "
+                         "rescale them.")  # fmt: skip
     return mean, np.where(spread > 0, spread, 1.0)  # a constant column stays as it is
 
 

@@ -401,7 +401,7 @@ class _Columns:
             if j in dropped:
                 report.append(_used(name, "left out", "asked for (--drop)"))
                 continue
-            if j == 0 and name in ("", "Unnamed: 0") and requested is None and len(names) > 1:
+            if j == 0 and name in ("", "Unnamed: 0") and requested is None and len(names) > 1 and self._labels(j):
                 # `DataFrame.to_csv` writes the row labels first, under an empty name.
                 report.append(_used(name, "left out", "a row index, as pandas writes it"))
                 continue
@@ -491,6 +491,15 @@ class _Columns:
                                 f"{max_categories} that are one-hot encoded (--categorical {name} to encode it anyway)")  # fmt: skip
         levels = self._levels(j)
         return Step(name, "one-hot", levels), f"{len(levels)} values: {', '.join(levels[:6])}{', ...' if len(levels) > 6 else ''}"
+
+    def _labels(self, j):
+        """Whether column j could be row labels: integers, text or dates, a distinct value in every row."""
+        pa = _pyarrow()
+        column = self.arrow.column(j)
+        kind = column.type
+        labels = (pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)
+                  or pa.types.is_date(kind) or pa.types.is_timestamp(kind))  # fmt: skip
+        return labels and column.null_count == 0 and pa.compute.count_distinct(column).as_py() == self.rows
 
     def _refuse(self, requested, name, why):
         if requested:
@@ -582,9 +591,12 @@ class _Columns:
 
     def _check_finite(self, X, columns, start=0):
         """Refuses NaN or inf in X (rows from `start`), naming the cell; `columns[c]` is X[:, c]'s source."""
-        if np.isfinite(X.sum()):  # one pass, no temporary
-            return
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(X.sum()):  # one pass, no temporary
+                return
         bad = ~np.isfinite(X)
+        if not bad.any():  # finite entries whose sum overflowed
+            return
         row, c = (int(v) for v in np.argwhere(bad)[0])
         j = columns[c]
         if j is None:
@@ -623,6 +635,9 @@ class _Columns:
         column = self.arrow.column(j)
         if pa.types.is_date(column.type):
             return np.concatenate([_numpy(c, np.float64) for c in column.cast(pa.date32()).cast(pa.int32()).chunks])
+        if not pa.types.is_timestamp(column.type):  # a table read for a model that took this column as dates
+            raise DataError(f"{self.path.name}: column {self.names[j]!r} holds {self._cell(j, 0)!r}, not a date: the "
+                            f"model turns it into {DAYS}, from dates written as YYYY-MM-DD.")  # fmt: skip
         per_day = {"s": 86400, "ms": 86400e3, "us": 86400e6, "ns": 86400e9}[column.type.unit]
         return np.concatenate([_numpy(c, np.float64) for c in column.cast(pa.int64()).chunks]) / per_day
 

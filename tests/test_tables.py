@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from jaxlr.data import DataError
+from jaxlr.preprocessing import least_squares
 from jaxlr.tables import load_table
 from jaxlr.persist import Model, ModelFileError, load_model, save_model
 from jaxlr.model import Params
@@ -110,6 +111,35 @@ def test_a_pandas_index_column_is_left_out_with_a_note(tmp_path, index_name):
     assert len(table.notes) == 1 and "row index" in table.notes[0] and "\n" not in table.notes[0]
     plain = load_table(tmp_path / "t.csv", target="y", features=["0", "x"])  # asked for by index: kept
     assert plain.feature_names == (index_name, "x") and plain.notes == ()
+
+
+def test_a_nameless_first_column_of_measurements_is_a_feature_and_labels_of_dates_are_not(tmp_path):
+    # Only row labels (integers, text or dates, a distinct one per row) are taken for pandas' index.
+    (tmp_path / "m.csv").write_text(",x,y\n2.04,1.5,1\n-0.31,2.5,2\n0.77,0.5,0\n")
+    table = load_table(tmp_path / "m.csv", target="y")
+    assert table.feature_names == ("", "x") and table.notes == ()
+    np.testing.assert_array_equal(table.X[:, 0], [2.04, -0.31, 0.77])
+    (tmp_path / "d.csv").write_text(",x,y\n2024-01-01,1.5,1\n2024-01-02,2.5,2\n2024-01-03,0.5,0\n")
+    table = load_table(tmp_path / "d.csv", target="y")
+    assert table.feature_names == ("x",) and "row index" in table.notes[0]
+
+
+def test_a_date_column_that_holds_no_dates_where_the_model_reads_one_is_named(tmp_path):
+    (tmp_path / "t.csv").write_text("when,x,y\n2024-01-01,1.5,1\n2024-01-02,2.5,2\n2024-01-05,0.5,0\n")
+    encoding = load_table(tmp_path / "t.csv", target="y").encoding
+    for written in ("03/05/2001", "11445"):
+        (tmp_path / "new.csv").write_text(f"when,x\n{written},1.0\n")
+        with pytest.raises(DataError, match=f"new.csv: column 'when' holds '{written}', not a date"):
+            load_table(tmp_path / "new.csv", encoding=encoding)
+
+
+def test_finite_cells_whose_sum_overflows_pass_the_finiteness_check(tmp_path):
+    (tmp_path / "t.csv").write_text("x,y\n1e308,1\n1e308,2\n1,3\n")
+    table = load_table(tmp_path / "t.csv", target="y")
+    assert table.X[0, 0] == 1e308
+    # Their mean and spread are not: least squares (and the command's solve) refuse them by name.
+    with pytest.raises(ValueError, match=r"`X` column 0 \(counting from 0\) holds values too large"):
+        least_squares(table.X, table.y)
 
 
 def test_a_npz_table_takes_y_as_its_target_without_being_told(tmp_path):
