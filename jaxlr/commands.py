@@ -367,7 +367,7 @@ def _train(args):
             loss=args.loss, epsilon=args.epsilon / y_scale,
             penalty=args.penalty,
             alpha=args.alpha, l1_ratio=args.l1_ratio, schedule=args.schedule, power_t=args.power_t,
-            average=args.average, sample_weight=split.weight,
+            average=args.average, sample_weight=_relative(split.weight),
             # The adaptive rate is cut by fit's own rule on the training loss, with scikit-learn's defaults.
             **(dict(tol=ADAPTIVE_TOL, n_iter_no_change=ADAPTIVE_PATIENCE) if args.schedule == "adaptive" else {}),
             verbose=show_lines and is_seed_job,
@@ -516,6 +516,13 @@ def _streamed(args):
     names = tuple(str(c) for c in stream.x_columns)
     table = Table(X=None, y=None, feature_names=names, target_name=args.target.strip())
     return table, False, _Whole(stream, None, stream.num_rows, stream.num_features, chunks)
+
+
+def _relative(weight):
+    """The rows' weights scaled to a mean of 1: a table's weights are relative
+    (counts, populations), and in `fit` their size would scale each step,
+    so that weights of 100 diverged where weights of 1 trained."""
+    return None if weight is None else weight / np.mean(weight)
 
 
 def _solve(args):

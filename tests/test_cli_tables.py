@@ -318,10 +318,17 @@ def test_sample_weights_also_weigh_the_validation_rows_and_the_reported_metrics(
     done = run_cli("train", "--data", "w.csv", "--target", "y", "--sample-weight", "weight", "--json", "--quiet",
                    cwd=tmp_path, cache_dir=cache_dir)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    report = trained = json.loads(done.stdout)
     np.testing.assert_allclose(report["w"], [2.0], atol=0.05)
     assert report["train_r2"] > 0.99 and report["val_r2"] > 0.99, report
     assert "worse than" not in done.stderr
+    # Weights are relative: in another unit (x 100), the same model, where the steps grew 100-fold and diverged.
+    (tmp_path / "w100.csv").write_text("x,weight,y\n" + "".join(
+        f"{float(a)!r},{100 * w},{float(t)!r}\n" for a, w, t in zip(x, weight, y)))  # fmt: skip
+    done = run_cli("train", "--data", "w100.csv", "--target", "y", "--sample-weight", "weight", "--json", "--quiet",
+                   cwd=tmp_path, cache_dir=cache_dir)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_allclose(json.loads(done.stdout)["w"], trained["w"], rtol=1e-5)
     # solve weighs the rows' squares by them, as train weighs its steps.
     done = run_cli("solve", "--data", "w.csv", "--target", "y", "--sample-weight", "weight", "--json", "--quiet",
                    cwd=tmp_path, cache_dir=cache_dir)  # fmt: skip
