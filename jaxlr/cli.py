@@ -422,6 +422,19 @@ def _check_destinations(args):
         parent = Path(path).parent
         if not parent.is_dir():
             raise UsageError(f"--{option} {path!r}: directory {str(parent)!r} does not exist.")
+        if option == "save" and Path(path).exists() and not _is_model_file(path):
+            raise UsageError(f"--save {path!r} exists and is not a jaxlr model file; it would be overwritten: "
+                             "choose another name, or remove it first.")  # fmt: skip
+
+
+def _is_model_file(path):
+    from jaxlr.persist import ModelFileError, load_model
+
+    try:
+        load_model(path)
+    except (ModelFileError, OSError, ValueError):
+        return False
+    return True
 
 
 
