@@ -471,8 +471,9 @@ class _Columns:
             cell = self._cell(j, first)
             what = ("a number written as text, whose meaning jaxlr does not guess" if _NUMBER_LIKE.match(str(cell))
                     else "not a number")  # fmt: skip
-            raise DataError(f"{self._where(first)}, column {name!r} holds {cell!r}, {what} "
-                            f"(the column's other cells are plain numbers; fix it, or --drop {name})")  # fmt: skip
+            raise DataError(f"{self._where(first)}, column {name!r} holds {cell!r}, {what} (the column's other "
+                            f"cells are plain numbers; fix it, --drop {name}, or --categorical {name} to one-hot "
+                            "encode its values)")  # fmt: skip
         if numbers == len(present):  # numbers read as text (another block held text): they are numbers
             return Step(name, "number"), ""
         if bool(_matches(present, _DATE_LIKE).all()):
@@ -578,7 +579,7 @@ class _Columns:
             column = pa.compute.cast(pa.compute.utf8_trim_whitespace(column), pa.float64())
         elif not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind) or pa.types.is_decimal(kind)):
             raise DataError(f"{self.path.name}: the {role} column {name!r} holds {kind} values, not numbers.")
-        self._no_nulls(j)
+        self._no_nulls(j, droppable=role == "feature")
         # Chunk by chunk: a float64 chunk is NumPy's without a copy.
         return [_numpy(chunk, np.float64) for chunk in column.chunks]
 
@@ -641,14 +642,16 @@ class _Columns:
         per_day = {"s": 86400, "ms": 86400e3, "us": 86400e6, "ns": 86400e9}[column.type.unit]
         return np.concatenate([_numpy(c, np.float64) for c in column.cast(pa.int64()).chunks]) / per_day
 
-    def _no_nulls(self, j):
+    def _no_nulls(self, j, droppable=True):
+        """Refuses a missing cell in column j; `droppable`: a feature, which --drop may leave out (not the
+        target nor the weights)."""
         column = self.arrow.column(j)
         if column.null_count:
             first = int(np.argmax(np.asarray(column.is_null().to_numpy(zero_copy_only=False), bool)))
             cell = self._cell(j, first)
             what = "is empty" if not str(cell).strip() else f"is missing ({cell!r})"
-            raise DataError(f"{self._where(first)}, column {self.names[j]!r} {what}; fill or drop the row, "
-                            f"or --drop {self.names[j]}.")  # fmt: skip
+            or_drop = f", or --drop {self.names[j]}" if droppable else ""
+            raise DataError(f"{self._where(first)}, column {self.names[j]!r} {what}; fill or drop the row{or_drop}.")
 
     # -------------------------------------------------------------- messages
 
@@ -755,7 +758,7 @@ def _csv_problem(path):
     try:
         with _open_text(path) as file:
             reader = csv.reader(file)
-            width = None
+            width, header = None, None
             for cells in reader:
                 if not cells:
                     continue  # an empty line, which the parser skips too
@@ -763,10 +766,14 @@ def _csv_problem(path):
                     return (f"{path.name}: line {reader.line_num} holds nothing but spaces or tabs, which is read "
                             "as a row of one empty field: remove the line.")  # fmt: skip
                 if width is None:
-                    width = len(cells)
+                    width, header = len(cells), cells
                 elif len(cells) != width:
                     hint = (" (its last field is empty: does a comma end each data line but not the header?)"
                             if len(cells) == width + 1 and not cells[-1].strip() else "")  # fmt: skip
+                    if width == 1 and (";" in header[0] or "\t" in header[0]):
+                        separator = "semicolons" if ";" in header[0] else "tabs"
+                        hint = (f" (the file separates its columns with {separator}, and its decimal commas split "
+                                "the lines: jaxlr reads columns separated by commas, and numbers with a decimal point)")  # fmt: skip
                     return f"{path.name}: line {reader.line_num} has {len(cells)} fields but the header has {width}{hint}."
     except (csv.Error, OSError) as err:
         return f"{path.name} could not be parsed as CSV: {err}"

@@ -133,6 +133,23 @@ def test_a_date_column_that_holds_no_dates_where_the_model_reads_one_is_named(tm
             load_table(tmp_path / "new.csv", encoding=encoding)
 
 
+def test_messages_advise_only_what_the_column_allows(tmp_path):
+    (tmp_path / "t.csv").write_text("x,y\n1,1\n2,\n3,3\n")
+    with pytest.raises(DataError, match=r"line 3, column 'y' is empty; fill or drop the row\.$"):  # the target: no --drop
+        load_table(tmp_path / "t.csv", target="y")
+    (tmp_path / "x.csv").write_text("x,y\n1,1\n2,2\n,3\n")
+    with pytest.raises(DataError, match=r"line 4, column 'x' is empty; fill or drop the row, or --drop x\.$"):
+        load_table(tmp_path / "x.csv", target="y")
+    (tmp_path / "f.csv").write_text("floor,y\nG,1\n1,2\n2,3\n3,3\n")
+    with pytest.raises(DataError, match=r"holds 'G', not a number .*--drop floor, or --categorical floor"):
+        load_table(tmp_path / "f.csv", target="y")
+    # Excel's export where the decimal separator is a comma: semicolons between the columns.
+    (tmp_path / "s.csv").write_text("sqm;price\n168,2;1883865,04\n100,5;200000,5\n")
+    with pytest.raises(DataError, match=r"line 2 has 3 fields but the header has 1 \(the file separates its columns "
+                       r"with semicolons, and its decimal commas split the lines"):  # fmt: skip
+        load_table(tmp_path / "s.csv", target="price")
+
+
 def test_finite_cells_whose_sum_overflows_pass_the_finiteness_check(tmp_path):
     (tmp_path / "t.csv").write_text("x,y\n1e308,1\n1e308,2\n1,3\n")
     table = load_table(tmp_path / "t.csv", target="y")
