@@ -223,9 +223,9 @@ def fit(
             may end the run at any epoch).
         fit_intercept: False keeps b at its starting value: zero for fresh
             params, the given one for `init` or `state`.
-        max_slope: caps the slope of the loss at each prediction (scikit-learn
-            caps it at 1e12): a step far too large then stays finite instead
-            of diverging. None (the default) leaves it alone.
+        max_slope: caps the slope of the loss at each prediction, before
+            the row's weight scales it (scikit-learn caps it at 1e12): a step
+            far too large then stays finite instead of diverging. None (the default) leaves it alone.
         loss_growth: True (the default) also counts a loss that grew past
             `LOSS_GROWTH` times the run's reference as diverged; False counts
             only a loss or params that stop being finite, as scikit-learn

@@ -285,3 +285,13 @@ def test_auto_keeps_scan_where_its_bound_holds(case, capsys, monkeypatch):
         assert said.startswith("engine: scan")
     else:
         assert said.startswith("engine: fused (scan's float32 bound holds for features near unit scale"), said
+
+
+def test_the_replay_for_a_capped_slope_looks_at_each_rows_own_slope():
+    # scikit-learn caps a row's slope before its weight scales it: a row of
+    # weight 0.1 whose slope passes the cap is capped (so the epoch replays
+    # in sequence) though its weighted slope is ten times smaller; a row of
+    # weight 0 is not trained on at all.
+    e, real = np.array([[3.0], [1.0]]), np.array([True, True])
+    assert float(scan._steepest(e, np.array([0.1, 1.0]), real, 1.0)) == 6.0
+    assert float(scan._steepest(e, np.array([0.0, 1.0]), real, 1.0)) == 2.0

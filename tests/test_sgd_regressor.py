@@ -298,6 +298,24 @@ def test_the_optimal_rate_on_a_tiny_unscaled_table_fits_where_scikit_learn_does(
     assert np.all(np.isfinite(jaxlr.fit(TINY_X, TINY_Y, loss_growth=False, **rows).params.w))
 
 
+@pytest.mark.parametrize("engine", ["fused", "scan"])
+def test_a_capped_slope_is_capped_before_the_rows_weight_scales_it(monkeypatch, engine):
+    # Steps swing the weights to 1e11 and the slopes past scikit-learn's cap
+    # of 1e12: its cap holds the row's own slope, which the weight then scales.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4))
+    y = X @ rng.normal(size=4) + 3 + 0.3 * rng.normal(size=200)
+    weight = rng.uniform(0.2, 0.9, 200)  # (below 1: slopes past the cap that, weighted, fall within it)
+    settings = dict(learning_rate="optimal", alpha=0.01, shuffle=False, max_iter=3, tol=None)
+    theirs = SklearnSGDRegressor(**settings).fit(X, y, sample_weight=weight)
+    real_fit = jaxlr.estimator.fit
+    monkeypatch.setattr(jaxlr.estimator, "fit", lambda *a, **k: real_fit(*a, **{**k, "engine": engine}))
+    with jax.enable_x64(True):
+        ours = jaxlr.SGDRegressor(**settings).fit(X, y, sample_weight=weight)
+    np.testing.assert_allclose(ours.coef_, theirs.coef_, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ours.intercept_, theirs.intercept_, rtol=1e-6)
+
+
 def test_an_l2_step_past_zero_stops_at_zero_as_scikit_learns(diabetes):
     # alpha * eta0 = 5: scikit-learn's shrink max(0, 1 - eta * alpha) sets the
     # weights to zero before each step instead of flipping and growing them.

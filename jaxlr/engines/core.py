@@ -249,9 +249,9 @@ def descend(spec: Spec, numbers: Numbers, state: FitState, X, y, weight, count, 
     def objective(params):
         yhat = net(params, X)
         if spec.max_slope is not None:
-            # scikit-learn caps the loss's slope at each prediction: an absurd
-            # step then moves far but stays finite.
-            yhat = _clip_slope(yhat, spec.max_slope / (count * y.shape[1]))
+            # scikit-learn caps the loss's slope at each prediction, before the
+            # row's weight scales it: an absurd step then moves far but stays finite.
+            yhat = _clip_slope(yhat, spec.max_slope * weight[:, None] / (count * y.shape[1]))
         entries = spec.loss.function(yhat, y, numbers.epsilon)
         data_loss = jnp.sum(weight[:, None] * entries) / (count * entries.shape[1])
         plain_loss = None if spec.weighted else data_loss  # unweighted, it is the same

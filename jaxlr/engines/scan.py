@@ -517,10 +517,11 @@ def _lean_block(spec, carry, block, *, gather, step_scalars, lr, l2, k, C, facto
 
 
 def _steepest(e, row_weight, real, factor):
-    """Each step's largest slope of a real row's loss, |weight · 2 c e|, the
-    quantity a `max_slope` caps (the last axes, rows and outputs, reduced)."""
-    slope = jnp.abs(2 * factor * row_weight[..., None] * e)
-    return jnp.max(jnp.where(real[..., None], slope, 0), axis=(-2, -1))
+    """Each step's largest slope of the loss of a real row of weight > 0,
+    |2 c e|, the quantity a `max_slope` caps before the weight scales it (the
+    last axes, rows and outputs, reduced)."""
+    slope = jnp.abs(2 * factor * e)
+    return jnp.max(jnp.where((real & (row_weight > 0))[..., None], slope, 0), axis=(-2, -1))
 
 
 def _shrink_ratios(shrink, from_start):
