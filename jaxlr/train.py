@@ -1107,7 +1107,7 @@ def _check_state(state, rule, d, k, dtype) -> FitState:
     want_structure, want_leaves = _state_leaves(rule, d, k, np.dtype(dtype))
     if structure == want_structure and all(isinstance(a, jax.Array) and (a.shape, a.dtype) == b for a, b in zip(leaves, want_leaves)):  # fmt: skip
         return state  # a state fit returned, kept as it is: what the checks below would find
-    validate.check_params(state.params, d, k)
+    validate.check_params(state.params, d, k, name="state")
     like = _state_like(rule, d, k, np.dtype(dtype))
     _check_opt_state(state.opt_state, like.opt_state, d, k, "state")
     # A state fit returned (partial_fit's) is on the device in its dtypes already: kept as it is.

@@ -142,7 +142,7 @@ def test_a_state_of_other_dtypes_or_structure_is_checked_as_it_comes():
     for other in (adam.state, first.state._replace(opt_state=())):  # the second has the same leaves, not the same tree
         with pytest.raises(ValueError, match="`state` holds the state of another optimizer"):
             jaxlr.fit(X_OK, Y_OK, key=KEY, epochs=1, state=other)
-    with pytest.raises(ValueError, match=r"`params` has w \(2, 1\) and b \(1,\), but the data needs w \(3, 1\)"):
+    with pytest.raises(ValueError, match=r"`state` has w \(2, 1\) and b \(1,\), but the data needs w \(3, 1\)"):
         jaxlr.fit(np.ones((20, 3), np.float32), Y_OK, key=KEY, epochs=1, state=first.state)
 
 
