@@ -20,6 +20,7 @@ counting a given `state`'s updates), so it can end where the run does::
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, NamedTuple, Union
 
@@ -45,8 +46,34 @@ class Rate(NamedTuple):
 
 def check(schedule: Schedule) -> Schedule:
     if callable(schedule):
+        try:
+            hash(schedule)
+        except TypeError:  # a schedule that cannot key a cache is traced each time
+            _checked_rates.__wrapped__(schedule)
+        else:
+            _checked_rates(schedule)
         return schedule
     return validate.check_choice("schedule", schedule, SCHEDULES)
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_rates(schedule: Callable) -> None:
+    """Refuses, before anything is traced, a schedule that does not give one
+    rate per step count: a number, or an array of the counts' shape (the
+    engines ask for one step's rate, or an epoch's at once)."""
+    name = getattr(schedule, "__name__", type(schedule).__name__)
+    total = jax.ShapeDtypeStruct((), jnp.int32)
+    for shape in ((), (3,)):
+        count = jax.ShapeDtypeStruct(shape, jnp.int32)
+        try:
+            out = jax.eval_shape(lambda c, n: schedule(c, n) if reads_total(schedule) else schedule(c), count, total)
+        except Exception as err:  # the user's function failed on a count
+            raise ValueError(f"`schedule` (={name}) failed on step counts of shape {shape}: {err}") from err
+        kind = getattr(out, "dtype", None)
+        if getattr(out, "shape", None) not in ((), shape) or kind is None or not jnp.issubdtype(kind, jnp.number):
+            got = f"shape {out.shape}" if kind is not None else type(out).__name__
+            raise ValueError(f"`schedule` (={name}) must return one rate per step count (for counts of shape "
+                             f"{shape}, a number or an array of that shape), not {got}.")  # fmt: skip
 
 
 def ignores_lr(schedule: Schedule) -> bool:
