@@ -16,6 +16,15 @@ ALIGNMENT = 64
 uses a NumPy array so aligned in place instead of copying it."""
 
 
+def not_a_file(path: Path) -> str:
+    """Why `path`, which is not a regular file, cannot be read as one."""
+    if not path.exists():
+        return "does not exist"
+    if path.is_dir():
+        return "is a directory, not a file"
+    return "is not a regular file (a pipe or a device): save what it holds to a file, and give that"
+
+
 def aligned_empty(shape, dtype=np.float32) -> np.ndarray:
     """An uninitialised C-ordered NumPy array whose data starts on a 64-byte boundary.
 

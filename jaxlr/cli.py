@@ -136,7 +136,7 @@ def main(argv=None):
     except BrokenPipeError:  # stdout is guarded; this is another pipe, e.g. stderr
         return BROKEN_PIPE_STATUS
     except (UsageError, DataError, ValueError, TypeError, OSError) as err:  # a model file's errors are ValueErrors
-        print(f"jaxlr: error: {_one_line(err)}", file=sys.stderr)
+        print(f"jaxlr: error: {_one_line(err, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("jaxlr: interrupted", file=sys.stderr)
@@ -155,26 +155,31 @@ def _diverging(err):
 
 def _diverged(err, args):
     """The divergence message, without advice the run already follows."""
-    text = _one_line(err)
+    text = _one_line(err, args)
     if args is not None and getattr(args, "standardize", False):
         text = re.sub(r",? or standardize the features[^.]*", "", text)
-    return text.replace("`lr`", "--lr").replace("`alpha`", "--alpha")
+    return text
 
 
-def _one_line(err):
+def _one_line(err, args=None):
     text = str(err) or type(err).__name__
     if isinstance(err, OSError) and err.filename is not None:
         text = f"{err.strerror}: {err.filename!r}"
     checkpoint = sys.modules.get("jaxlr.checkpoint")
     if checkpoint is not None and isinstance(err, checkpoint.CheckpointError):
-        for name, option in _CHECKPOINT_OPTIONS:  # `fit`'s argument names, as the command's options
-            text = text.replace(name, option)
+        for advice, option in _CHECKPOINT_ADVICE:  # what `fit` is passed, as the command's options
+            text = text.replace(advice, option)
+    if args is not None:
+        # The library names its arguments in backquotes (`batch_size`): those
+        # that are this command's options too are named as the options.
+        options = vars(args)
+        text = re.sub(r"`([a-z][a-z0-9_]*)`",
+                      lambda m: f"--{m.group(1).replace('_', '-')}" if m.group(1) in options else m.group(0), text)  # fmt: skip
     return " ".join(text.split())
 
 
-_CHECKPOINT_OPTIONS = (("`checkpoint`", "--checkpoint"), ("pass resume=True", "give --resume"),
-                       ("pass resume='if_present'", "give --resume-if-present"), ("pass overwrite=True", "give --overwrite"),
-                       ("overwrite=True", "--overwrite"), ("`epochs` (=", "--epochs ("))  # fmt: skip
+_CHECKPOINT_ADVICE = (("pass resume=True", "give --resume"), ("pass resume='if_present'", "give --resume-if-present"),
+                      ("pass overwrite=True", "give --overwrite"), ("overwrite=True", "--overwrite"))  # fmt: skip
 
 
 # ------------------------------------------------------------------ arguments

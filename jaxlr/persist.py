@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from jaxlr.arrays import not_a_file
 from jaxlr.npz import ModelFileError, NpzReader, ShapeError
 from jaxlr.params import Params
 
@@ -159,7 +160,7 @@ def load_model(path):
     """
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(f"model file {str(path)!r} does not exist.")
+        raise ModelFileError(f"model file {str(path)!r} {not_a_file(path)}.")
     with NpzReader(path, "jaxlr model file") as archive:
         missing = {"w", "b", "x_mean", "x_scale", "feature_names", "target_names", "format_version"} - archive.names
         if missing:

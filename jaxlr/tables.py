@@ -39,7 +39,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from jaxlr.arrays import DataError, _feature_columns, _load_npy, _npy_columns, aligned, aligned_empty
+from jaxlr.arrays import DataError, _feature_columns, _load_npy, _npy_columns, aligned, aligned_empty, not_a_file
 
 MAX_CATEGORIES = 20
 """The most distinct values a text column may hold to be one-hot encoded without being asked."""
@@ -333,7 +333,7 @@ def load_table(path, *, target=None, features=None, weight=None, categorical=(),
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"`data` file {str(path)!r} does not exist.")
+        raise DataError(f"`data` file {str(path)!r} {not_a_file(path)}.")
     reader = reader_for(path)
     if reader.read is None:
         for option, value in (("categorical", categorical), ("drop", drop)):

@@ -161,6 +161,8 @@ def test_divergence_is_one_line_and_exit_status_1(tmp_path, cache_dir, settings)
 GOOD = ["--data", "table.csv", "--target", "price", "--features", "a,b,c"]
 ERRORS = {
     "missing data file": (["train", "--data", "nope.csv", "--target", "price"], "does not exist"),
+    "data directory": (["train", "--data", ".", "--target", "price"], "--data file '.' is a directory, not a file"),
+    "model directory": (["predict", "--model", ".", "--data", "table.csv"], "model file '.' is a directory, not a file"),
     "no target": (["train", "--data", "table.csv"], "needs --target"),
     "unknown target": (["train", "--data", "table.csv", "--target", "cost"], "'cost' is not in table.csv"),
     "target index out of range": (["train", "--data", "table.csv", "--target", "9"], "out of range"),
@@ -173,7 +175,7 @@ ERRORS = {
     "nan in data": (["train", "--data", "nan.csv", "--target", "price"], "nan.csv: line 3, column 'b' is missing ('nan')"),
     "negative lr": (["train", *GOOD, "--lr", "-1"], "--lr: must be a finite number > 0"),
     "zero batch": (["train", *GOOD, "--batch-size", "0"], "--batch-size: must be a whole number >= 1"),
-    "batch too large": (["train", *GOOD, "--batch-size", "5000"], "`batch_size` (=5000) must be between 1 and"),
+    "batch too large": (["train", *GOOD, "--batch-size", "5000"], "--batch-size (=5000) must be between 1 and"),
     "fractional epochs": (["train", *GOOD, "--epochs", "1.5"], "--epochs: must be a whole number >= 1"),
     "zero epochs": (["train", *GOOD, "--epochs", "0"], "--epochs: must be a whole number >= 1"),
     "bad fraction": (["train", *GOOD, "--val-fraction", "1.5"], "must be a number from 0 up to (not including) 1"),
@@ -349,4 +351,4 @@ def test_resuming_with_fewer_epochs_names_the_commands_option(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main([*common, "--epochs", "2", "--resume"]) == 2
     error = capsys.readouterr().err.splitlines()[-1]
-    assert error.startswith("jaxlr: error: --epochs (2) is fewer than the 3 epochs the checkpoint in") and "`" not in error
+    assert error.startswith("jaxlr: error: --epochs (=2) is fewer than the 3 epochs the checkpoint in") and "`" not in error
