@@ -420,8 +420,10 @@ class _Columns:
         weights = None
         if weight_index is not None:
             weights = self._numbers(weight_index, "sample weight")
-            if not np.all(weights >= 0):
-                raise DataError(f"sample weight column {names[weight_index]!r} of {path.name} must be finite and >= 0.")
+            if not np.all(weights >= 0):  # (finite: `_numbers` checked)
+                first = int(np.argmax(weights < 0))
+                raise DataError(f"{self._where(first)}, column {names[weight_index]!r} holds "
+                                f"{self._cell(weight_index, first)!r}: a sample weight must be >= 0.")  # fmt: skip
         notes = tuple(f"{path.name}: column {r['column']!r} {_PHRASES[r['use']]}{r['why']}." for r in report)
         return table._replace(y=y, weight=weights, target_name=None if target_index is None else names[target_index],
                               notes=notes, columns=tuple(report))  # fmt: skip

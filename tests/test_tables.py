@@ -143,6 +143,9 @@ def test_messages_advise_only_what_the_column_allows(tmp_path):
     (tmp_path / "f.csv").write_text("floor,y\nG,1\n1,2\n2,3\n3,3\n")
     with pytest.raises(DataError, match=r"holds 'G', not a number .*--drop floor, or --categorical floor"):
         load_table(tmp_path / "f.csv", target="y")
+    (tmp_path / "w.csv").write_text("x,w,y\n1,1,1\n2,-0.5,2\n3,1,3\n")
+    with pytest.raises(DataError, match=r"w.csv: line 3, column 'w' holds '-0.5': a sample weight must be >= 0\.$"):
+        load_table(tmp_path / "w.csv", target="y", weight="w")
     # Excel's export where the decimal separator is a comma: semicolons between the columns.
     (tmp_path / "s.csv").write_text("sqm;price\n168,2;1883865,04\n100,5;200000,5\n")
     with pytest.raises(DataError, match=r"line 2 has 3 fields but the header has 1 \(the file separates its columns "
