@@ -409,6 +409,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 def _check_destinations(args):
     """Refuses an output path whose directory is missing, or that is an input, before any work is done."""
+    checkpoint = getattr(args, "checkpoint", None)
+    if checkpoint is not None and Path(checkpoint).exists() and not Path(checkpoint).is_dir():
+        raise UsageError(f"--checkpoint {checkpoint!r} is a file; it names the directory that holds the checkpoints.")
     inputs = {option: getattr(args, option, None) for option in ("data", "model")}
     outputs: dict = {}
     for option in ("save", "plot", "output"):

@@ -96,8 +96,10 @@ class _Split:
             if num_val < MIN_VALIDATION_ROWS and "val_fraction" in args.defaulted:
                 # A handful of held-out rows judges early stopping by noise: it
                 # would stop at the first epochs and blame the learning rate.
-                unsplit = (f"{X.shape[0]} rows are too few to hold out a validation split of {MIN_VALIDATION_ROWS} "
-                           f"rows: training on all of them for {args.epochs} epochs, without early stopping.")  # fmt: skip
+                unsplit = (f"{X.shape[0]} rows are too few for the default validation split: a fraction of "
+                           f"{args.val_fraction} holds out {num_val}, fewer than the {MIN_VALIDATION_ROWS} rows that "
+                           f"judge early stopping; training on all of them for {args.epochs} epochs, without early "
+                           "stopping (--val-fraction F holds out a split all the same).")  # fmt: skip
                 args.val_fraction = 0.0
                 if "early_stopping" in args.defaulted:
                     args.early_stopping = 0

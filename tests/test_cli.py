@@ -182,6 +182,7 @@ ERRORS = {
     "bad engine": (["train", *GOOD, "--engine", "turbo"], "invalid choice: 'turbo'"),
     "early stopping alone": (["train", *GOOD, "--early-stopping", "2", "--val-fraction", "0"], "needs --val-fraction"),
     "resume alone": (["train", *GOOD, "--resume"], "--resume needs --checkpoint"),
+    "checkpoint a file": (["train", *GOOD, "--checkpoint", "table.csv"], "--checkpoint 'table.csv' is a file; it names"),
     "missing save directory": (["train", *GOOD, "--save", "no/such/dir/m.npz"], "does not exist"),
     "missing model": (["predict", "--model", "none.npz", "--data", "table.csv"], "model file 'none.npz' does not exist"),
     "model not an npz": (["predict", "--model", "table.csv", "--data", "table.csv"], "table.csv is not a readable jaxlr model file (File is not a zip file)"),

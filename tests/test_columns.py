@@ -281,7 +281,8 @@ def test_a_tiny_table_trains_every_epoch_and_a_tiny_split_is_named_in_the_warnin
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["epochs_run"] == 200 and "best_epoch" not in report and report["train_r2"] > 0.8
-    assert done.stderr.startswith("jaxlr: note: 10 rows are too few to hold out a validation split of 20 rows")
+    assert done.stderr.startswith("jaxlr: note: 10 rows are too few for the default validation split: a fraction of "
+                                  "0.1 holds out 1, fewer than the 20 rows that judge early stopping")  # fmt: skip
     table(15, 0)  # asked for: two validation rows, negative R² there
     done = run_cli("train", "--data", "t15.csv", "--target", "y", "--val-fraction", "0.1", "--early-stopping", "5",
                    "--json", cwd=tmp_path, cache_dir=cache_dir)  # fmt: skip
