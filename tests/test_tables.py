@@ -133,24 +133,28 @@ def test_a_date_column_that_holds_no_dates_where_the_model_reads_one_is_named(tm
             load_table(tmp_path / "new.csv", encoding=encoding)
 
 
-def test_messages_advise_only_what_the_column_allows(tmp_path):
-    (tmp_path / "t.csv").write_text("x,y\n1,1\n2,\n3,3\n")
-    with pytest.raises(DataError, match=r"line 3, column 'y' is empty; fill or drop the row\.$"):  # the target: no --drop
-        load_table(tmp_path / "t.csv", target="y")
-    (tmp_path / "x.csv").write_text("x,y\n1,1\n2,2\n,3\n")
-    with pytest.raises(DataError, match=r"line 4, column 'x' is empty; fill or drop the row, or --drop x\.$"):
-        load_table(tmp_path / "x.csv", target="y")
-    (tmp_path / "f.csv").write_text("floor,y\nG,1\n1,2\n2,3\n3,3\n")
-    with pytest.raises(DataError, match=r"holds 'G', not a number .*--drop floor, or --categorical floor"):
-        load_table(tmp_path / "f.csv", target="y")
-    (tmp_path / "w.csv").write_text("x,w,y\n1,1,1\n2,-0.5,2\n3,1,3\n")
-    with pytest.raises(DataError, match=r"w.csv: line 3, column 'w' holds '-0.5': a sample weight must be >= 0\.$"):
-        load_table(tmp_path / "w.csv", target="y", weight="w")
+# A table refused: (its text, load_table's arguments, the error), each error
+# naming the line and giving only advice that the column allows.
+REFUSED = {
+    "an empty target cell": ("x,y\n1,1\n2,\n3,3\n", {}, r"line 3, column 'y' is empty; fill or drop the row\.$"),
+    "an empty feature cell": ("x,y\n1,1\n2,2\n,3\n", {}, r"line 4, column 'x' is empty; fill or drop the row, or --drop x\.$"),
+    "text among numbers": ("x,y\n1,1\nn/k,2\n3,3\n", {}, r"line 3, column 'x' holds 'n/k', not a number \(.*--drop x, or --categorical x"),
+    "a number with underscores": ("x,y\n1,1\n1_000,2\n3,3\n", {}, r"line 3, column 'x' holds '1_000', a number written as text"),
+    "an accounting negative": ("x,y\n1.5,1\n(2.25),2\n3,3\n", {}, r"line 3, column 'x' holds '\(2.25\)', a number written as text"),
+    "a negative weight": ("x,w,y\n1,1,1\n2,-0.5,2\n3,1,3\n", {"weight": "w"}, r"line 3, column 'w' holds '-0.5': a sample weight must be >= 0\.$"),
     # Excel's export where the decimal separator is a comma: semicolons between the columns.
-    (tmp_path / "s.csv").write_text("sqm;price\n168,2;1883865,04\n100,5;200000,5\n")
-    with pytest.raises(DataError, match=r"line 2 has 3 fields but the header has 1 \(the file separates its columns "
-                       r"with semicolons, and its decimal commas split the lines"):  # fmt: skip
-        load_table(tmp_path / "s.csv", target="price")
+    "semicolons and decimal commas": ("sqm;y\n168,2;1883865,04\n100,5;200000,5\n", {},
+                                      r"line 2 has 3 fields but the header has 1 \(the file separates its columns with semicolons, "
+                                      r"and its decimal commas split the lines"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_a_table_is_refused_by_line_with_the_advice_its_column_allows(tmp_path, case):
+    text, arguments, message = REFUSED[case]
+    (tmp_path / "t.csv").write_text(text)
+    with pytest.raises(DataError, match=message):
+        load_table(tmp_path / "t.csv", target="y", **arguments)
 
 
 def test_finite_cells_whose_sum_overflows_pass_the_finiteness_check(tmp_path):
