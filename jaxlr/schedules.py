@@ -59,21 +59,17 @@ def check(schedule: Schedule) -> Schedule:
 @functools.lru_cache(maxsize=64)
 def _checked_rates(schedule: Callable) -> None:
     """Refuses, before anything is traced, a schedule that does not give one
-    rate per step count: a number, or an array of the counts' shape (the
-    engines ask for one step's rate, or an epoch's at once)."""
+    rate, a number, for a step count (`rate` asks it one count at a time)."""
     name = getattr(schedule, "__name__", type(schedule).__name__)
-    total = jax.ShapeDtypeStruct((), jnp.int32)
-    for shape in ((), (3,)):
-        count = jax.ShapeDtypeStruct(shape, jnp.int32)
-        try:
-            out = jax.eval_shape(lambda c, n: schedule(c, n) if reads_total(schedule) else schedule(c), count, total)
-        except Exception as err:  # the user's function failed on a count
-            raise ValueError(f"`schedule` (={name}) failed on step counts of shape {shape}: {err}") from err
-        kind = getattr(out, "dtype", None)
-        if getattr(out, "shape", None) not in ((), shape) or kind is None or not jnp.issubdtype(kind, jnp.number):
-            got = f"shape {out.shape}" if kind is not None else type(out).__name__
-            raise ValueError(f"`schedule` (={name}) must return one rate per step count (for counts of shape "
-                             f"{shape}, a number or an array of that shape), not {got}.")  # fmt: skip
+    count = total = jax.ShapeDtypeStruct((), jnp.int32)
+    try:
+        out = jax.eval_shape(lambda c, n: jnp.asarray(schedule(c, n) if reads_total(schedule) else schedule(c)),
+                             count, total)  # fmt: skip
+    except Exception as err:  # the user's function failed on a count
+        raise ValueError(f"`schedule` (={name}) failed on a step count: {err}") from err
+    if out.shape != () or not jnp.issubdtype(out.dtype, jnp.number):
+        got = f"shape {out.shape}" if out.shape != () else f"dtype {out.dtype}"
+        raise ValueError(f"`schedule` (={name}) must return one rate, a number, for a step count, not {got}.")
 
 
 def ignores_lr(schedule: Schedule) -> bool:
@@ -100,10 +96,15 @@ def optimal_t0(alpha: float) -> float:
 def rate(schedule: Schedule, numbers: Rate, t: jax.Array, drops: jax.Array) -> jax.Array:
     """The learning rate of update number t (counting from 1), after `drops` adaptive cuts."""
     if callable(schedule):
-        # A schedule may ignore its argument (optax.constant_schedule): one rate per step still.
         t = jnp.asarray(t)
-        value = schedule(t - 1, numbers.total_steps) if reads_total(schedule) else schedule(t - 1)
-        return jnp.broadcast_to(jnp.asarray(value), t.shape)
+        one = (lambda count: schedule(count, numbers.total_steps)) if reads_total(schedule) else schedule
+        if t.ndim == 0:
+            return jnp.asarray(one(t - 1))
+        # One count at a time, as a schedule is written: optax's piecewise
+        # schedules take an array of counts for one count, and a function may
+        # branch on its count. (One that ignores it gives one rate for all.)
+        value = jax.vmap(one)(t.reshape(-1) - 1)
+        return jnp.broadcast_to(jnp.asarray(value), (t.size,)).reshape(t.shape)
     t = jnp.asarray(t, jnp.asarray(numbers.eta0).dtype)
     if schedule == "optimal":
         return 1.0 / (numbers.alpha * (numbers.t0 + t - 1.0))

@@ -496,13 +496,12 @@ class _Columns:
         return Step(name, "one-hot", levels), f"{len(levels)} values: {', '.join(levels[:6])}{', ...' if len(levels) > 6 else ''}"
 
     def _labels(self, j):
-        """Whether column j could be row labels: integers, text or dates, a distinct value in every row."""
+        """Whether column j could be row labels: integers, text or dates (not measurements, which are
+        floats). Labels may repeat: `pd.concat` of two frames restarts the index."""
         pa = _pyarrow()
-        column = self.arrow.column(j)
-        kind = column.type
-        labels = (pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)
-                  or pa.types.is_date(kind) or pa.types.is_timestamp(kind))  # fmt: skip
-        return labels and column.null_count == 0 and pa.compute.count_distinct(column).as_py() == self.rows
+        kind = self.arrow.column(j).type
+        return (pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)
+                or pa.types.is_date(kind) or pa.types.is_timestamp(kind))  # fmt: skip
 
     def _refuse(self, requested, name, why):
         if requested:
@@ -704,12 +703,16 @@ def _used(name, use, why):
 
 
 _NUMBER = re.compile(r"^\s*[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|inf|Inf|INF|infinity|Infinity)\s*$")
-# Digits grouped by separators: commas, points, apostrophes, underscores, and
-# spaces (plain, no-break and thin, as French and Swiss tables write them).
-_GROUPED = "[\\d.,_' \u00a0\u202f\u2009]*\\d[\\d.,_' \u00a0\u202f\u2009]*"
-# Accounting tables write a negative amount in parentheses: "(1,234.50)".
+# Digits with separators: commas, points, apostrophes, underscores ("1,982.8").
+_SEPARATED = r"[\d.,_']*\d[\d.,_']*"
+# Thousands grouped by no-break or thin spaces, as French and Swiss tables
+# write them ("12 345,5"): groups of three, not any digits apart (postcodes).
+_GROUPED = "\\d{1,3}([\u00a0\u202f\u2009]\\d{3})+([.,]\\d+)?"
+# Accounting tables write a negative amount in parentheses, with its
+# decimals or groups ("(1,234.50)"; "(1)" is a label).
+_NEGATIVE = rf"\([$€£]?\s*(\d[\d,']*[.,]\d+|{_GROUPED})\s*[$€£]?\)"
 _NUMBER_LIKE = re.compile(
-    rf"^\s*(\(?[$€£+-]*\s*{_GROUPED}\s*[%‰$€£]?\)?|[+-]?0[xXbBoO][0-9a-fA-F_]+)\s*$"
+    rf"^\s*([$€£+-]*\s*({_SEPARATED}|{_GROUPED})\s*[%‰$€£]?|{_NEGATIVE}|[+-]?0[xXbBoO][0-9a-fA-F_]+)\s*$"
 )
 _HEXADECIMAL = re.compile(r"^\s*[+-]?0[xX][0-9a-fA-F]+\s*$")
 _MONTH = r"(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?"

@@ -112,7 +112,7 @@ def test_npz_without_target_overflow_and_streamed_columns(tmp_path):
     np.save(tmp_path / "m.npy", np.column_stack([X, y]).astype(np.float32))
     done = run_cli("train", "--data", "m.npy", "--stream", "--target", "2", "--features", "0,7",
                    cwd=tmp_path, cache_dir=cache)  # fmt: skip
-    one_error(done, "`features` (=7) must be between 0 and the last column (=2)")
+    one_error(done, "--features (=7) must be between 0 and the last column (=2)")
     done = run_cli("train", "--data", "m.npy", "--stream", "--target", "2", "--features", "0,2",
                    cwd=tmp_path, cache_dir=cache)  # fmt: skip
     one_error(done, "column '2' cannot be both the target and a feature")

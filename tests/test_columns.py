@@ -143,13 +143,18 @@ def test_what_each_kind_of_column_becomes(tmp_path):
 def test_numbers_are_read_strictly_and_a_header_of_empty_names_stays_a_header(tmp_path):
     # (A cell of such a number among plain ones: `test_tables.REFUSED`.) Accounting negatives, and digits
     # grouped by no-break or thin spaces, as French and Swiss tables write them: numbers written as text.
-    grouped = ["12\u00a0345,5", "(1\u202f234,00)", "2 345 €", "(1,234.50)"]
+    grouped = ["12\u00a0345,5", "(1\u202f234,00)", "(3.5)", "(1,234.50)"]
     rows = [f'"{cell}",{i},{i}' for i, cell in enumerate(grouped)]
     (tmp_path / "g.csv").write_text("x,z,y\n" + "\n".join(rows) + "\n", encoding="utf-8")
     table = load_table(tmp_path / "g.csv", target="y")
     assert table.feature_names == ("z",)
     assert {"column": "x", "use": "left out", "why": table.columns[0]["why"]} in table.columns
     assert table.columns[0]["why"].startswith("numbers written as text"), table.columns
+    # But labels in parentheses and digits apart by plain spaces (postcodes, sizes) are text to encode.
+    rows = [f'"{label}","{code}",{i}' for i, (label, code) in enumerate([("(1)", "75 001"), ("(2)", "75 002")] * 3)]
+    (tmp_path / "l.csv").write_text("label,code,y\n" + "\n".join(rows) + "\n")
+    assert load_table(tmp_path / "l.csv", target="y").feature_names == ("label=(1)", "label=(2)", "code=75 001",
+                                                                         "code=75 002")  # fmt: skip
     # Mostly with separators: numbers written as text, left out as a whole (with a note), not one cell's error.
     (tmp_path / "s.csv").write_text('x,z,y\n"1,982.8",1,1\n982.5,2,2\n"2,100",3,3\n')
     assert load_table(tmp_path / "s.csv", target="y").feature_names == ("z",)

@@ -114,14 +114,16 @@ def test_a_pandas_index_column_is_left_out_with_a_note(tmp_path, index_name):
 
 
 def test_a_nameless_first_column_of_measurements_is_a_feature_and_labels_of_dates_are_not(tmp_path):
-    # Only row labels (integers, text or dates, a distinct one per row) are taken for pandas' index.
+    # Only row labels (integers, text or dates) are taken for pandas' index.
     (tmp_path / "m.csv").write_text(",x,y\n2.04,1.5,1\n-0.31,2.5,2\n0.77,0.5,0\n")
     table = load_table(tmp_path / "m.csv", target="y")
     assert table.feature_names == ("", "x") and table.notes == ()
     np.testing.assert_array_equal(table.X[:, 0], [2.04, -0.31, 0.77])
-    (tmp_path / "d.csv").write_text(",x,y\n2024-01-01,1.5,1\n2024-01-02,2.5,2\n2024-01-03,0.5,0\n")
-    table = load_table(tmp_path / "d.csv", target="y")
-    assert table.feature_names == ("x",) and "row index" in table.notes[0]
+    for labels in (["2024-01-01", "2024-01-02", "2024-01-03"], [0, 1, 0]):  # (pd.concat restarts an index)
+        rows = "".join(f"{label},{x},{i}\n" for i, (label, x) in enumerate(zip(labels, [1.5, 2.5, 0.5])))
+        (tmp_path / "d.csv").write_text(",x,y\n" + rows)
+        table = load_table(tmp_path / "d.csv", target="y")
+        assert table.feature_names == ("x",) and "row index" in table.notes[0]
 
 
 def test_a_date_column_that_holds_no_dates_where_the_model_reads_one_is_named(tmp_path):

@@ -682,3 +682,20 @@ def test_averaging_switched_off_and_on_again_starts_afresh():
     again = run(epochs=2, average=True, state=off.state)
     # The last two epochs' mean (from update 201), not one mixed with the first run's.
     np.testing.assert_allclose(again.params.w, run(epochs=6, average=201).params.w, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["piecewise", "onecycle", "branching"])
+def test_a_schedule_written_for_one_count_gives_every_engine_the_same_rates(name):
+    # optax's piecewise schedules take an array of counts for one count, and a
+    # function may branch on its count: each is asked one count at a time.
+    schedule = {
+        "piecewise": optax.piecewise_interpolate_schedule("linear", 0.05, {5: 0.5}),
+        "onecycle": optax.linear_onecycle_schedule(10, 0.05),
+        "branching": lambda count: jax.lax.cond(count < 5, lambda: 0.05, lambda: 0.005),
+    }[name]
+    X = np.random.default_rng(0).normal(size=(12, 2)).astype(np.float32)
+    y = X @ np.float32([1.5, -1.0]) + 0.3
+    w = {engine: jaxlr.fit(X, y, key=jax.random.key(0), epochs=3, batch_size=4, shuffle=False, schedule=schedule,
+                           engine=engine).params.w for engine in ("loop", "fused", "scan")}  # fmt: skip
+    np.testing.assert_allclose(w["fused"], w["loop"], rtol=1e-6)
+    np.testing.assert_allclose(w["scan"], w["loop"], rtol=1e-5)
