@@ -21,6 +21,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from jaxlr import losses, names, parallel, validate
 from jaxlr.callbacks import validation_rows
+from jaxlr.engines import core
 from jaxlr.model import Params
 from jaxlr.preprocessing import Standardizer
 from jaxlr.train import TrainingDiverged, fit
@@ -362,6 +363,10 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
             if self._afresh is None:
                 self._afresh = _afresh(state)
             state = state._replace(**self._afresh)
+            # scikit-learn's running mean counts from the `average` set now,
+            # whatever the calls before it were given (and a model pickled
+            # before the state recorded a start has none).
+            state = state._replace(average_start=core.on_device(np.int32(int(self.average))))
         n = X.shape[0]
         if state is None:
             self._shift = self._target_shift(y, dtype)
@@ -391,12 +396,13 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
                 # each column trains as a model of its own would.
                 loss=losses.scaled(name, factor * self._num_outputs), epsilon=self.epsilon, penalty=self.penalty, alpha=self.alpha,
                 l1_ratio=0.0 if self.l1_ratio is None else self.l1_ratio, schedule=schedule, power_t=self.power_t,
-                average=self.average if isinstance(self.average, (bool, np.bool_)) else int(self.average), sample_weight=weights, tol=tol,
+                average=int(self.average), sample_weight=weights, tol=tol,
                 n_iter_no_change=self.n_iter_no_change, validation=validation, shuffle=shuffle,
                 fit_intercept=self.fit_intercept, record_steps=bool(self.verbose), devices=self.devices,
                 # scikit-learn's rule: only weights that stop being finite have
                 # diverged, not a transient climb of the loss.
-                max_slope=1e12, loss_growth=False, engine="auto",
+                # (per column: the loss summed over the k outputs is k times steeper)
+                max_slope=1e12 * self._num_outputs, loss_growth=False, engine="auto",
                 init=None if init is None else Params(np.asarray(init.w, dtype), np.asarray(init.b, dtype)),
                 state=state,
             )  # fmt: skip

@@ -316,6 +316,40 @@ def test_a_capped_slope_is_capped_before_the_rows_weight_scales_it(monkeypatch, 
     np.testing.assert_allclose(ours.intercept_, theirs.intercept_, rtol=1e-6)
 
 
+@pytest.mark.parametrize("averages", [(10, True), (60, True), (True, 10)])
+def test_average_changed_between_partial_fit_calls_counts_as_scikit_learns(averages):
+    # scikit-learn's running mean counts from the `average` set at each call.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    y = X @ [1.0, 2.0, 3.0] + 0.5
+    fitted = []
+    for estimator in (SklearnSGDRegressor, jaxlr.SGDRegressor):
+        model = estimator(eta0=0.01, learning_rate="constant", tol=None, shuffle=False)
+        for average in averages:
+            model.set_params(average=average).partial_fit(X, y)
+        fitted.append(model.coef_)
+    with jax.enable_x64(True):
+        np.testing.assert_allclose(fitted[1], fitted[0], rtol=1e-5)
+
+
+def test_a_model_pickled_before_its_state_recorded_an_average_start_goes_on():
+    model = jaxlr.SGDRegressor(average=True, tol=None, max_iter=2, random_state=0).fit(TINY_X, TINY_Y)
+    model._state = model._state._replace(average_start=None)  # as such a pickle loads
+    model.partial_fit(TINY_X, TINY_Y)
+    assert np.all(np.isfinite(model.predict(TINY_X)))
+
+
+def test_each_output_of_a_multi_output_model_caps_its_slope_as_scikit_learn_caps_one():
+    Y = np.c_[TINY_Y, [3.0, 1.0, 2.0, 2.0, 5.0, 2.0]]
+    settings = dict(learning_rate="optimal", alpha=0.01, shuffle=False, max_iter=5, tol=None)
+    with jax.enable_x64(True):
+        ours = jaxlr.SGDRegressor(**settings).fit(TINY_X, Y)
+    for column in range(2):
+        theirs = SklearnSGDRegressor(**settings).fit(TINY_X, Y[:, column])
+        assert np.max(np.abs(theirs.coef_)) > 1e9  # through the capped transient
+        np.testing.assert_allclose(ours.coef_[column], theirs.coef_, rtol=1e-8)
+
+
 def test_an_l2_step_past_zero_stops_at_zero_as_scikit_learns(diabetes):
     # alpha * eta0 = 5: scikit-learn's shrink max(0, 1 - eta * alpha) sets the
     # weights to zero before each step instead of flipping and growing them.

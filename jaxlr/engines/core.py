@@ -151,7 +151,7 @@ class FitState(NamedTuple):
     l1: penalties.L1State
     ok: jax.Array
     stop: StopState
-    average_start: jax.Array
+    average_start: Any = None  # None only in a state pickled before it was recorded
 
 
 def init_fit_state(params: Params, rule: Rule, *, epoch: int = 0, step: int = 0, average: bool = True) -> FitState:
