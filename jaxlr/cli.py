@@ -431,8 +431,8 @@ def _check_destinations(args):
         if not parent.is_dir():
             raise UsageError(f"--{option} {path!r}: directory {str(parent)!r} does not exist.")
         if option == "save" and Path(path).exists() and not _is_model_file(path):
-            raise UsageError(f"--save {path!r} exists and is not a jaxlr model file; it would be overwritten: "
-                             "choose another name, or remove it first.")  # fmt: skip
+            raise UsageError(f"--save {path!r} exists and is not a model file this jaxlr reads; it would be "
+                             "overwritten: choose another name, or remove it first.")  # fmt: skip
 
 
 def _is_model_file(path):

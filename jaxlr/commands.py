@@ -85,6 +85,7 @@ class _Split:
         self.rows = X.shape[0]
         if weight is not None and not np.any(weight > 0):
             raise DataError(f"--sample-weight: every row has weight 0 ({X.shape[0]} rows): nothing to fit.")
+        weight = _relative(weight)
         val_X = val_y = val_weight = unsplit = None
         if args.val_fraction:
             from jaxlr.callbacks import MIN_VALIDATION_ROWS, validation_rows
@@ -369,7 +370,7 @@ def _train(args):
             loss=args.loss, epsilon=args.epsilon / y_scale,
             penalty=args.penalty,
             alpha=args.alpha, l1_ratio=args.l1_ratio, schedule=args.schedule, power_t=args.power_t,
-            average=args.average, sample_weight=_relative(split.weight),
+            average=args.average, sample_weight=split.weight,
             # The adaptive rate is cut by fit's own rule on the training loss, with scikit-learn's defaults.
             **(dict(tol=ADAPTIVE_TOL, n_iter_no_change=ADAPTIVE_PATIENCE) if args.schedule == "adaptive" else {}),
             verbose=show_lines and is_seed_job,
@@ -522,9 +523,13 @@ def _streamed(args):
 
 def _relative(weight):
     """The rows' weights scaled to a mean of 1: a table's weights are relative
-    (counts, populations), and in `fit` their size would scale each step,
-    so that weights of 100 diverged where weights of 1 trained."""
-    return None if weight is None else weight / np.mean(weight)
+    (counts, populations). In `fit` their size would scale each step, so
+    that weights of 100 diverged where weights of 1 trained; least squares
+    and the weighted metrics do not depend on it."""
+    if weight is None:
+        return None
+    weight = weight / np.max(weight)  # first: the mean of weights near float64's largest would overflow
+    return weight / np.mean(weight)
 
 
 def _solve(args):

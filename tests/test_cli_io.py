@@ -56,7 +56,7 @@ def test_a_timestamp_table_from_pandas_with_a_bom_and_a_quoted_target(tmp_path):
     # --save replaces a model file, never another file (a table, say).
     before = (tmp_path / "new.csv").read_bytes()
     done = run_cli("solve", "--data", "ts.csv", "--target", "price,usd", "--save", "new.csv", cwd=tmp_path, cache_dir=cache)
-    one_error(done, r"--save 'new.csv' exists and is not a jaxlr model file; it would be overwritten")
+    one_error(done, r"--save 'new.csv' exists and is not a model file this jaxlr reads; it would be overwritten")
     assert (tmp_path / "new.csv").read_bytes() == before
     done = run_cli("solve", "--data", "ts.csv", "--target", "price,usd", "--save", "m.npz", cwd=tmp_path, cache_dir=cache)
     assert done.returncode == 0, done.stderr

@@ -349,3 +349,9 @@ def test_sample_weights_also_weigh_the_validation_rows_and_the_reported_metrics(
                        cwd=tmp_path, cache_dir=cache_dir)  # fmt: skip
         assert done.returncode == 2 and done.stderr.strip() == (
             "jaxlr: error: --sample-weight: every row has weight 0 (200 rows): nothing to fit."), done.stderr
+
+
+def test_weights_near_the_largest_float_scale_to_a_mean_of_one_without_overflowing():
+    from jaxlr.commands import _relative
+
+    np.testing.assert_allclose(_relative(np.array([1e308, 5e307, 0.0])), [2.0, 1.0, 0.0])
