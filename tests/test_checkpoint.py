@@ -59,7 +59,10 @@ def test_resume_after_kill_9_is_bit_identical(tmp_path, uninterrupted):
             process.kill()
     assert process.returncode == -signal.SIGKILL
     saved = sorted(p.name for p in directory.iterdir() if p.name.startswith("checkpoint-"))
-    assert 1 <= len(saved) <= 2 and all(name.endswith(".npz") for name in saved)
+    # Whole files only. The newest and the one before are kept; a kill between
+    # writing the newest and removing the oldest (a busy machine widens that
+    # moment) leaves the oldest too, which a later save removes.
+    assert 1 <= len(saved) <= 3 and all(name.endswith(".npz") for name in saved)
 
     resumed = _fit(checkpoint=directory, resume=True)
     done_before = int(saved[-1][-12:-4])
