@@ -153,11 +153,7 @@ def check_entries(loss: Loss, rows: int, outputs: int, dtype) -> None:
     per entry: a mean would be taken again, and its shape breaks the program."""
     if LOSSES.get(loss.name) is loss.function:
         return  # jaxlr's own losses keep the shape
-    try:
-        hash(loss)
-    except TypeError:  # a loss that cannot key a cache is traced each time
-        return _checked_entries.__wrapped__(loss, rows, outputs, np.dtype(dtype))
-    _checked_entries(loss, rows, outputs, np.dtype(dtype))
+    validate.cached(_checked_entries, loss, rows, outputs, np.dtype(dtype))
 
 
 @functools.lru_cache(maxsize=64)

@@ -46,12 +46,7 @@ class Rate(NamedTuple):
 
 def check(schedule: Schedule) -> Schedule:
     if callable(schedule):
-        try:
-            hash(schedule)
-        except TypeError:  # a schedule that cannot key a cache is traced each time
-            _checked_rates.__wrapped__(schedule)
-        else:
-            _checked_rates(schedule)
+        validate.cached(_checked_rates, schedule)
         return schedule
     return validate.check_choice("schedule", schedule, SCHEDULES)
 

@@ -411,7 +411,7 @@ class _Columns:
                 continue
             steps.append(step)
             if step.kind != "number" or why:
-                report.append(_used(name, {"number": "number", "one-hot": "one-hot"}.get(step.kind, DAYS), why))
+                report.append(_used(name, DAYS if step.kind == "days" else step.kind, why))
         if not steps:
             raise DataError(f"{path.name} has no column to use as a feature" + (
                 f" (left out: {', '.join(repr(r['column']) for r in report)}; name one in --categorical or --features)." if report else "."))  # fmt: skip
@@ -775,14 +775,21 @@ def _csv_problem(path):
                 elif len(cells) != width:
                     hint = (" (its last field is empty: does a comma end each data line but not the header?)"
                             if len(cells) == width + 1 and not cells[-1].strip() else "")  # fmt: skip
-                    if width == 1 and (";" in header[0] or "\t" in header[0]):
-                        separator = "semicolons" if ";" in header[0] else "tabs"
+                    separator = _other_separator(header)
+                    if separator:
                         hint = (f" (the file separates its columns with {separator}, and its decimal commas split "
                                 "the lines: jaxlr reads columns separated by commas, and numbers with a decimal point)")  # fmt: skip
                     return f"{path.name}: line {reader.line_num} has {len(cells)} fields but the header has {width}{hint}."
     except (csv.Error, OSError) as err:
         return f"{path.name} could not be parsed as CSV: {err}"
     return None
+
+
+def _other_separator(header) -> str | None:
+    """"semicolons" or "tabs" where a header read as one column holds them, the file's own separator; else None."""
+    if len(header) != 1:
+        return None
+    return "semicolons" if ";" in header[0] else "tabs" if "\t" in header[0] else None
 
 
 def _column_index(path, names, wanted, role):
@@ -796,8 +803,8 @@ def _column_index(path, names, wanted, role):
             return index
         raise DataError(f"{role} column index {index} is out of range: {path.name} has {len(names)} columns.")
     hint = ""
-    if len(names) == 1 and (";" in names[0] or "\t" in names[0]):
-        separator = "semicolons" if ";" in names[0] else "tabs"
+    separator = _other_separator(names)
+    if separator:
         hint = f" (its header is one column: the file separates its columns with {separator}; jaxlr reads them separated by commas)"
     with_commas = [name for name in names if "," in name and wanted in (part.strip() for part in name.split(","))]
     if with_commas:

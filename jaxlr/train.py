@@ -483,6 +483,8 @@ def _continued(state: FitState, settings: "_Settings", *, stops: bool, goes_on: 
     averaging = () if start is None else (state.average.b, state.average_start)
     epoch, step, done, *kept = parallel.host_values((state.epoch, state.step, state.stop.done, *averaging))
     epoch, step, done = int(epoch), int(step), int(done)
+    average_b: Any = kept[0] if kept else None
+    kept_start = int(kept[1]) if kept else None
     if done and not stops:
         # A run its stopping rule ended, continued without one: the rule no
         # longer holds it, so the epochs asked for run.
@@ -492,13 +494,12 @@ def _continued(state: FitState, settings: "_Settings", *, stops: bool, goes_on: 
         # switched on again starts afresh, as from a run that never averaged.
         d, k = state.params.w.shape
         state = state._replace(average=_unkept_average(d, k, np.dtype(state.params.w.dtype)))
-    elif np.isnan(kept[0]).any():
+    elif np.isnan(average_b).any():
         # A run that did not average continues with averaging: the mean runs
         # over the updates from here on, not over those before.
         settings = settings._replace(average_start=max(start, step + 1))
         state = state._replace(average=state.params)
-    elif start != int(kept[1]) and start <= step:
-        kept_start = int(kept[1])
+    elif start != kept_start and start <= step:
         # The mean over updates from `start` on was never kept: only the one
         # from the state's own start goes on. (A start after `step` is a fresh
         # average, which begins there.)

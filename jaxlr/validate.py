@@ -345,6 +345,17 @@ def _check_same_devices(X, y):
         )
 
 
+def cached(function, *args):
+    """``function(*args)`` through its `functools.lru_cache`, or past it where
+    an argument cannot key the cache (a user's function holding a list, say):
+    such a call is worked out each time."""
+    try:
+        hash(args)
+    except TypeError:
+        return function.__wrapped__(*args)
+    return function(*args)
+
+
 def check_params(params, num_inputs, num_outputs, *, name="params"):
     """Checks that `params` fits data with d inputs and k outputs."""
     from jaxlr.model import Params
