@@ -591,7 +591,7 @@ def _predict(args):
         if args.output:
             print(f"{report['rows']} predictions written to {args.output}")
         if "mse" in report:
-            print(f"against {report['target']}: MSE = {report['mse']:.4g}, R^2 = {report['r2']:.4f}", file=sys.stderr)
+            print(f"against {report['target']}: MSE = {report['mse']:.4g}, R^2 = {_r2_shown(report)}", file=sys.stderr)
     return 0
 
 
@@ -728,7 +728,7 @@ def _print_report(report, args):
         if f"{split}_mse" in report:
             name = "training" if split == "train" else "validation"
             weighted = f" (rows weighted by {report['metrics_weighted_by']!r})" if "metrics_weighted_by" in report else ""
-            print(f"{name} MSE = {report[f'{split}_mse']:.4g}, R^2 = {report[f'{split}_r2']:.4f}{weighted}")
+            print(f"{name} MSE = {report[f'{split}_mse']:.4g}, R^2 = {_r2_shown(report, f'{split}_')}{weighted}")
     if report.get("best_epoch") is not None:
         if report["early_stopped"]:
             print(f"early stopping: stopped after {report['epochs_run']} epochs, {args.early_stopping} without a "
@@ -740,6 +740,13 @@ def _print_report(report, args):
         print(f"elapsed = {report['elapsed_s']:.2f} s (compilation included)")
     if report.get("model"):
         print(f"model saved to {report['model']}")
+
+
+def _r2_shown(report, prefix=""):
+    """The R² of a report as a line shows it: undefined where the target is constant."""
+    if f"{prefix}r2_undefined" in report:
+        return "undefined (the target is constant)"
+    return f"{report[f'{prefix}r2']:.4f}"
 
 
 def _warn_if_worse_than_the_mean(report, args):

@@ -96,6 +96,11 @@ class RunningMetrics:
         return self
 
     def result(self, prefix: str = "") -> dict[str, float]:
-        spread = np.asarray(self.spread, np.float64)
-        r2 = np.where(spread > 0, 1 - self.squared / np.where(spread > 0, spread, 1), 0.0)
-        return {f"{prefix}mse": float(np.mean(self.squared / self.count)), f"{prefix}r2": float(np.mean(r2))}
+        spread, squared = np.asarray(self.spread, np.float64), np.asarray(self.squared, np.float64)
+        # A constant target has no spread to explain: scored as `r2` scores
+        # it (and scikit-learn), 1 if matched and 0 if not, and said so.
+        r2 = np.where(spread > 0, 1 - squared / np.where(spread > 0, spread, 1), np.where(squared == 0, 1.0, 0.0))
+        result = {f"{prefix}mse": float(np.mean(squared / self.count)), f"{prefix}r2": float(np.mean(r2))}
+        if np.all(spread == 0):
+            result[f"{prefix}r2_undefined"] = "the target is constant: R² scored 1 if matched, else 0"
+        return result

@@ -344,6 +344,16 @@ def test_the_adaptive_schedule_cuts_the_rate_as_scikit_learns_rule_says(tmp_path
     assert (commands.ADAPTIVE_TOL, commands.ADAPTIVE_PATIENCE) == (SGDRegressor().tol, SGDRegressor().n_iter_no_change)
 
 
+def test_a_constant_target_shows_its_r2_as_undefined(tmp_path, capsys):
+    table = np.random.default_rng(0).normal(size=(100, 2))
+    (tmp_path / "t.csv").write_text("a,b,t\n" + "".join(f"{a},{b},5\n" for a, b in table))
+    assert cli.main(["solve", "--data", str(tmp_path / "t.csv"), "--target", "t", "--save", str(tmp_path / "m.npz")]) == 0
+    assert "training MSE = 0, R^2 = undefined (the target is constant)" in capsys.readouterr().out
+    assert cli.main(["predict", "--model", str(tmp_path / "m.npz"), "--data", str(tmp_path / "t.csv"),
+                     "--output", str(tmp_path / "p.csv")]) == 0  # fmt: skip
+    assert "R^2 = undefined (the target is constant)" in capsys.readouterr().err
+
+
 def test_resuming_with_fewer_epochs_names_the_commands_option(tmp_path, capsys):
     write_table(tmp_path / "t.csv", n=200)
     common = ["train", "--data", str(tmp_path / "t.csv"), "--target", "price", "--quiet",

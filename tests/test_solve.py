@@ -57,9 +57,14 @@ def test_mse_and_r2_against_direct_formulas():
 
 
 def test_r2_of_a_constant_target():
+    from jaxlr.metrics import host_metrics
+
     y = np.ones((5, 1))
     assert float(jaxlr.r2(y, y)) == 1.0
     assert float(jaxlr.r2(y + 1, y)) == 0.0
+    # The command's metrics score it the same, and say why.
+    assert host_metrics(y, y)["r2"] == 1.0 and host_metrics(y + 1, y)["r2"] == 0.0
+    assert "r2_undefined" in host_metrics(y, y) and "r2_undefined" not in host_metrics(y, y + np.arange(5)[:, None])
 
 
 def test_r2_refuses_mismatched_shapes():
