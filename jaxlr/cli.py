@@ -173,9 +173,17 @@ def _one_line(err, args=None):
         # The library names its arguments in backquotes (`batch_size`): those
         # that are this command's options too are named as the options.
         options = vars(args)
-        text = re.sub(r"`([a-z][a-z0-9_]*)`",
-                      lambda m: f"--{m.group(1).replace('_', '-')}" if m.group(1) in options else m.group(0), text)  # fmt: skip
+
+        def as_option(match):
+            name = _OPTION_OF.get(match.group(1), match.group(1))
+            return f"--{name.replace('_', '-')}" if name in options else match.group(0)
+
+        text = re.sub(r"`([a-z][a-z0-9_]*)`", as_option, text)
     return " ".join(text.split())
+
+
+# The library's arguments that the command sets through an option of another name.
+_OPTION_OF = {"key": "seed"}
 
 
 _CHECKPOINT_ADVICE = (("pass resume=True", "give --resume"), ("pass resume='if_present'", "give --resume-if-present"),

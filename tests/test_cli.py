@@ -363,3 +363,9 @@ def test_resuming_with_fewer_epochs_names_the_commands_option(tmp_path, capsys):
     assert cli.main([*common, "--epochs", "2", "--resume"]) == 2
     error = capsys.readouterr().err.splitlines()[-1]
     assert error.startswith("jaxlr: error: --epochs (=2) is fewer than the 3 epochs the checkpoint in") and "`" not in error
+    # The run's key is the command's seed (which without a split changes nothing else).
+    whole = [*common[:-1], str(tmp_path / "whole"), "--val-fraction", "0", "--epochs", "2"]
+    assert cli.main(whole) == 0
+    assert cli.main([*whole, "--seed", "1", "--resume"]) == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert "only of a run with another --seed" in error and "`" not in error
