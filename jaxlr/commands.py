@@ -9,6 +9,7 @@
 no JAX on a table (the lesson's synthetic data is drawn with it).
 """
 
+import contextlib
 import csv
 import io
 import json
@@ -39,7 +40,7 @@ from jaxlr.cli import (
 from jaxlr.metrics import RunningMetrics, host_metrics
 from jaxlr.params import Params
 from jaxlr.persist import Model, atomic_write, load_model, save_model
-from jaxlr.preprocessing import Standardizer, least_squares
+from jaxlr.preprocessing import ColumnTooLarge, Standardizer, least_squares
 from jaxlr.tables import load_table, reader_for
 
 
@@ -344,7 +345,8 @@ def _train(args):
         # One process or many, the same split, scaling and start: every
         # process reads the whole table and makes the same choices.
         table, is_seed_job = _load(args)
-        split = _Split(table, args, split_words)
+        with _naming_columns(table):
+            split = _Split(table, args, split_words)
         table = table._replace(X=None, y=None, weight=None)  # the split holds what training needs
         rows = split.placed(mesh, args.engine)
     if "batch_size" in args.defaulted:
@@ -532,15 +534,29 @@ def _relative(weight):
     return weight / np.mean(weight)
 
 
+@contextlib.contextmanager
+def _naming_columns(table):
+    """A column too large for float64's statistics, named as the table names it."""
+    try:
+        yield
+    except ColumnTooLarge as err:
+        names = table.feature_names if err.array == "X" else (table.target_name,)
+        if err.column >= len(names):
+            raise
+        raise DataError(str(ColumnTooLarge(err.array, err.column, f"column {names[err.column]!r}"))) from None
+
+
 def _solve(args):
     _settle_defaults(args)
     table, is_seed_job = _load(args)
-    split = _Split(table, args, _key_words(args)[1], standardized=False)
+    with _naming_columns(table):
+        split = _Split(table, args, _key_words(args)[1], standardized=False)
     table = table._replace(X=None, y=None, weight=None)
     start = time.perf_counter()
     # In float64 on the table as it is, then as the params of the standardized
     # rows on the scaled target that the model file holds (see _model).
-    params = split.scaler.to_standardized(Params(*least_squares(split.X, split.y_original, split.weight)))
+    with _naming_columns(table):
+        params = split.scaler.to_standardized(Params(*least_squares(split.X, split.y_original, split.weight)))
     elapsed = time.perf_counter() - start
     model = _model(
         params, split, table,

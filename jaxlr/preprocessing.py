@@ -130,11 +130,19 @@ def _moments(A: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
         square = sum(((A[i : i + _BLOCK_ROWS].astype(np.float64) - mean) ** 2).sum(axis=0) for i in blocks)
     spread = np.sqrt(square / n)
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(spread))):
-        column = int(np.argmax(~(np.isfinite(mean) & np.isfinite(spread))))
-        raise ValueError(f"`{name}` column {column} (counting from 0) holds values too large for its mean and spread "
-                         "to be computed in float64 (beyond about 1e150 in size), or values that are not finite: "
-                         "rescale them.")  # fmt: skip
+        raise ColumnTooLarge(name, int(np.argmax(~(np.isfinite(mean) & np.isfinite(spread)))))
     return mean, np.where(spread > 0, spread, 1.0)  # a constant column stays as it is
+
+
+class ColumnTooLarge(ValueError):
+    """A column whose mean or spread float64 cannot hold; `array` ("X" or
+    "y") and `column` say which, for a caller that knows the columns' names."""
+
+    def __init__(self, array: str, column: int, shown: str = ""):
+        self.array, self.column = array, column
+        shown = shown or f"`{array}` column {column} (counting from 0)"
+        super().__init__(f"{shown} holds values too large for its mean and spread to be computed in float64 "
+                         "(beyond about 1e150 in size), or values that are not finite: rescale them.")  # fmt: skip
 
 
 def least_squares(X, y, weight=None):

@@ -168,6 +168,19 @@ def test_finite_cells_whose_sum_overflows_pass_the_finiteness_check(tmp_path):
         least_squares(table.X, table.y)
 
 
+@pytest.mark.parametrize("command", ["train", "solve"])
+@pytest.mark.parametrize("column", ["x", "y"])
+def test_the_command_names_a_column_too_large_for_its_statistics(tmp_path, capsys, command, column):
+    from jaxlr import cli
+
+    cells = {"a": [1, 2, 3, 4], "x": [1e200, 2e200, 3e200, 4e200] if column == "x" else [1, 0, 1, 0],
+             "y": [1e200, 3e200, 2e200, 4e200] if column == "y" else [1, 3, 2, 4]}  # fmt: skip
+    (tmp_path / "t.csv").write_text("a,x,y\n" + "".join(f"{a},{x},{y}\n" for a, x, y in zip(*cells.values())))
+    assert cli.main([command, "--data", str(tmp_path / "t.csv"), "--target", "y", "--quiet"]) == 2
+    assert capsys.readouterr().err == f"jaxlr: error: column {column!r} holds values too large for its mean and " \
+        "spread to be computed in float64 (beyond about 1e150 in size), or values that are not finite: rescale them.\n"
+
+
 def test_a_npz_table_takes_y_as_its_target_without_being_told(tmp_path):
     X, y = np.arange(6.0).reshape(3, 2), np.array([1.0, 2.0, 3.0])
     np.savez(tmp_path / "d.npz", X=X, y=y, unused=np.zeros(5))
