@@ -102,5 +102,5 @@ class RunningMetrics:
         r2 = np.where(spread > 0, 1 - squared / np.where(spread > 0, spread, 1), np.where(squared == 0, 1.0, 0.0))
         result = {f"{prefix}mse": float(np.mean(squared / self.count)), f"{prefix}r2": float(np.mean(r2))}
         if np.all(spread == 0):
-            result[f"{prefix}r2_undefined"] = "the target is constant: R² scored 1 if matched, else 0"
+            result[f"{prefix}r2_undefined"] = True
         return result
