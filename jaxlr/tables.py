@@ -32,6 +32,7 @@ that is used is an error naming its line and column: nothing is imputed.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import re
 from pathlib import Path
@@ -447,9 +448,12 @@ class _Columns:
                     return None, "an identifier (a distinct value in every row)"
             if pa.types.is_integer(kind) and self.reader.lines and self.rows:
                 # pyarrow reads "0x1f" as 31: said, since codes written so are seldom quantities.
-                first = str(self._cell(j, 0))
-                if _HEXADECIMAL.match(first):
-                    return Step(name, "number"), f"hexadecimal integers (its first, {first!r}, is {column[0].as_py()})"
+                hexadecimal = next((i for i, cells in enumerate(self._head) if j < len(cells)
+                                    and _HEXADECIMAL.match(cells[j])), None)  # fmt: skip
+                if hexadecimal is not None:
+                    cell = self._head[hexadecimal][j].strip()
+                    return Step(name, "number"), (f"hexadecimal integers ({self._where(hexadecimal)}, {cell!r} is "
+                                                  f"{column[hexadecimal].as_py()})")  # fmt: skip
             return Step(name, "number"), ""
         if pa.types.is_date(kind) or pa.types.is_timestamp(kind):
             return Step(name, "days"), " (a time of day as a fraction of a day)" if pa.types.is_timestamp(kind) else ""
@@ -664,6 +668,18 @@ class _Columns:
                 return f"{self.path.name}: line {line}"
         return f"{self.path.name}: row {row} (counting from 0)"
 
+    @functools.cached_property
+    def _head(self) -> list:
+        """The first `_HEAD_ROWS` data rows of a text file, as their cells are written."""
+        head: list = []
+        with _open_text(self.path) as file:
+            for cells in csv.reader(file):
+                if any(cell.strip() for cell in cells):
+                    head.append(cells)
+                if len(head) > _HEAD_ROWS:
+                    break
+        return head[1:]  # after the header
+
     def _cell(self, j, row):
         """The cell as written in the file (a text file's own text), for messages."""
         if self.reader.lines:
@@ -715,6 +731,7 @@ _NUMBER_LIKE = re.compile(
     rf"^\s*([$€£+-]*\s*({_SEPARATED}|{_GROUPED})\s*[%‰$€£]?|{_NEGATIVE}|[+-]?0[xXbBoO][0-9a-fA-F_]+)\s*$"
 )
 _HEXADECIMAL = re.compile(r"^\s*[+-]?0[xX][0-9a-fA-F]+\s*$")
+_HEAD_ROWS = 100  # the rows read again as written, for what pyarrow's reading hides (hexadecimal)
 _MONTH = r"(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?"
 _DATE_LIKE = re.compile(
     r"^\s*(\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?"  # 31/12/2021, 2021.12.31 10:00
