@@ -454,8 +454,9 @@ def _afresh(state) -> dict:
     """The stopping rule's and the L1 step's memory as a new run starts them,
     for `state`'s shapes: a `partial_fit` call starts both afresh, as
     scikit-learn's does. Made once a `fit`, on the first call that needs them,
-    and kept on the device: a later call copies none of them again."""
-    fresh = lambda a, value=0: jax.device_put(np.full(a.shape, value, a.dtype))  # noqa: E731
+    and kept on the device, shared by every model of these shapes (a
+    transfer costs tens of µs each): a later call copies none of them again."""
+    fresh = lambda a, value=0: core.on_device(np.full(a.shape, value, a.dtype))  # noqa: E731
     return {"stop": jax.tree.map(fresh, state.stop)._replace(best=fresh(state.stop.best, -np.inf)),
             "l1": jax.tree.map(fresh, state.l1)}  # fmt: skip
 
