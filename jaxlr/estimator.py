@@ -209,7 +209,9 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
                     f"`warm_start` (=True) continues from `coef_`, fitted to {self._standard[0].shape[0]} features, "
                     f"but X has {X.shape[1]}: set warm_start=False to fit afresh."
                 )
-            coef, intercept = self._standard
+            # scikit-learn goes on from coef_ and intercept_ as they are now
+            # (without averaging, where they are the weights trained on).
+            coef, intercept = self._edited_weights() or self._standard
         else:
             self._num_outputs, self._one_output = _num_outputs(y), y.ndim == 1
             coef, intercept = self._starting_point(X, y, coef_init, intercept_init, sample_weight)
@@ -270,7 +272,9 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
                     f"`optimizer` (={self.optimizer!r}) is not the one this model was trained with "
                     f"({self._optimizer!r}): partial_fit continues that training; call fit to start afresh."
                 )
-            init = None
+            # Weights the caller set in coef_ or intercept_ are trained on from
+            # there, as scikit-learn's are (without averaging).
+            init = self._edited_weights()
         # Like scikit-learn, one call is one epoch with its stopping rule
         # (and its adaptive learning rate) starting afresh. Its order is drawn
         # on the device: for one epoch, the host's draw costs more per call.
@@ -357,6 +361,13 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         seed = _seed(self.random_state)
         state = self._state
         dtype = validate.training_dtype(X.dtype)  # as `fit` takes it
+        if state is not None and init is not None:
+            # Edited weights replace the state's, which goes on from them.
+            shift = getattr(self, "_shift", None)
+            b = np.asarray(init.b, np.float64) - (0.0 if shift is None else shift)
+            kept = state.params.w.dtype
+            state = state._replace(params=Params(*(core.on_device(np.asarray(p, kept)) for p in (init.w, b))))
+            init = None
         if state is not None:
             # A call of its own: the stopping rule, the adaptive rate and the
             # L1 bookkeeping start afresh, as scikit-learn's do.
@@ -433,6 +444,26 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         w, b = (np.array(p, X.dtype) for p in answer)  # writable copies, as scikit-learn's
         self.coef_ = w[:, 0] if self._one_output else np.ascontiguousarray(w.T)
         self.intercept_ = b.reshape(-1)
+        self._written = (self.coef_.copy(), self.intercept_.copy())  # to tell the caller's edits
+
+    def _edited_weights(self) -> Optional[Params]:
+        """coef_ and intercept_ in the trained layout (d, k) and (k,) where
+        the caller changed them since training wrote them, which scikit-learn
+        then trains on from; None where they are as written, or where the
+        model averages (scikit-learn's goes on from its own last iterate)."""
+        written = getattr(self, "_written", None)  # (a model pickled before it was kept: as written)
+        if self.average or written is None:
+            return None
+        coef, intercept = np.asarray(self.coef_), np.asarray(self.intercept_)
+        if coef.shape == written[0].shape and intercept.shape == written[1].shape and np.array_equal(
+                coef, written[0]) and np.array_equal(intercept, written[1]):  # fmt: skip
+            return None
+        (d, k), shapes = self._standard[0].shape, (written[0].shape, written[1].shape)
+        if (coef.shape, intercept.shape) != shapes:
+            raise ValueError(f"`coef_` and `intercept_` have shapes {coef.shape} and {intercept.shape}, where the "
+                             f"model's are {shapes[0]} and {shapes[1]}: training cannot go on from them.")  # fmt: skip
+        w = np.asarray(coef, np.float64).reshape(k, d).T
+        return Params(w, np.asarray(intercept, np.float64).reshape(k))
 
     def _target_shift(self, y, dtype):
         """What a float32 run subtracts from the targets (and from the

@@ -115,6 +115,40 @@ def test_warm_start_continues_from_coef(diabetes):
     np.testing.assert_array_equal(cold.coef_, first_coef)
 
 
+@pytest.mark.parametrize("edit", ["in place", "rebound"])
+@pytest.mark.parametrize("goes_on", ["partial_fit", "warm fit"])
+def test_training_goes_on_from_weights_the_caller_set(diabetes, edit, goes_on):
+    X, _, y, _ = diabetes
+    settings = dict(max_iter=2, tol=None, shuffle=False, random_state=0, warm_start=goes_on == "warm fit")
+
+    def trained(estimator, targets):
+        model = estimator(**settings).fit(X, targets)
+        if edit == "in place":
+            model.coef_[...] = 0.5
+            model.intercept_[...] = -1.0
+        else:
+            model.coef_, model.intercept_ = np.full_like(model.coef_, 0.5), np.full_like(model.intercept_, -1.0)
+        return model.partial_fit(X[:3], targets[:3]) if goes_on == "partial_fit" else model.fit(X, targets)
+
+    ours, theirs = trained(jaxlr.SGDRegressor, y), trained(SklearnSGDRegressor, y)
+    np.testing.assert_allclose(ours.coef_, theirs.coef_, atol=1e-5)
+    np.testing.assert_allclose(ours.intercept_, theirs.intercept_, atol=1e-5)
+    assert np.max(np.abs(ours.coef_ - 0.5)) > 1e-3  # trained on from the edit
+    # Each output of a multi-output model goes on from its own row of coef_.
+    both = trained(jaxlr.SGDRegressor, np.column_stack([y, -y]))
+    np.testing.assert_allclose(both.coef_[0], ours.coef_, atol=1e-5)
+    np.testing.assert_allclose(both.coef_[1], trained(jaxlr.SGDRegressor, -y).coef_, atol=1e-5)
+
+
+def test_weights_of_another_shape_are_refused_by_name(diabetes):
+    X, _, y, _ = diabetes
+    model = jaxlr.SGDRegressor(max_iter=1, tol=None).fit(X, y)
+    model.coef_ = np.zeros(3)
+    with pytest.raises(ValueError, match=r"`coef_` and `intercept_` have shapes \(3,\) and \(1,\), where the model's "
+                                         r"are \(10,\) and \(1,\)"):  # fmt: skip
+        model.partial_fit(X, y)
+
+
 def test_early_stopping_stops_before_max_iter(diabetes):
     X, X_test, y, y_test = diabetes
     model = jaxlr.SGDRegressor(early_stopping=True, n_iter_no_change=3, max_iter=1000, random_state=0)
