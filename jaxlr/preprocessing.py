@@ -38,6 +38,11 @@ class Standardizer(NamedTuple):
             y: array of shape (n, k), needed when `target` is set.
             features: True (or "scale") standardizes the features, "center"
                 only subtracts their means, False leaves them as they are.
+                A column of zeros and ones (one-hot, or a flag) is only
+                centred: divided by its spread, the value of a category few
+                rows hold would stand about sqrt(n / rows) from zero, and so
+                would SGD's steps on those rows (scikit-learn's recipes
+                leave such columns unscaled too).
                 Centring alone is what float32 training needs of columns
                 far from zero (a timestamp near 1.7e9 rounds to a multiple
                 of 128 in float32; its distance from the mean does not).
@@ -53,7 +58,7 @@ class Standardizer(NamedTuple):
             # In float64, a block of rows at a time: no float64 copy of a large table.
             x_mean, spread = _moments(X, "X")
             if features != "center":
-                x_scale = spread
+                x_scale = np.where(_indicators(X), 1.0, spread)
         k = 1 if y is None else np.asarray(y).reshape(len(X), -1).shape[1]
         y_mean, y_scale = np.zeros(k), np.ones(k)
         if target is not None:
@@ -119,6 +124,17 @@ _QR_ROWS = 2048
 # epsilon), even one correction of the normal equations leaves errors larger
 # than the fit's own: `least_squares` then factors the rows instead.
 _GRAM_CONDITION = 1e8
+
+
+def _indicators(A: np.ndarray) -> np.ndarray:
+    """Which columns hold nothing but zeros and ones, a block of rows at a time."""
+    found = np.ones(A.shape[1], bool)
+    for i in range(0, A.shape[0], _BLOCK_ROWS):
+        block = A[i : i + _BLOCK_ROWS]
+        found &= np.all((block == 0) | (block == 1), axis=0)
+        if not found.any():
+            break
+    return found
 
 
 def _moments(A: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:

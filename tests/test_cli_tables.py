@@ -66,6 +66,32 @@ def test_the_readme_recipe_and_the_defaults_learn_tables_far_from_zero(tables, c
     assert settings["val_fraction"] == 0.1 and settings["early_stopping"] == 5 and settings["lr"] == 0.01
 
 
+def test_the_defaults_train_a_table_with_a_category_that_one_row_holds(tmp_path, capsys):
+    # Standardized, the one "Monaco" row's indicator stood at about sqrt(8000)
+    # = 89: the default rate's steps on it diverged (seeds 0 and 1).
+    rng = np.random.default_rng(7)
+    n = 8000
+    sqft = rng.uniform(500, 4000, n).round()
+    city = rng.choice(["Paris", "Lyon", "Nice", "Lille"], n).astype(object)
+    city[123] = "Monaco"
+    effect = {"Paris": 2e5, "Lyon": 8e4, "Nice": 1.2e5, "Lille": 3e4, "Monaco": 9e5}
+    price = 5e4 + 250 * sqft + np.array([effect[c] for c in city]) + rng.normal(0, 2e4, n)
+    (tmp_path / "t.csv").write_text("sqft,city,price\n" + "".join(f"{a},{c},{p:.2f}\n" for a, c, p in zip(sqft, city, price)))
+    assert cli.main(["train", "--data", str(tmp_path / "t.csv"), "--target", "price", "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["val_r2"] > 0.99
+
+
+def test_columns_of_zeros_and_ones_are_centred_not_scaled():
+    X = np.zeros((1000, 3))
+    X[5, 0] = 1.0  # a rare category
+    X[::2, 1] = 1.0  # a balanced flag
+    X[5, 2] = 2.0  # not an indicator: scaled
+    scaler = jaxlr.Standardizer.fit(X)
+    np.testing.assert_array_equal(scaler.x_scale[:2], [1.0, 1.0])
+    np.testing.assert_allclose(scaler.x_mean, [0.001, 0.5, 0.002])
+    assert scaler.x_scale[2] == pytest.approx(X[:, 2].std())
+
+
 def test_a_model_worse_than_the_mean_is_one_warning_line_that_says_what_to_try(tmp_path, cache_dir):
     # Noise against noise, 30 features for 30 training rows: the fit is pure overfitting.
     rng = np.random.default_rng(3)
