@@ -249,6 +249,15 @@ def _default(name, lesson=None, table=None, raw=None, command="train"):
     return text + (f", {raw} with --stream" if raw != table else "")
 
 
+class _Given(argparse.Action):
+    """Stores an option's value and notes, in `given`, that it was given: an
+    option whose default is a value may then be refused where it does not apply."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = getattr(namespace, "given", set()) | {self.dest}
+
+
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default where it has one; the job-dependent ones say theirs in words."""
 
@@ -327,12 +336,12 @@ def _parser():
                        "for the lesson's job)")  # fmt: skip
     train.add_argument("--penalty", choices=[name or "none" for name in names.PENALTIES], default="none",
                        help="penalty on the weights")
-    train.add_argument("--alpha", type=_nonnegative, default=0.0001, help="strength of the penalty")
-    train.add_argument("--l1-ratio", type=_unit, default=0.15, help="L1 share of the elastic net")
+    train.add_argument("--alpha", type=_nonnegative, action=_Given, default=0.0001, help="strength of the penalty")
+    train.add_argument("--l1-ratio", type=_unit, action=_Given, default=0.15, help="L1 share of the elastic net")
     train.add_argument("--schedule", choices=names.SCHEDULES, default="constant",
                        help="learning-rate schedule (see jaxlr.schedules); adaptive divides the rate by 5 after 5 "
                        "epochs whose training loss fell by less than 0.001, and stops below 1e-6, as scikit-learn's")  # fmt: skip
-    train.add_argument("--power-t", type=_finite, default=0.25, help="exponent of the invscaling schedule")
+    train.add_argument("--power-t", type=_finite, action=_Given, default=0.25, help="exponent of the invscaling schedule")
     train.add_argument("--average", type=_count, nargs="?", const=1, default=0, metavar="T0",
                        help="return the average of the params over the updates (from update T0, 1 if T0 is left out; "
                        "0: no averaging)")  # fmt: skip
@@ -347,13 +356,13 @@ def _parser():
     train.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
                        help="save every N epochs (default: at most once a second, and after the last epoch)")
     train.add_argument("--stream", action="store_true", help="read a .npy table from disk in chunks (data larger than memory)")
-    train.add_argument("--chunk-mb", type=_positive_int, default=64, help="chunk size for --stream, in MB")
+    train.add_argument("--chunk-mb", type=_positive_int, action=_Given, default=64, help="chunk size for --stream, in MB")
     train.add_argument("--coordinator", metavar="HOST:PORT", help="train across processes: the address of process 0")
     train.add_argument("--num-processes", type=_positive_int, metavar="P",
                        help="how many processes take part (with --coordinator)")
     train.add_argument("--process-id", type=_count, metavar="I",
                        help="this process's index, 0 to P-1; process 0 reports and writes the files (with --coordinator)")
-    train.add_argument("--peer-timeout", type=_positive, default=DEFAULT_PEER_TIMEOUT, metavar="SECONDS",
+    train.add_argument("--peer-timeout", type=_positive, action=_Given, default=DEFAULT_PEER_TIMEOUT, metavar="SECONDS",
                        help="how long a process waits for the others to start (with --coordinator)")
     train.add_argument("--resume", action="store_true",
                        help="continue this run from its newest good checkpoint in --checkpoint (which must hold one)")

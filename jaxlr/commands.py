@@ -306,6 +306,27 @@ def _settle_defaults(args):
         args.early_stopping = 0
 
 
+def _refuse_what_does_not_apply(args):
+    """Options given that this run would not use, refused by name (they would be ignored)."""
+    given = getattr(args, "given", set())
+    unused = {
+        "alpha": args.penalty == "none" and args.schedule != "optimal" and (
+            f"sets the penalty's strength, and --penalty is none (the default; scikit-learn's is l2): give "
+            "--penalty l2, l1 or elasticnet"),
+        "l1_ratio": args.penalty != "elasticnet" and (
+            f"is the L1 share of --penalty elasticnet, and --penalty is {args.penalty}: give --penalty elasticnet"),
+        "power_t": args.schedule != "invscaling" and (
+            f"is the exponent of --schedule invscaling, and --schedule is {args.schedule}: give --schedule invscaling"),
+        "epsilon": args.loss == "squared" and (
+            "is the margin of the huber and epsilon-insensitive losses, and --loss is squared: give one of those"),
+        "chunk_mb": not args.stream and "sets the size of the chunks --stream reads: give --stream",
+        "peer_timeout": not args.coordinator and "is how long processes wait for each other: give --coordinator",
+    }  # fmt: skip
+    for name, why in unused.items():
+        if why and (name in given or (name == "epsilon" and args.epsilon is not None)):
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)} {why}, or leave it out.")
+
+
 # --schedule adaptive divides the rate by 5 after this many epochs in a row
 # whose training loss fell by less than the tol (scikit-learn's defaults).
 ADAPTIVE_TOL, ADAPTIVE_PATIENCE = 1e-3, 5
@@ -322,6 +343,7 @@ def _train(args):
 
     _configure_jax(args)
     _settle_defaults(args)
+    _refuse_what_does_not_apply(args)
     if args.schedule == "optimal":
         if "lr" not in args.defaulted:
             raise UsageError(f"--lr {args.lr} would set no rate: --schedule optimal takes its rates from --alpha. "

@@ -395,6 +395,10 @@ class _Columns:
         if features is not None:
             requested = [_column_index(path, names, name, "feature") for name in features]
             requested = _feature_columns(path, names, target_index, requested, None, weight_index)
+            for j, option in [(j, "categorical") for j in sorted(forced)] + [(j, "drop") for j in sorted(dropped)]:
+                if j not in requested:
+                    raise DataError(f"column {names[j]!r} is named in `{option}` but not in `features`, which lists "
+                                    "every feature: add it there, or leave it out of both.")  # fmt: skip
         steps, report = [], list(self.unnamed)
         candidates = requested if requested is not None else [j for j in range(len(names)) if j not in (target_index, weight_index)]
         for j in candidates:

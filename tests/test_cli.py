@@ -232,6 +232,39 @@ def test_user_errors_print_one_line_exit_2_and_write_nothing(case, error_dir, ca
     assert sorted(p.name for p in error_dir.iterdir()) == before
 
 
+UNUSED = {  # an option given where it sets nothing: refused by name, with what would make it apply
+    "--alpha 10": "--penalty is none (the default; scikit-learn's is l2): give --penalty l2, l1 or elasticnet",
+    "--l1-ratio 0.9 --penalty l2": "--l1-ratio 0.9 is the L1 share of --penalty elasticnet, and --penalty is l2",
+    "--power-t 0.9": "--power-t 0.9 is the exponent of --schedule invscaling, and --schedule is constant",
+    "--epsilon 0.5": "--epsilon 0.5 is the margin of the huber and epsilon-insensitive losses, and --loss is squared",
+    "--chunk-mb 8": "--chunk-mb 8 sets the size of the chunks --stream reads: give --stream",
+    "--peer-timeout 5": "--peer-timeout 5.0 is how long processes wait for each other: give --coordinator",
+    "--features a --categorical label": "column 'label' is named in --categorical but not in --features",
+    "--features a --drop b": "column 'b' is named in --drop but not in --features",
+}
+APPLIES = ["--alpha 10 --penalty l2", "--alpha 0.1 --schedule optimal", "--l1-ratio 0.9 --penalty elasticnet",
+           "--power-t 0.9 --schedule invscaling", "--epsilon 0.5 --loss huber", "--peer-timeout 5 --coordinator h:1"]
+
+
+@pytest.mark.parametrize("options", sorted(UNUSED))
+def test_an_option_that_would_set_nothing_is_refused_by_name(tmp_path, capsys, options):
+    write_table(tmp_path / "t.csv", n=50)
+    args = ["train", "--data", str(tmp_path / "t.csv"), "--target", "price", "--save", str(tmp_path / "m.npz")]
+    assert cli.main([*args, *options.split()]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("jaxlr: error: ") and error.count("\n") == 1 and UNUSED[options] in error
+    assert list(tmp_path.iterdir()) == [tmp_path / "t.csv"]
+
+
+@pytest.mark.parametrize("options", APPLIES)
+def test_an_option_where_it_applies_is_not_refused(options):
+    from jaxlr import commands
+
+    args = cli._parser().parse_args(["train", "--data", "t.csv", "--target", "price", *options.split()])
+    commands._settle_defaults(args)
+    commands._refuse_what_does_not_apply(args)  # raises where it would refuse
+
+
 def test_the_console_script_is_installed():
     script = Path(sys.executable).parent / "jaxlr"
     if not script.exists():
