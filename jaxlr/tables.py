@@ -486,6 +486,12 @@ class _Columns:
                             "encode its values)")  # fmt: skip
         if numbers == len(present):  # numbers read as text (another block held text): they are numbers
             return Step(name, "number"), ""
+        if bool(_matches(present, _ISO_DATE).all()):
+            # Dates as text (a Parquet column of strings, or a CSV column that
+            # pyarrow left as text): read as the CSV reader reads its dates.
+            self._dates(j)
+            timed = not bool(_matches(present, _ISO_DAY).all())
+            return Step(name, "days"), " (a time of day as a fraction of a day)" if timed else ""
         if bool(_matches(present, _DATE_LIKE).all()):
             example = present[0].as_py()
             raise DataError(f"{self.path.name}: column {name!r} holds dates written as {example!r}, which jaxlr does "
@@ -645,11 +651,34 @@ class _Columns:
         column = self.arrow.column(j)
         if pa.types.is_date(column.type):
             return np.concatenate([_numpy(c, np.float64) for c in column.cast(pa.date32()).cast(pa.int32()).chunks])
+        if (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)) and bool(
+                _matches(column, _ISO_DATE).all()):  # fmt: skip
+            column = self._dates(j)
         if not pa.types.is_timestamp(column.type):  # a table read for a model that took this column as dates
             raise DataError(f"{self.path.name}: column {self.names[j]!r} holds {self._cell(j, 0)!r}, not a date: the "
                             f"model turns it into {DAYS}, from dates written as YYYY-MM-DD.")  # fmt: skip
         per_day = {"s": 86400, "ms": 86400e3, "us": 86400e6, "ns": 86400e9}[column.type.unit]
         return np.concatenate([_numpy(c, np.float64) for c in column.cast(pa.int64()).chunks]) / per_day
+
+    def _dates(self, j):
+        """Column j, dates and times written as YYYY-MM-DD[ HH:MM[:SS]] text,
+        as timestamps; a cell that is no date (2019-02-29) is named by its line."""
+        import datetime
+
+        pa = _pyarrow()
+        column = self.arrow.column(j)
+        try:
+            return column.cast(pa.timestamp("us"))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+        stamps = []
+        for i, cell in enumerate(column.to_pylist()):
+            try:
+                stamps.append(None if cell is None else datetime.datetime.fromisoformat(cell.strip()))
+            except ValueError:
+                raise DataError(f"{self._where(i)}, column {self.names[j]!r} holds {cell!r}, not a date (the "
+                                f"column's other cells are dates; fix it, or --drop {self.names[j]}).") from None  # fmt: skip
+        return pa.chunked_array([pa.array(stamps, pa.timestamp("us"))])
 
     def _no_nulls(self, j, droppable=True):
         """Refuses a missing cell in column j; `droppable`: a feature, which --drop may leave out (not the
@@ -736,6 +765,9 @@ _NUMBER_LIKE = re.compile(
 )
 _HEXADECIMAL = re.compile(r"^\s*[+-]?0[xX][0-9a-fA-F]+\s*$")
 _HEAD_ROWS = 100  # the rows read again as written, for what pyarrow's reading hides (hexadecimal)
+# Dates and times as the CSV reader reads them (ISO 8601), when they come as text.
+_ISO_DATE = re.compile(r"^\s*\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*$")
+_ISO_DAY = re.compile(r"^\s*\d{4}-\d{2}-\d{2}\s*$")
 _MONTH = r"(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?"
 _DATE_LIKE = re.compile(
     r"^\s*(\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?"  # 31/12/2021, 2021.12.31 10:00

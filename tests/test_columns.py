@@ -174,6 +174,24 @@ def test_numbers_are_read_strictly_and_a_header_of_empty_names_stays_a_header(tm
         load_table(tmp_path / "c.csv", target="y")
 
 
+def test_dates_as_text_in_parquet_are_read_as_a_csv_reads_them(tmp_path):
+    pytest.importorskip("pyarrow.parquet")
+    frame = pd.DataFrame({"d": [f"2024-01-0{i}" for i in range(1, 10)], "t": [f"2024-01-0{i} 12:00" for i in range(1, 10)],
+                          "y": np.arange(9.0)})  # fmt: skip
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    frame.to_parquet(tmp_path / "t.parquet")
+    from_csv, from_parquet = load_table(tmp_path / "t.csv", target="y"), load_table(tmp_path / "t.parquet", target="y")
+    np.testing.assert_array_equal(from_parquet.X, from_csv.X)
+    np.testing.assert_array_equal(from_parquet.X[:2], [[19723.0, 19723.5], [19724.0, 19724.5]])
+    # A model trained on the CSV predicts from the Parquet file's text dates.
+    again = load_table(tmp_path / "t.parquet", encoding=from_csv.encoding)
+    np.testing.assert_array_equal(again.X, from_csv.X)
+    frame.loc[4, "d"] = "2019-02-29"
+    frame.to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=r"row 4 \(counting from 0\), column 'd' holds '2019-02-29', not a date"):
+        load_table(tmp_path / "bad.parquet", target="y")
+
+
 def test_a_column_whose_text_comes_after_the_first_block_is_judged_as_text(tmp_path, monkeypatch):
     monkeypatch.setattr(tables, "_PIECE_BYTES", 1 << 10)  # many pieces of a small file
     lines = ["x,y"] + [f"{i},{i}" for i in range(500)] + ["oops,1"]
