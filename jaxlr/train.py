@@ -1255,7 +1255,7 @@ def _split(key):
     return tuple(jax.random.split(key))
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=16)
 def _begin(rule, num_inputs, num_outputs, dtype, average, fit_intercept):
     """``(key, epochs) -> (fresh FitState, shuffle key, the epochs' key words)``
     as one compiled call: at the lesson's size, separate small dispatches cost
