@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import jax
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.exceptions import ConvergenceWarning, DataConversionWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Hidden, Interval, StrOptions
@@ -177,6 +177,21 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         tags.target_tags.multi_output = True
         return tags
 
+    def __sklearn_clone__(self):
+        # JAX's devices cannot be copied, and need not be: they name the
+        # hardware, which a clone trains on too.
+        params = self.get_params(deep=False)
+        return type(self)(**{name: value if name == "devices" else clone(value, safe=False)
+                             for name, value in params.items()})  # fmt: skip
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # (Python's own is the instance's __dict__ itself)
+        state["devices"] = _device_names(state.get("devices"))  # a pickle names them
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__({**state, "devices": _named_devices(state.get("devices"))})
+
     # ------------------------------------------------------------------ public
 
     def fit(self, X, y, coef_init=None, intercept_init=None, sample_weight=None) -> "SGDRegressor":
@@ -263,7 +278,7 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
             self._num_outputs, self._one_output = _num_outputs(y), y.ndim == 1
             coef, intercept = self._starting_point(X, y, None, None, sample_weight)
             self._state, self.t_ = None, 1.0
-            init = Params(coef, intercept)
+            init: Optional[Params] = Params(coef, intercept)
         else:
             if _num_outputs(y) != self._num_outputs:
                 raise ValueError(f"`y` has {_num_outputs(y)} output(s); the model was fitted to {self._num_outputs}.")
@@ -387,6 +402,7 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
             targets = targets - shift
             if init is not None:
                 init = Params(init.w, np.asarray(init.b, np.float64) - shift)
+                _check_start_near(init.b, shift, y, dtype)
             if validation is not None:
                 validation = (validation[0], np.asarray(validation[1]).reshape(len(validation[1]), -1) - shift,
                               *validation[2:])  # fmt: skip
@@ -526,8 +542,67 @@ def _num_outputs(y) -> int:
     return 1 if y.ndim == 1 else y.shape[1]
 
 
+class _DeviceName(tuple):
+    """A JAX device in a pickle: (platform, id)."""
+
+
+def _device_names(devices):
+    """`devices` with each JAX device as its name, which pickles."""
+    if isinstance(devices, jax.Device):
+        return _DeviceName((devices.platform, devices.id))
+    if isinstance(devices, (list, tuple)) and any(isinstance(d, jax.Device) for d in devices):
+        return type(devices)(_device_names(d) for d in devices)
+    return devices
+
+
+def _named_devices(devices):
+    """`_device_names` undone, in this process: a device it lacks is left to
+    JAX's default, with a warning."""
+    if isinstance(devices, _DeviceName):
+        platform, number = devices
+        found = [d for d in _platform_devices(platform) if d.id == number]
+        if found:
+            return found[0]
+        warnings.warn(f"`devices` named {platform} device {number}, which this process lacks: training goes to "
+                      "JAX's default device (set_params(devices=...) to choose).", stacklevel=3)  # fmt: skip
+        return None
+    if isinstance(devices, (list, tuple)) and any(isinstance(d, _DeviceName) for d in devices):
+        named = [_named_devices(d) for d in devices]
+        return None if any(d is None for d in named) else type(devices)(named)
+    return devices
+
+
+def _platform_devices(platform):
+    try:
+        return jax.devices(platform)
+    except RuntimeError:  # no such backend here
+        return []
+
+
+def _check_start_near(b, shift, y, dtype):
+    """Refuses, naming y, a starting intercept too far from y's mean for
+    `dtype` to hold the distance (training in float32 starts from the
+    intercept less that mean, which must stay below the divergence bound).
+    Targets beyond `dtype` itself are left for `fit`, which names their row."""
+    bound = float(np.sqrt(np.finfo(dtype).max))
+    far = np.max(np.abs(b))
+    if not far <= bound and np.all(np.abs(y) <= np.finfo(dtype).max):
+        raise ValueError(
+            f"`y` averages {float(np.max(np.abs(shift))):.3g}: training in {np.dtype(dtype).name} starts the "
+            f"intercept {far:.3g} from that, beyond the {bound:.2g} it holds. Rescale y, pass an intercept_init "
+            "near its mean, or compute in float64 (jax.config.update('jax_enable_x64', True))."
+        )
+
+
 def _as_targets(y):
-    """y of shape (n, 1) as (n,), warning as scikit-learn's SGDRegressor does; other shapes as they are."""
+    """y of shape (n, 1) as (n,), warning as scikit-learn's SGDRegressor does;
+    other shapes as they are. Numbers written as text are read as numbers,
+    as scikit-learn reads them."""
+    if y.dtype.kind in "US":
+        try:
+            y = y.astype(np.float64)
+        except ValueError as err:
+            raise ValueError(f"`y` holds text that is not a number ({err}).") from None
     if y.ndim == 2 and y.shape[1] == 1:
         warnings.warn(
             "A column-vector y was passed when a 1d array was expected. Please change the shape of y to "

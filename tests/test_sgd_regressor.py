@@ -140,6 +140,52 @@ def test_training_goes_on_from_weights_the_caller_set(diabetes, edit, goes_on):
     np.testing.assert_allclose(both.coef_[1], trained(jaxlr.SGDRegressor, -y).coef_, atol=1e-5)
 
 
+def test_targets_written_as_text_are_read_as_numbers_as_scikit_learn_reads_them(diabetes):
+    X, _, y, _ = diabetes
+    settings = dict(max_iter=2, tol=None, random_state=0)
+    plain = jaxlr.SGDRegressor(**settings).fit(X, y)
+    for text in (y.astype(str), y.astype("S32")):
+        np.testing.assert_array_equal(jaxlr.SGDRegressor(**settings).fit(X, text).coef_, plain.coef_)
+        jaxlr.SGDRegressor(**settings).fit(X, y).partial_fit(X, text)
+    with pytest.raises(ValueError, match="`y` holds text that is not a number"):
+        jaxlr.SGDRegressor().fit(X, np.array(["a"] * len(y)))
+
+
+@pytest.mark.skipif(jax.config.jax_enable_x64, reason="float32 training")
+@pytest.mark.parametrize("call", ["fit", "partial_fit"])
+def test_a_target_mean_beyond_float32s_intercept_is_refused_naming_y(call):
+    X = np.random.RandomState(0).randn(200, 3)
+    y = 2e19 + 1e18 * (X @ [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match=r"`y` averages 1.95e\+19: training in float32 starts the intercept"):
+        getattr(jaxlr.SGDRegressor(), call)(X, y)
+    jaxlr.SGDRegressor(max_iter=2, tol=None).fit(X, y, intercept_init=2e19)  # a start near it trains
+
+
+@pytest.mark.parametrize("devices", ["a device", "a list of devices"])
+def test_a_model_placed_on_devices_clones_pickles_and_cross_validates(diabetes, devices):
+    import copy
+    import pickle
+
+    from sklearn.base import clone
+
+    from jaxlr import estimator
+
+    X, _, y, _ = diabetes
+    devices = jax.devices()[0] if devices == "a device" else jax.devices()[:1]
+    model = jaxlr.SGDRegressor(devices=devices, max_iter=2, tol=None, random_state=0).fit(X, y)
+    for again in (clone(model), copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert again.devices == devices
+    assert model.devices is devices  # pickling changed nothing of the model's own
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(model)).partial_fit(X, y).coef_,
+                                  clone(model).fit(X, y).partial_fit(X, y).coef_)  # fmt: skip
+    assert cross_val_score(model, X, y, cv=2).shape == (2,)
+    # A pickle naming a device this process lacks trains on the default one, and says so.
+    state = {**model.__getstate__(), "devices": estimator._DeviceName(("gpu", 7))}
+    with pytest.warns(UserWarning, match="`devices` named gpu device 7, which this process lacks"):
+        model.__setstate__(state)
+    assert model.devices is None
+
+
 def test_weights_of_another_shape_are_refused_by_name(diabetes):
     X, _, y, _ = diabetes
     model = jaxlr.SGDRegressor(max_iter=1, tol=None).fit(X, y)
