@@ -683,14 +683,16 @@ class LinearRegressor(RegressorMixin, BaseEstimator):
     def _start(self, X, y):
         self._seed = _seed(self.random_state)
         self._one_output, self._num_outputs = y.ndim == 1, _num_outputs(y)
-        self._scaler = Standardizer.fit(X)
+        # The target centred too: float32 resolves the late steps of an
+        # intercept near zero, not of one near a mean of 1e6.
+        self._scaler = Standardizer.fit(X, np.asarray(y).reshape(len(y), -1), target="center")
         self.n_iter_, self.loss_curve_, self._state = 0, [], None
 
     def _train(self, X, y, epochs):
         dtype = validate.training_dtype(X.dtype)
         X = np.asarray(self._scaler.transform(X), dtype)
         result = fit(
-            X, np.asarray(y, dtype).reshape(len(y), -1), key=np.array([0, self._seed], np.uint32), epochs=epochs,
+            X, np.asarray(self._scaler.transform_target(y), dtype), key=np.array([0, self._seed], np.uint32), epochs=epochs,
             lr=self.lr, batch_size=min(self.batch_size, X.shape[0]), optimizer=self.optimizer, state=self._state,
         )  # fmt: skip
         self._state = result.state

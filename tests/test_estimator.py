@@ -45,6 +45,16 @@ def test_partial_fit_continues_from_the_current_parameters():
     assert stepwise.loss_curve_[2] < stepwise.loss_curve_[0]
 
 
+@pytest.mark.parametrize("offset", [1e4, 1e6])
+def test_a_target_far_from_zero_fits_as_one_near_it(offset):
+    X = np.random.RandomState(0).randn(500, 3)
+    y = X @ [1.0, 2.0, 3.0]
+    near = jaxlr.LinearRegressor(random_state=0).fit(X, y)
+    far = jaxlr.LinearRegressor(random_state=0).fit(X, y + offset)  # R² 0.82 at 1e6: its intercept stalled
+    np.testing.assert_allclose(far.coef_, near.coef_, atol=1e-5)
+    np.testing.assert_allclose(far.intercept_, near.intercept_ + offset, atol=1e-5 * offset)
+
+
 def test_multi_output_targets():
     rng = np.random.default_rng(1)
     X = rng.normal(size=(300, 3))
