@@ -274,7 +274,7 @@ def _data_options(command):
     data.add_argument("--data", metavar="FILE", help="a CSV with a header row (also .csv.gz, .csv.bz2, ...) or a "
                       "Parquet file (both with the tables extra: pip install 'jaxlr[tables]'), a .npy matrix, or a .npz "
                       "with X and y (default: the lesson's synthetic data)")  # fmt: skip
-    data.add_argument("--target", metavar="COL", help="target column: a name, or a 0-based index")
+    data.add_argument("--target", metavar="COL", help="target column: a name, or a 0-based index (a name first: a header's \"2\" is --target 2)")
     data.add_argument("--features", metavar="COLS", help="comma-separated feature columns, a name holding a comma in double quotes (default: every other column "
                       "that can be one: numbers, dates as days since 1970-01-01, text of few values one-hot encoded)")  # fmt: skip
     data.add_argument("--categorical", metavar="COLS", help="comma-separated columns to one-hot encode whatever they hold "

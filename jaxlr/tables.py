@@ -686,6 +686,11 @@ class _Columns:
         column = self.arrow.column(j)
         if column.null_count:
             first = int(np.argmax(np.asarray(column.is_null().to_numpy(zero_copy_only=False), bool)))
+            if self.reader.lines:
+                line, cells = _csv_line(self.path, first)
+                if cells is not None and not any(cell.strip() for cell in cells):
+                    raise DataError(f"{self.path.name}: line {line} holds nothing but separators (a blank row, as "
+                                    "spreadsheets export them): delete it.")  # fmt: skip
             cell = self._cell(j, first)
             what = "is empty" if not str(cell).strip() else f"is missing ({cell!r})"
             or_drop = f", or --drop {self.names[j]}" if droppable else ""
@@ -707,7 +712,7 @@ class _Columns:
         head: list = []
         with _open_text(self.path) as file:
             for cells in csv.reader(file):
-                if any(cell.strip() for cell in cells):
+                if cells:  # (as `_csv_line` counts them)
                     head.append(cells)
                 if len(head) > _HEAD_ROWS:
                     break
@@ -803,7 +808,7 @@ def _csv_line(path, row):
         reader = csv.reader(file)
         seen = -1
         for cells in reader:
-            if not any(cell.strip() for cell in cells):
+            if not cells:  # an empty line, which the parser skips (a line of commas is a row)
                 continue
             if seen == row:
                 return reader.line_num, cells

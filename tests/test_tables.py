@@ -144,6 +144,7 @@ REFUSED = {
     "a number with underscores": ("x,y\n1,1\n1_000,2\n3,3\n", {}, r"line 3, column 'x' holds '1_000', a number written as text"),
     "an accounting negative": ("x,y\n1.5,1\n(2.25),2\n3,3\n", {}, r"line 3, column 'x' holds '\(2.25\)', a number written as text"),
     "a negative weight": ("x,w,y\n1,1,1\n2,-0.5,2\n3,1,3\n", {"weight": "w"}, r"line 3, column 'w' holds '-0.5': a sample weight must be >= 0\.$"),
+    "a blank spreadsheet row": ("x,c,y\n1,a,1\n\n2,b,2\n,,\n", {}, r"t.csv: line 5 holds nothing but separators"),
     "a day that does not exist": ("d,y\n2024-01-01,1\n2019-02-29,2\n2024-01-03,3\n", {},
                                   r"line 3, column 'd' holds '2019-02-29', not a date \(.*--drop d\)\.$"),
     # Excel's export where the decimal separator is a comma: semicolons between the columns.
