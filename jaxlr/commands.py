@@ -311,7 +311,7 @@ def _refuse_what_does_not_apply(args):
     given = getattr(args, "given", set())
     unused = {
         "alpha": args.penalty == "none" and args.schedule != "optimal" and (
-            f"sets the penalty's strength, and --penalty is none (the default; scikit-learn's is l2): give "
+            "sets the penalty's strength, and --penalty is none (the default; scikit-learn's is l2): give "
             "--penalty l2, l1 or elasticnet"),
         "l1_ratio": args.penalty != "elasticnet" and (
             f"is the L1 share of --penalty elasticnet, and --penalty is {args.penalty}: give --penalty elasticnet"),
