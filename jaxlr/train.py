@@ -208,7 +208,8 @@ def fit(
             all updates (from update t0 on): averaged SGD.
         sample_weight: array of shape (n,): each row's weight in the loss.
         tol: stop once `n_iter_no_change` epochs in a row failed to lower the
-            epoch's mean loss by `tol` (or raise the validation R² by it).
+            epoch's mean loss by `tol` (or raise the validation R² by it);
+            at least 0, as scikit-learn's, and None for no such rule.
             With `tol`, each epoch's order is drawn on the device.
         n_iter_no_change: the patience of that rule.
         validation: (X_val, y_val), or (X_val, y_val, sample_weight_val), for
@@ -679,7 +680,8 @@ def _checked_settings(n: int, k: int, dtype, given: dict) -> _Settings:
     if schedule == "optimal" and alpha <= 0:
         raise ValueError(f"`alpha` (={alpha}) must be > 0 with schedule='optimal', which divides by it.")
     tol = given["tol"]
-    tol = -math.inf if tol is None else validate.check_real("tol", tol, low=-math.inf, low_open=True)
+    # (A tol below 0 would let the score fall and still count as a gain: refused, as scikit-learn does.)
+    tol = -math.inf if tol is None else validate.check_real("tol", tol, low=0.0, low_open=False)
     max_slope = given["max_slope"]
     max_slope = None if max_slope is None else validate.check_real("max_slope", max_slope, low=0.0)
     settings = _Settings(
@@ -966,8 +968,10 @@ def _sample_weights(sample_weight, n, dtype, name="`sample_weight`") -> np.ndarr
     weight = np.asarray(validate.as_array("sample_weight", sample_weight), dtype)
     if weight.shape != (n,):
         raise ValueError(f"{name} has shape {weight.shape}; it needs one weight per row, ({n},).")
-    if not np.all(np.isfinite(weight)) or np.any(weight < 0):
-        raise ValueError(f"{name} must be finite and >= 0.")
+    bad = np.flatnonzero(~(weight >= 0) | ~np.isfinite(weight))  # (NaN fails both)
+    if bad.size:
+        raise ValueError(f"{name} must be finite and >= 0: {bad.size} weight(s) are not, the first "
+                         f"{float(weight[bad[0]]):g} at row {bad[0]} (counting from 0).")  # fmt: skip
     if n and not np.any(weight > 0):
         raise ValueError(f"{name} is 0 for every one of the {n} rows: no row counts, so there is nothing to fit.")
     return weight
