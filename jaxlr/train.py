@@ -64,8 +64,9 @@ class FitResult(NamedTuple):
     epoch_losses: Any = None
 
 
-# A loss this many times above the run's reference (the larger of its first
-# loss and the loss of predicting zero for every row) counts as diverged: a run
+# A loss this many times above the run's reference (the largest of its first
+# loss and, over every row, the losses of predicting zero and of the starting
+# params) counts as diverged: a run
 # that is learning never gets there, and one that diverges can climb for many
 # steps in float32 before anything overflows.
 LOSS_GROWTH = 1e6
@@ -106,7 +107,8 @@ class TrainingDiverged(FloatingPointError):
             )
         what = "the loss or the parameters stopped being finite"
         if limit is not None:
-            what = f"the loss grew past {limit:.3g}, {LOSS_GROWTH:.0e} times its first value or that of predicting zero"
+            what = (f"the loss grew past {limit:.3g}, {LOSS_GROWTH:.0e} times the largest of its first value and "
+                    "those of predicting zero and of the starting params over every row")  # fmt: skip
         super().__init__(
             f"training diverged at epoch {epoch}, batch {batch}: {what} (last good loss: {last}). {advice}"
         )

@@ -376,6 +376,19 @@ def test_a_loss_that_grows_a_millionfold_but_stays_finite_is_divergence(engine):
     assert np.all(np.abs(np.asarray(error.params.w)) < 1e10)
 
 
+def test_the_growth_limit_is_the_one_the_message_names_and_prints():
+    # Starting params whose loss over every row (57.7) beats the first
+    # batch's (57.2) and predicting zero's (30.7): the reference is theirs.
+    X, y = jaxlr.synthetic_data(jax.random.key(0), 1000)
+    init = jaxlr.Params(w=jnp.full((2, 1), 3.0), b=jnp.zeros(1))
+    start = float(jaxlr.square_loss(jaxlr.net(init, X), y))
+    with pytest.raises(jaxlr.TrainingDiverged) as caught:
+        jaxlr.fit(X, y, key=jax.random.key(1), init=init, epochs=2, lr=0.9, batch_size=4)
+    said = str(caught.value)
+    assert f"grew past {jaxlr.train.LOSS_GROWTH * start:.3g}" in said
+    assert "the largest of its first value and those of predicting zero and of the starting params" in said
+
+
 @pytest.mark.parametrize("engine", ["fused", "loop"])
 def test_without_loss_growth_only_what_stops_being_finite_is_divergence(engine):
     # scikit-learn's rule (its SGDRegressor's): the same climb runs on until
