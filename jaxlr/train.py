@@ -1460,7 +1460,16 @@ class SweepResult(NamedTuple):
     diverged: jax.Array
 
 
-def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01, device=None, **settings) -> SweepResult:
+def _renamed(old_name: str, name: str, old_value, value):
+    """The value given under sweep's deprecated `old_name`, now `name`."""
+    if value is not None:
+        raise ValueError(f"give `{name}` or the old `{old_name}`, not both.")
+    warnings.warn(f"sweep's `{old_name}` is deprecated and will be removed in the next release; use `{name}`.",
+                  DeprecationWarning, stacklevel=3)  # fmt: skip
+    return old_value
+
+
+def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, init=None, smoothing=0.01, devices=None, **settings) -> SweepResult:
     """Trains one model per learning rate, all at once, as one compiled program.
 
     The runs share the key, so they see the same initial params and the same
@@ -1473,7 +1482,9 @@ def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01
     rate when it is built.
 
     Args:
-        X, y, key, epochs, batch_size, params, smoothing, device: as for `fit`.
+        X, y, key, epochs, batch_size, init, smoothing, devices: as for
+            `fit` (the old names `params` and `device` are deprecated, as
+            they are for `fit`).
         lrs: 1-D sequence of m learning rates, each finite and > 0.
 
     Returns:
@@ -1489,6 +1500,10 @@ def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01
         raise ValueError(f"`lrs` must be a non-empty 1-D sequence, got shape {rates.shape}.")
     if not (np.all(np.isfinite(rates)) and np.all(rates > 0)):
         raise ValueError(f"`lrs` must all be finite and > 0; got {rates[~(np.isfinite(rates) & (rates > 0))][:3]}.")
+    if "params" in settings:
+        init = _renamed("params", "init", settings.pop("params"), init)
+    if "device" in settings:
+        devices = _renamed("device", "devices", settings.pop("device"), devices)
     allowed = {"loss", "epsilon", "penalty", "alpha", "l1_ratio", "schedule", "power_t", "average", "sample_weight",
                "shuffle", "fit_intercept"}  # fmt: skip
     unknown = sorted(set(settings) - allowed)
@@ -1508,8 +1523,8 @@ def sweep(X, y, *, key, lrs, epochs=2, batch_size=4, params=None, smoothing=0.01
         raise TypeError(f"`X` (={validate._describe(X)}) is read from disk in chunks, and a sweep trains on rows in "
                         "memory: load it with np.asarray(X) (or train each rate with fit).")  # fmt: skip
     # `fit` checks and prepares everything (the rates are set below); the sweep then vmaps its program.
-    given = dict(key=key, epochs=epochs, lr=1.0, batch_size=batch_size, init=params,
-                 smoothing=smoothing, devices=device, **settings)  # fmt: skip
+    given = dict(key=key, epochs=epochs, lr=1.0, batch_size=batch_size, init=init,
+                 smoothing=smoothing, devices=devices, **settings)  # fmt: skip
     _, run, state, *_ = _prepare(X, y, **{**_FIT_DEFAULTS, **given})
     dtype = run.data.X.dtype
     if not _finite_in(rates, dtype):

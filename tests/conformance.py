@@ -309,7 +309,7 @@ def run_path(path: str, name: str, tmp_dir=None):
         lr = settings.pop("lr", BASE["lr"])
         for fixed in ("batch_size", "epochs"):
             settings.pop(fixed)
-        got = jaxlr.sweep(X, y, key=key, lrs=[lr], params=init, batch_size=BATCH, epochs=EPOCHS, **settings)
+        got = jaxlr.sweep(X, y, key=key, lrs=[lr], init=init, batch_size=BATCH, epochs=EPOCHS, **settings)
         return np.asarray(got.params.w[0]).ravel(), float(np.asarray(got.params.b[0])[0])
     else:
         raise KeyError(path)

@@ -575,6 +575,19 @@ def test_a_sweep_refuses_a_schedule_that_ignores_lr(schedule):
         jaxlr.sweep(X, X.sum(axis=1), key=jax.random.key(0), lrs=[0.01, 0.1], schedule=schedule)
 
 
+def test_a_sweep_takes_fits_names_for_the_start_and_the_devices():
+    X, y = jaxlr.synthetic_data(jax.random.key(0), 200)
+    init = jaxlr.Params(jnp.ones((2, 1)), jnp.zeros(1))
+    named = jaxlr.sweep(X, y, key=jax.random.key(1), lrs=[0.01, 0.1], init=init, devices="cpu")
+    np.testing.assert_array_equal(named.params.w[0], jaxlr.fit(X, y, key=jax.random.key(1), lr=0.01, init=init).params.w)
+    with pytest.warns(DeprecationWarning, match="sweep's `params` is deprecated"), \
+            pytest.warns(DeprecationWarning, match="sweep's `device` is deprecated"):  # fmt: skip
+        old = jaxlr.sweep(X, y, key=jax.random.key(1), lrs=[0.01, 0.1], params=init, device="cpu")
+    np.testing.assert_array_equal(old.params.w, named.params.w)
+    with pytest.raises(ValueError, match="give `init` or the old `params`, not both"):
+        jaxlr.sweep(X, y, key=jax.random.key(1), lrs=[0.01], params=init, init=init)
+
+
 def test_a_sweep_refuses_rows_read_from_disk_by_name(tmp_path):
     np.save(tmp_path / "X.npy", np.ones((20, 2), np.float32))
     with pytest.raises(TypeError, match=r"`X` \(=.*\) is read from disk in chunks, and a sweep trains on rows in memory"):
