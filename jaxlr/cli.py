@@ -330,7 +330,7 @@ def _parser():
     train.add_argument("--optimizer", choices=names.RULES, default="sgd",
                        help="the update rule")
     train.add_argument("--loss", choices=names.LOSSES, default="squared", help="the loss per example (see jaxlr.losses)")
-    train.add_argument("--epsilon", type=_nonnegative,
+    train.add_argument("--epsilon", type=_nonnegative, action=_Given,
                        help="margin of the huber and epsilon-insensitive losses, in the target's units (default: "
                        "{MARGIN_FRACTION} x the training target's standard deviation with --data, {MARGIN_FRACTION} "
                        "for the lesson's job)")  # fmt: skip

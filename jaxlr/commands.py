@@ -323,7 +323,7 @@ def _refuse_what_does_not_apply(args):
         "peer_timeout": not args.coordinator and "is how long processes wait for each other: give --coordinator",
     }  # fmt: skip
     for name, why in unused.items():
-        if why and (name in given or (name == "epsilon" and args.epsilon is not None)):
+        if why and name in given:
             raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)} {why}, or leave it out.")
 
 
@@ -573,11 +573,10 @@ def _solve(args):
     table, is_seed_job = _load(args)
     with _naming_columns(table):
         split = _Split(table, args, _key_words(args)[1], standardized=False)
-    table = table._replace(X=None, y=None, weight=None)
-    start = time.perf_counter()
-    # In float64 on the table as it is, then as the params of the standardized
-    # rows on the scaled target that the model file holds (see _model).
-    with _naming_columns(table):
+        table = table._replace(X=None, y=None, weight=None)
+        start = time.perf_counter()
+        # In float64 on the table as it is, then as the params of the standardized
+        # rows on the scaled target that the model file holds (see _model).
         params = split.scaler.to_standardized(Params(*least_squares(split.X, split.y_original, split.weight)))
     elapsed = time.perf_counter() - start
     model = _model(

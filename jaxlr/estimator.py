@@ -13,9 +13,9 @@ from typing import Any, Optional
 
 import jax
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning, DataConversionWarning
-from sklearn.utils import check_random_state
+from sklearn.utils import assert_all_finite, check_random_state
 from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
@@ -178,15 +178,25 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         return tags
 
     def __sklearn_clone__(self):
-        # JAX's devices cannot be copied, and need not be: they name the
-        # hardware, which a clone trains on too.
-        params = self.get_params(deep=False)
-        return type(self)(**{name: value if name == "devices" else clone(value, safe=False)
-                             for name, value in params.items()})  # fmt: skip
+        # JAX's devices cannot be deep-copied, as scikit-learn's clone copies
+        # parameters, and need not be: they name the hardware, which the
+        # clone shares. The rest (metadata requests, output settings) is
+        # scikit-learn's own clone's.
+        devices = self.devices
+        if _device_names(devices) is devices:  # no JAX device among them
+            return super().__sklearn_clone__()
+        self.devices = None
+        try:
+            twin = super().__sklearn_clone__()
+        finally:
+            self.devices = devices
+        twin.devices = devices
+        return twin
 
     def __getstate__(self):
         state = dict(super().__getstate__())  # (Python's own is the instance's __dict__ itself)
-        state["devices"] = _device_names(state.get("devices"))  # a pickle names them
+        # JAX's devices do not pickle: their platform and number do.
+        state["devices"] = _device_names(state.get("devices"))
         return state
 
     def __setstate__(self, state):
@@ -381,6 +391,7 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
             shift = getattr(self, "_shift", None)
             b = np.asarray(init.b, np.float64) - (0.0 if shift is None else shift)
             kept = state.params.w.dtype
+            _check_start_near(init.b, 0.0 if shift is None else shift, y, kept)
             state = state._replace(params=Params(*(core.on_device(np.asarray(p, kept)) for p in (init.w, b))))
             init = None
         if state is not None:
@@ -401,8 +412,8 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         if shift is not None:
             targets = targets - shift
             if init is not None:
-                init = Params(init.w, np.asarray(init.b, np.float64) - shift)
                 _check_start_near(init.b, shift, y, dtype)
+                init = Params(init.w, np.asarray(init.b, np.float64) - shift)
             if validation is not None:
                 validation = (validation[0], np.asarray(validation[1]).reshape(len(validation[1]), -1) - shift,
                               *validation[2:])  # fmt: skip
@@ -434,7 +445,9 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
                 state=state,
             )  # fmt: skip
         except TrainingDiverged as err:
-            raise ValueError(_OVERFLOW.format(epoch=err.epoch + 1)) from None
+            # Counted from this call's first epoch, as scikit-learn's are (partial_fit's is #1).
+            first = 0 if state is None else int(parallel.host_value(state.epoch))
+            raise ValueError(_OVERFLOW.format(epoch=err.epoch - first + 1)) from None
         except ValueError:
             with np.errstate(over="ignore"):
                 if not np.isfinite(np.asarray(self.eta0, dtype)):  # fit refuses a rate its precision cannot hold
@@ -460,7 +473,8 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         w, b = (np.array(p, X.dtype) for p in answer)  # writable copies, as scikit-learn's
         self.coef_ = w[:, 0] if self._one_output else np.ascontiguousarray(w.T)
         self.intercept_ = b.reshape(-1)
-        self._written = (self.coef_.copy(), self.intercept_.copy())  # to tell the caller's edits
+        # What training wrote: an edit made since is where scikit-learn's next call starts.
+        self._written = (self.coef_.copy(), self.intercept_.copy())
 
     def _edited_weights(self) -> Optional[Params]:
         """coef_ and intercept_ in the trained layout (d, k) and (k,) where
@@ -580,17 +594,17 @@ def _platform_devices(platform):
 
 
 def _check_start_near(b, shift, y, dtype):
-    """Refuses, naming y, a starting intercept too far from y's mean for
-    `dtype` to hold the distance (training in float32 starts from the
-    intercept less that mean, which must stay below the divergence bound).
-    Targets beyond `dtype` itself are left for `fit`, which names their row."""
+    """Refuses a starting intercept `b` too far from y's mean `shift` for
+    `dtype` to hold the distance: training in float32 starts from their
+    difference, which must stay below the divergence bound. Targets beyond
+    `dtype` itself are left for `fit`, which names their row."""
     bound = float(np.sqrt(np.finfo(dtype).max))
-    far = np.max(np.abs(b))
+    far = np.max(np.abs(np.asarray(b, np.float64) - shift))
     if not far <= bound and np.all(np.abs(y) <= np.finfo(dtype).max):
         raise ValueError(
-            f"`y` averages {float(np.max(np.abs(shift))):.3g}: training in {np.dtype(dtype).name} starts the "
-            f"intercept {far:.3g} from that, beyond the {bound:.2g} it holds. Rescale y, pass an intercept_init "
-            "near its mean, or compute in float64 (jax.config.update('jax_enable_x64', True))."
+            f"the intercept starts {far:.3g} from the mean of `y` ({float(np.max(np.abs(shift))):.3g} in size), "
+            f"beyond the {bound:.2g} that training in {np.dtype(dtype).name} holds. Start it nearer (intercept_init, "
+            "or intercept_ set by hand), rescale y, or compute in float64 (jax.config.update('jax_enable_x64', True))."
         )
 
 
@@ -603,6 +617,7 @@ def _as_targets(y):
             y = y.astype(np.float64)
         except ValueError as err:
             raise ValueError(f"`y` holds text that is not a number ({err}).") from None
+        assert_all_finite(y, input_name="y")  # as scikit-learn's check of numbers says it, before any mean of them
     if y.ndim == 2 and y.shape[1] == 1:
         warnings.warn(
             "A column-vector y was passed when a 1d array was expected. Please change the shape of y to "

@@ -38,11 +38,12 @@ class Standardizer(NamedTuple):
             y: array of shape (n, k), needed when `target` is set.
             features: True (or "scale") standardizes the features, "center"
                 only subtracts their means, False leaves them as they are.
-                A column of zeros and ones (one-hot, or a flag) is only
-                centred: divided by its spread, the value of a category few
+                A column of two values (one-hot, or a flag however coded:
+                0/1, 0/2, -1/+1) is divided by the distance between them,
+                not by its spread: divided by its spread, the value that few
                 rows hold would stand about sqrt(n / rows) from zero, and so
                 would SGD's steps on those rows (scikit-learn's recipes
-                leave such columns unscaled too).
+                leave one-hot columns unscaled, as this does 0/1 ones).
                 Centring alone is what float32 training needs of columns
                 far from zero (a timestamp near 1.7e9 rounds to a multiple
                 of 128 in float32; its distance from the mean does not).
@@ -58,7 +59,8 @@ class Standardizer(NamedTuple):
             # In float64, a block of rows at a time: no float64 copy of a large table.
             x_mean, spread = _moments(X, "X")
             if features != "center":
-                x_scale = np.where(_indicators(X), 1.0, spread)
+                two_valued, distance = _two_valued(X)
+                x_scale = np.where(two_valued, distance, spread)
         k = 1 if y is None else np.asarray(y).reshape(len(X), -1).shape[1]
         y_mean, y_scale = np.zeros(k), np.ones(k)
         if target is not None:
@@ -126,15 +128,18 @@ _QR_ROWS = 2048
 _GRAM_CONDITION = 1e8
 
 
-def _indicators(A: np.ndarray) -> np.ndarray:
-    """Which columns hold nothing but zeros and ones, a block of rows at a time."""
-    found = np.ones(A.shape[1], bool)
+def _two_valued(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which columns hold exactly two distinct values, and the distance
+    between each column's least and largest value; a block of rows at a time."""
+    low = np.min(A, axis=0).astype(np.float64) if A.shape[0] else np.zeros(A.shape[1])
+    high = np.max(A, axis=0).astype(np.float64) if A.shape[0] else np.zeros(A.shape[1])
+    found = high > low
     for i in range(0, A.shape[0], _BLOCK_ROWS):
-        block = A[i : i + _BLOCK_ROWS]
-        found &= np.all((block == 0) | (block == 1), axis=0)
         if not found.any():
             break
-    return found
+        block = A[i : i + _BLOCK_ROWS]
+        found &= np.all((block == low) | (block == high), axis=0)
+    return found, high - low
 
 
 def _moments(A: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import itertools
 import re
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -366,6 +367,7 @@ class _Columns:
         self.path, self.reader, self.arrow = path, reader, arrow
         self.names = arrow.column_names
         self.rows = arrow.num_rows
+        self._text_dates: dict = {}  # column -> its dates written as text, read (see `_dates`)
         unnamed = [j + 1 for j, name in enumerate(self.names) if not name and j > 0]
         if unnamed or (len(self.names) == 1 and not self.names[0]):
             raise DataError(f"{path.name}: the header row names no column {', '.join(map(str, unnamed or [1]))} "
@@ -395,10 +397,10 @@ class _Columns:
         if features is not None:
             requested = [_column_index(path, names, name, "feature") for name in features]
             requested = _feature_columns(path, names, target_index, requested, None, weight_index)
-            for j, option in [(j, "categorical") for j in sorted(forced)] + [(j, "drop") for j in sorted(dropped)]:
-                if j not in requested:
-                    raise DataError(f"column {names[j]!r} is named in `{option}` but not in `features`, which lists "
-                                    "every feature: add it there, or leave it out of both.")  # fmt: skip
+            # (A column dropped that `features` leaves out is left out as asked.)
+            for j in sorted(forced - set(requested)):
+                raise DataError(f"column {names[j]!r} is named in `categorical` but not in `features`, which lists "
+                                "every feature: add it there, or leave it out of both.")  # fmt: skip
         steps, report = [], list(self.unnamed)
         candidates = requested if requested is not None else [j for j in range(len(names)) if j not in (target_index, weight_index)]
         for j in candidates:
@@ -661,24 +663,34 @@ class _Columns:
         return np.concatenate([_numpy(c, np.float64) for c in column.cast(pa.int64()).chunks]) / per_day
 
     def _dates(self, j):
-        """Column j, dates and times written as YYYY-MM-DD[ HH:MM[:SS]] text,
-        as timestamps; a cell that is no date (2019-02-29) is named by its line."""
+        """Column j, dates and times written as ISO 8601 text (YYYY-MM-DD,
+        a time, a zone), as UTC timestamps, as the CSV reader reads them;
+        a cell that is no date (2019-02-29) is named by its line. Read once:
+        judging the column and encoding it both ask."""
+        if j in self._text_dates:
+            return self._text_dates[j]
         import datetime
 
         pa = _pyarrow()
         column = self.arrow.column(j)
-        try:
-            return column.cast(pa.timestamp("us"))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            pass
-        stamps = []
+        for kind in (pa.timestamp("us"), pa.timestamp("us", tz="UTC")):  # without zones, then with
+            try:
+                self._text_dates[j] = column.cast(kind).cast(pa.timestamp("us"))
+                return self._text_dates[j]
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass
+        stamps = []  # zones on some cells only, or a cell that is no date: cell by cell
         for i, cell in enumerate(column.to_pylist()):
             try:
-                stamps.append(None if cell is None else datetime.datetime.fromisoformat(cell.strip()))
+                stamp = None if cell is None else datetime.datetime.fromisoformat(cell.strip())
             except ValueError:
-                raise DataError(f"{self._where(i)}, column {self.names[j]!r} holds {cell!r}, not a date (the "
-                                f"column's other cells are dates; fix it, or --drop {self.names[j]}).") from None  # fmt: skip
-        return pa.chunked_array([pa.array(stamps, pa.timestamp("us"))])
+                raise DataError(f"{self._where(i)}, column {self.names[j]!r} holds {cell!r}, which is not a date "
+                                f"(YYYY-MM-DD, with a time or not); fix it, or --drop {self.names[j]}.") from None  # fmt: skip
+            if stamp is not None and stamp.tzinfo is not None:
+                stamp = stamp.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+            stamps.append(stamp)
+        self._text_dates[j] = pa.chunked_array([pa.array(stamps, pa.timestamp("us"))])
+        return self._text_dates[j]
 
     def _no_nulls(self, j, droppable=True):
         """Refuses a missing cell in column j; `droppable`: a feature, which --drop may leave out (not the
@@ -708,15 +720,12 @@ class _Columns:
 
     @functools.cached_property
     def _head(self) -> list:
-        """The first `_HEAD_ROWS` data rows of a text file, as their cells are written."""
-        head: list = []
-        with _open_text(self.path) as file:
-            for cells in csv.reader(file):
-                if cells:  # (as `_csv_line` counts them)
-                    head.append(cells)
-                if len(head) > _HEAD_ROWS:
-                    break
-        return head[1:]  # after the header
+        """The cells of the first `_HEAD_ROWS` data rows of a text file, as written."""
+        rows = _csv_rows(self.path)
+        try:
+            return [cells for _, cells in itertools.islice(rows, 1, _HEAD_ROWS + 1)]  # after the header
+        finally:
+            rows.close()
 
     def _cell(self, j, row):
         """The cell as written in the file (a text file's own text), for messages."""
@@ -771,7 +780,7 @@ _NUMBER_LIKE = re.compile(
 _HEXADECIMAL = re.compile(r"^\s*[+-]?0[xX][0-9a-fA-F]+\s*$")
 _HEAD_ROWS = 100  # the rows read again as written, for what pyarrow's reading hides (hexadecimal)
 # Dates and times as the CSV reader reads them (ISO 8601), when they come as text.
-_ISO_DATE = re.compile(r"^\s*\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*$")
+_ISO_DATE = re.compile(r"^\s*\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?\s*$")
 _ISO_DAY = re.compile(r"^\s*\d{4}-\d{2}-\d{2}\s*$")
 _MONTH = r"(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?"
 _DATE_LIKE = re.compile(
@@ -802,18 +811,23 @@ def _open_text(path):
     return io.TextIOWrapper(stream, encoding="utf-8-sig", newline="", errors="replace")
 
 
-def _csv_line(path, row):
-    """(the file's line, the cells) of data row `row` (from 0), counting blank lines as the file does."""
+def _csv_rows(path):
+    """(line, cells) of each row of a text file, the header first, as the
+    parser counts rows: it skips empty lines, and a line of commas is a row."""
     with _open_text(path) as file:
         reader = csv.reader(file)
-        seen = -1
         for cells in reader:
-            if not cells:  # an empty line, which the parser skips (a line of commas is a row)
-                continue
-            if seen == row:
-                return reader.line_num, cells
-            seen += 1
-    return None, None
+            if cells:
+                yield reader.line_num, cells
+
+
+def _csv_line(path, row):
+    """(the file's line, the cells) of data row `row` (from 0)."""
+    rows = _csv_rows(path)
+    try:
+        return next(itertools.islice(rows, row + 1, None), (None, None))
+    finally:
+        rows.close()
 
 
 def _csv_problem(path):

@@ -240,7 +240,6 @@ UNUSED = {  # an option given where it sets nothing: refused by name, with what 
     "--chunk-mb 8": "--chunk-mb 8 sets the size of the chunks --stream reads: give --stream",
     "--peer-timeout 5": "--peer-timeout 5.0 is how long processes wait for each other: give --coordinator",
     "--features a --categorical label": "column 'label' is named in --categorical but not in --features",
-    "--features a --drop b": "column 'b' is named in --drop but not in --features",
 }
 APPLIES = ["--alpha 10 --penalty l2", "--alpha 0.1 --schedule optimal", "--l1-ratio 0.9 --penalty elasticnet",
            "--power-t 0.9 --schedule invscaling", "--epsilon 0.5 --loss huber", "--peer-timeout 5 --coordinator h:1"]

@@ -79,17 +79,26 @@ def test_the_defaults_train_a_table_with_a_category_that_one_row_holds(tmp_path,
     (tmp_path / "t.csv").write_text("sqft,city,price\n" + "".join(f"{a},{c},{p:.2f}\n" for a, c, p in zip(sqft, city, price)))
     assert cli.main(["train", "--data", str(tmp_path / "t.csv"), "--target", "price", "--json", "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["val_r2"] > 0.99
+    # A flag that one row holds, coded -1/+1 (a 0/1 one-hot column comes of the text above).
+    flag = np.where(np.arange(n) == 123, 1, -1)
+    (tmp_path / "f.csv").write_text("sqft,flag,price\n" + "".join(f"{a},{f},{p:.2f}\n" for a, f, p in zip(sqft, flag, price)))
+    assert cli.main(["train", "--data", str(tmp_path / "f.csv"), "--target", "price", "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["val_r2"] > 0.6
 
 
-def test_columns_of_zeros_and_ones_are_centred_not_scaled():
-    X = np.zeros((1000, 3))
+def test_columns_of_two_values_are_scaled_by_their_distance_not_their_spread():
+    X = np.zeros((1000, 5))
     X[5, 0] = 1.0  # a rare category
     X[::2, 1] = 1.0  # a balanced flag
-    X[5, 2] = 2.0  # not an indicator: scaled
+    X[5, 2] = 2.0  # a rare flag coded 0/2
+    X[:, 3], X[7, 3] = -1.0, 1.0  # and one coded -1/+1
+    X[5, 4], X[6, 4] = 1.0, 2.0  # three values: scaled by its spread
     scaler = jaxlr.Standardizer.fit(X)
-    np.testing.assert_array_equal(scaler.x_scale[:2], [1.0, 1.0])
-    np.testing.assert_allclose(scaler.x_mean, [0.001, 0.5, 0.002])
-    assert scaler.x_scale[2] == pytest.approx(X[:, 2].std())
+    np.testing.assert_array_equal(scaler.x_scale[:4], [1.0, 1.0, 2.0, 2.0])
+    np.testing.assert_allclose(scaler.x_mean[:4], [0.001, 0.5, 0.002, -0.998])
+    assert scaler.x_scale[4] == pytest.approx(X[:, 4].std())
+    # So the rare rows stand within 1 of zero once standardized, however the flag is coded.
+    assert np.abs(scaler.transform(X)[:, :4]).max() <= 1.0
 
 
 def test_a_model_worse_than_the_mean_is_one_warning_line_that_says_what_to_try(tmp_path, cache_dir):

@@ -188,8 +188,14 @@ def test_dates_as_text_in_parquet_are_read_as_a_csv_reads_them(tmp_path):
     np.testing.assert_array_equal(again.X, from_csv.X)
     frame.loc[4, "d"] = "2019-02-29"
     frame.to_parquet(tmp_path / "bad.parquet")
-    with pytest.raises(DataError, match=r"row 4 \(counting from 0\), column 'd' holds '2019-02-29', not a date"):
+    with pytest.raises(DataError, match=r"row 4 \(counting from 0\), column 'd' holds '2019-02-29', which is not a date"):
         load_table(tmp_path / "bad.parquet", target="y")
+    # Zones, as the CSV reader takes them: the times in UTC.
+    zoned = pd.DataFrame({"d": ["2020-01-01T12:00:00Z", "2020-01-01T12:00:00+02:00", "2020-01-02"], "y": [1.0, 2, 3]})
+    zoned.to_csv(tmp_path / "z.csv", index=False)
+    zoned.to_parquet(tmp_path / "z.parquet")
+    np.testing.assert_array_equal(load_table(tmp_path / "z.parquet", target="y").X[:, 0], [18262.5, 18262 + 10 / 24, 18263])
+    np.testing.assert_array_equal(load_table(tmp_path / "z.csv", target="y").X[:, 0], [18262.5, 18262 + 10 / 24, 18263])
 
 
 def test_a_column_whose_text_comes_after_the_first_block_is_judged_as_text(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("sklearn")
+import sklearn  # noqa: E402
 from sklearn.datasets import load_diabetes  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning, DataConversionWarning  # noqa: E402
 from sklearn.linear_model import SGDRegressor as SklearnSGDRegressor  # noqa: E402
@@ -149,16 +150,29 @@ def test_targets_written_as_text_are_read_as_numbers_as_scikit_learn_reads_them(
         jaxlr.SGDRegressor(**settings).fit(X, y).partial_fit(X, text)
     with pytest.raises(ValueError, match="`y` holds text that is not a number"):
         jaxlr.SGDRegressor().fit(X, np.array(["a"] * len(y)))
+    with pytest.raises(ValueError, match="Input y contains NaN"):  # as scikit-learn says it of numbers
+        jaxlr.SGDRegressor().fit(X, np.where(np.arange(len(y)) == 3, "nan", y.astype(str)))
 
 
 @pytest.mark.skipif(jax.config.jax_enable_x64, reason="float32 training")
-@pytest.mark.parametrize("call", ["fit", "partial_fit"])
-def test_a_target_mean_beyond_float32s_intercept_is_refused_naming_y(call):
+@pytest.mark.parametrize("call", ["fit", "partial_fit", "edited, warm fit", "edited, partial_fit"])
+def test_an_intercept_starting_beyond_float32s_reach_of_ys_mean_is_refused_as_such(call):
     X = np.random.RandomState(0).randn(200, 3)
-    y = 2e19 + 1e18 * (X @ [1.0, 2.0, 3.0])
-    with pytest.raises(ValueError, match=r"`y` averages 1.95e\+19: training in float32 starts the intercept"):
-        getattr(jaxlr.SGDRegressor(), call)(X, y)
-    jaxlr.SGDRegressor(max_iter=2, tol=None).fit(X, y, intercept_init=2e19)  # a start near it trains
+    y = X @ [1.0, 2.0, 3.0] + (2e19 if call in ("fit", "partial_fit") else 5.0)
+    model = jaxlr.SGDRegressor(warm_start=True, max_iter=2, tol=None)
+    if call.startswith("edited"):
+        model.fit(X, y).intercept_ = np.array([1e20])  # it was the overflow of epoch #20, or blamed y
+    with pytest.raises(ValueError, match=r"the intercept starts (2e\+19|1e\+20) from the mean of `y`"):
+        (model.partial_fit if call.endswith("partial_fit") else model.fit)(X, y)
+    jaxlr.SGDRegressor(max_iter=2, tol=None).fit(X, y, intercept_init=np.mean(y))  # a start near it trains
+
+
+def test_partial_fit_names_its_own_epoch_when_it_overflows():
+    X = np.random.RandomState(0).randn(200, 3)
+    model = jaxlr.SGDRegressor(random_state=0).fit(X, X.sum(axis=1))
+    model.partial_fit(X, X.sum(axis=1))
+    with pytest.raises(ValueError, match=r"overflow occurred at epoch #1\."):
+        model.set_params(eta0=100.0, learning_rate="constant").partial_fit(X * 1e10, X.sum(axis=1))
 
 
 @pytest.mark.parametrize("devices", ["a device", "a list of devices"])
@@ -179,6 +193,10 @@ def test_a_model_placed_on_devices_clones_pickles_and_cross_validates(diabetes, 
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(model)).partial_fit(X, y).coef_,
                                   clone(model).fit(X, y).partial_fit(X, y).coef_)  # fmt: skip
     assert cross_val_score(model, X, y, cv=2).shape == (2,)
+    # The rest of scikit-learn's clone stays: a routed fit request, for one.
+    with sklearn.config_context(enable_metadata_routing=True):
+        requested = clone(jaxlr.SGDRegressor(devices=devices).set_fit_request(sample_weight=True))
+        assert requested.get_metadata_routing().fit.requests["sample_weight"] is True and requested.devices == devices
     # A pickle naming a device this process lacks trains on the default one, and says so.
     state = {**model.__getstate__(), "devices": estimator._DeviceName(("gpu", 7))}
     with pytest.warns(UserWarning, match="`devices` named gpu device 7, which this process lacks"):

@@ -146,7 +146,7 @@ REFUSED = {
     "a negative weight": ("x,w,y\n1,1,1\n2,-0.5,2\n3,1,3\n", {"weight": "w"}, r"line 3, column 'w' holds '-0.5': a sample weight must be >= 0\.$"),
     "a blank spreadsheet row": ("x,c,y\n1,a,1\n\n2,b,2\n,,\n", {}, r"t.csv: line 5 holds nothing but separators"),
     "a day that does not exist": ("d,y\n2024-01-01,1\n2019-02-29,2\n2024-01-03,3\n", {},
-                                  r"line 3, column 'd' holds '2019-02-29', not a date \(.*--drop d\)\.$"),
+                                  r"line 3, column 'd' holds '2019-02-29', which is not a date \(YYYY-MM-DD, .*--drop d\.$"),
     # Excel's export where the decimal separator is a comma: semicolons between the columns.
     "semicolons and decimal commas": ("sqm;y\n168,2;1883865,04\n100,5;200000,5\n", {},
                                       r"line 2 has 3 fields but the header has 1 \(the file separates its columns with semicolons, "
