@@ -397,10 +397,11 @@ class _Columns:
         if features is not None:
             requested = [_column_index(path, names, name, "feature") for name in features]
             requested = _feature_columns(path, names, target_index, requested, None, weight_index)
-            # (A column dropped that `features` leaves out is left out as asked.)
-            for j in sorted(forced - set(requested)):
-                raise DataError(f"column {names[j]!r} is named in `categorical` but not in `features`, which lists "
-                                "every feature: add it there, or leave it out of both.")  # fmt: skip
+            # (A column dropped that `features` leaves out is left out, as asked.)
+            unlisted = sorted(forced - set(requested))
+            if unlisted:
+                raise DataError(f"column {names[unlisted[0]]!r} is named in `categorical` but not in `features`, "
+                                "which lists every feature: add it there, or leave it out of both.")  # fmt: skip
         steps, report = [], list(self.unnamed)
         candidates = requested if requested is not None else [j for j in range(len(names)) if j not in (target_index, weight_index)]
         for j in candidates:

@@ -66,9 +66,8 @@ class FitResult(NamedTuple):
 
 # A loss this many times above the run's reference (the largest of its first
 # loss and, over every row, the losses of predicting zero and of the starting
-# params) counts as diverged: a run
-# that is learning never gets there, and one that diverges can climb for many
-# steps in float32 before anything overflows.
+# params) counts as diverged: a run that is learning never gets there, and one
+# that diverges can climb for many steps in float32 before anything overflows.
 LOSS_GROWTH = 1e6
 
 
