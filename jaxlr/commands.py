@@ -534,6 +534,9 @@ def _streamed(args):
             raise UsageError(f"--stream needs --features as 0-based column indices, got {args.features!r}.")
         features = [int(f) for f in features]
     stream = NpyStream(args.data, target=int(args.target), features=features, chunk_bytes=args.chunk_mb << 20)
+    if args.x64 and np.dtype(stream.dtype).itemsize < 8:
+        raise UsageError(f"--x64 computes in float64, but a stream trains in its file's precision, and {args.data} holds "
+                         f"{np.dtype(stream.dtype).name}: save it as float64, or leave --x64 out.")  # fmt: skip
     chunk_rows = max(1, (args.chunk_mb << 20) // stream.row_bytes)
 
     def chunks():

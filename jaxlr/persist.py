@@ -98,9 +98,12 @@ def atomic_write(path, write):
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(temporary):
             os.unlink(temporary)
+        if isinstance(err, OSError) and err.filename is None and err.errno is not None:
+            # A full disk says so without naming the file: name the one being written.
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
     _fsync_directory(directory)
 

@@ -140,3 +140,17 @@ def test_one_file_for_two_outputs_is_refused_before_any_work(tmp_path):
                    "--plot", "s.png", cwd=tmp_path, cache_dir=tmp_path / "cache")  # fmt: skip
     one_error(done, "--plot 's.png' is also the --save file")
     assert not (tmp_path / "s.png").exists()
+
+
+def test_a_full_disk_names_the_file_it_could_not_write_and_leaves_nothing(tmp_path):
+    import errno
+
+    from jaxlr.persist import atomic_write
+
+    def full(file):
+        file.write(b"part")
+        raise OSError(errno.ENOSPC, "No space left on device")  # as the kernel says it: no file named
+
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        atomic_write(tmp_path / "m.npz", full)
+    assert caught.value.filename == str(tmp_path / "m.npz") and list(tmp_path.iterdir()) == []
