@@ -367,6 +367,8 @@ def _train(args):
         # One process or many, the same split, scaling and start: every
         # process reads the whole table and makes the same choices.
         table, is_seed_job = _load(args)
+        if mesh is not None:
+            _same_rows_everywhere(table)
         with _naming_columns(table):
             split = _Split(table, args, split_words)
         table = table._replace(X=None, y=None, weight=None)  # the split holds what training needs
@@ -484,12 +486,37 @@ def _scale_out(args):
     sys.stdout.flush()
     sys.stdout = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), 1)
-    parallel.initialize(args.coordinator, args.num_processes, args.process_id, timeout=args.peer_timeout)
+    parallel.initialize(args.coordinator, args.num_processes, args.process_id, timeout=args.peer_timeout,
+                        settings=_shared_settings(args))  # fmt: skip
     if args.process_id != 0:  # process 0 speaks for the run; the others say only their errors
         cli._speaks, args.quiet = False, True
     import jax
 
     return parallel.data_mesh(jax.devices())
+
+
+# What each process may set its own way: where it finds the table (its rows
+# are compared once read), its output, and how it reaches process 0.
+_OWN_SETTINGS = {"data", "save", "quiet", "json", "no_cache", "plot", "coordinator", "process_id", "peer_timeout",
+                 "given", "defaulted", "read_ahead"}  # fmt: skip
+
+
+def _same_rows_everywhere(table):
+    """Refuses a run whose processes read different tables: each would train on rows the others do not know."""
+    from jaxlr import parallel
+    from jaxlr.train import data_digest
+
+    differing = parallel.differing_processes(data_digest((table.X, table.y), table.weight))
+    if differing:
+        raise DataError(
+            f"process{'es' * (len(differing) > 1)} {', '.join(map(str, differing))} read another table from --data than process 0 "
+            "(its rows, targets or weights differ): give every process the same table."
+        )
+
+
+def _shared_settings(args):
+    """The options every process of a run must share, as `--name: value`."""
+    return {f"--{name.replace('_', '-')}": value for name, value in vars(args).items() if name not in _OWN_SETTINGS}
 
 
 class _Whole:

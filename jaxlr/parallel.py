@@ -8,6 +8,7 @@ each process contributes only its own rows, and every process runs the same
 program on the global arrays.
 """
 
+import json
 import math
 import socket
 import time
@@ -98,7 +99,7 @@ def _local(array):
 # ------------------------------------------------------------------ several processes
 
 
-def initialize(coordinator, num_processes, process_id, *, timeout=60.0):
+def initialize(coordinator, num_processes, process_id, *, timeout=60.0, settings=None):
     """Joins this process to a multi-process JAX run (`jax.distributed.initialize`).
 
     On CPUs the processes exchange gradients through gloo; on GPUs JAX uses
@@ -111,10 +112,15 @@ def initialize(coordinator, num_processes, process_id, *, timeout=60.0):
         num_processes: how many processes take part.
         process_id: this process's index, from 0 to num_processes - 1.
         timeout: seconds to wait for the other processes.
+        settings: what must be the same in every process, by name, as a
+            dict of values JSON can write (e.g. a command's options). Process
+            0 compares every process's with its own.
 
     Raises:
         TimeoutError: not every process arrived in time; the message names
             the missing ones (or the coordinator).
+        ValueError: a process was started with other settings than process
+            0; every process raises it, naming the first setting that differs.
     """
     num_processes = validate.check_int("num_processes", num_processes, low=1)
     process_id = validate.check_int(
@@ -125,7 +131,7 @@ def initialize(coordinator, num_processes, process_id, *, timeout=60.0):
     if not host or not port.isdigit():
         raise ValueError(f"`coordinator` (={coordinator!r}) must be HOST:PORT, e.g. 10.0.0.1:4321.")
     if num_processes > 1:
-        meet(host, int(port), num_processes, process_id, timeout)
+        meet(host, int(port), num_processes, process_id, timeout, settings)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=coordinator, num_processes=num_processes, process_id=process_id,
@@ -133,23 +139,28 @@ def initialize(coordinator, num_processes, process_id, *, timeout=60.0):
     )  # fmt: skip
 
 
-def meet(host, port, num_processes, process_id, timeout):
+def meet(host, port, num_processes, process_id, timeout, settings=None):
     """Waits until every process of the run has reached process 0 at host:port.
 
-    Process 0 listens; every other process connects, says who it is, and
-    waits for the word to go. When `timeout` runs out first, every process
-    that can raises TimeoutError naming the processes that did not come.
-    The port is let go before JAX's coordination service takes it.
+    Process 0 listens; every other process connects, says who it is and
+    what its settings are, and waits for the word to go. When `timeout`
+    runs out first, every process that can raises TimeoutError naming the
+    processes that did not come; when a process's settings differ from
+    process 0's, every process raises ValueError naming the first that
+    differs (runs that differ would train different models, or wait for
+    each other's steps forever). The port is let go before JAX's
+    coordination service takes it.
     """
     deadline = time.monotonic() + timeout
+    settings = json.dumps(settings or {}, sort_keys=True)
     if process_id == 0:
-        _gather(port, num_processes, deadline, timeout, f"{host}:{port}")
+        _gather(port, num_processes, deadline, timeout, f"{host}:{port}", settings)
     else:
-        _report_to(host, port, num_processes, process_id, deadline, timeout)
+        _report_to(host, port, num_processes, process_id, deadline, timeout, settings)
 
 
-def _gather(port, num_processes, deadline, timeout, address):
-    arrived = {}
+def _gather(port, num_processes, deadline, timeout, address, settings):
+    arrived, settings_of, ours = {}, {}, json.loads(settings)
     with socket.create_server(("", port)) as server:
         try:
             while len(arrived) < num_processes - 1:
@@ -163,11 +174,12 @@ def _gather(port, num_processes, deadline, timeout, address):
                     break
                 peer.settimeout(max(1.0, left))
                 try:
-                    words = peer.makefile("r").readline().split()
-                except OSError:
-                    peer.close()
+                    words = peer.makefile("r").readline().split(maxsplit=3)
+                    theirs = json.loads(words[3])
+                except (OSError, IndexError, ValueError):
+                    peer.close()  # gone, or not one of ours
                     continue
-                if len(words) != 3 or words[0] != "jaxlr" or not all(w.isdigit() for w in words[1:]):
+                if words[0] != "jaxlr" or not all(w.isdigit() for w in words[1:3]) or not isinstance(theirs, dict):
                     peer.close()  # not one of ours
                     continue
                 count, who = int(words[1]), int(words[2])
@@ -176,9 +188,16 @@ def _gather(port, num_processes, deadline, timeout, address):
                     peer.close()
                     problem = "says --num-processes " + str(count) if count != num_processes else "came twice"
                     raise ValueError(f"process {who} {problem}; process 0 runs {num_processes} processes.")
-                arrived[who] = peer
+                arrived[who], settings_of[who] = peer, theirs
             missing = [i for i in range(1, num_processes) if i not in arrived]
-            word = b"go\n" if not missing else ("missing " + ",".join(map(str, missing)) + "\n").encode()
+            differing = next((_differing(who, settings_of[who], ours) for who in sorted(arrived)
+                              if settings_of[who] != ours), None)  # fmt: skip
+            if differing:
+                word = f"refused {differing}\n".encode()
+            elif missing:
+                word = ("missing " + ",".join(map(str, missing)) + "\n").encode()
+            else:
+                word = b"go\n"
             for peer in arrived.values():
                 peer.sendall(word)
             for peer in arrived.values():  # they hang up first: the port is free at once
@@ -190,6 +209,8 @@ def _gather(port, num_processes, deadline, timeout, address):
         finally:
             for peer in arrived.values():
                 peer.close()
+    if differing:
+        raise ValueError(differing)
     if missing:
         raise TimeoutError(
             f"process(es) {_names(missing)} of {num_processes} did not join the run at {address} within "
@@ -198,7 +219,25 @@ def _gather(port, num_processes, deadline, timeout, address):
         )
 
 
-def _report_to(host, port, num_processes, process_id, deadline, timeout):
+def _differing(who, theirs, ours):
+    """What tells process `who`'s settings from process 0's: the first that differs."""
+    name = next(name for name in sorted(theirs.keys() | ours.keys()) if theirs.get(name) != ours.get(name))
+    return (f"process {who} was started with {_setting(name, theirs)}, process 0 with {_setting(name, ours)}: "
+            "start every process with the same settings.")  # fmt: skip
+
+
+def _setting(name, settings):
+    if name not in settings:
+        return f"no {name}"
+    value = settings[name]
+    if isinstance(value, bool):
+        return name if value else f"no {name}"
+    if isinstance(value, list):
+        value = ",".join(map(str, value))
+    return f"{name} {value}"
+
+
+def _report_to(host, port, num_processes, process_id, deadline, timeout, settings):
     address = f"{host}:{port}"
     while True:
         try:
@@ -212,7 +251,7 @@ def _report_to(host, port, num_processes, process_id, deadline, timeout):
                 ) from None
             time.sleep(0.1)
     with connection:
-        connection.sendall(f"jaxlr {num_processes} {process_id}\n".encode())
+        connection.sendall(f"jaxlr {num_processes} {process_id} {settings}\n".encode())
         # Process 0 answers by its own deadline; allow for its later start.
         connection.settimeout(timeout + 10.0)
         try:
@@ -221,6 +260,8 @@ def _report_to(host, port, num_processes, process_id, deadline, timeout):
             word = ""
     if word == "go":
         return
+    if word.startswith("refused "):
+        raise ValueError(word.removeprefix("refused "))
     if word.startswith("missing "):
         missing = [int(i) for i in word.split()[1].split(",")]
         raise TimeoutError(
@@ -228,6 +269,15 @@ def _report_to(host, port, num_processes, process_id, deadline, timeout):
             f"process 0's {timeout:g} s."
         )
     raise ValueError(f"process 0 at {address} refused process {process_id} or went away; see its error.")
+
+
+def differing_processes(digest):
+    """The processes whose `digest` (hex text of a fixed length) is not process 0's; every process learns the same."""
+    from jax.experimental import multihost_utils
+
+    words = np.frombuffer(bytes.fromhex(digest), np.uint8)
+    every = np.asarray(multihost_utils.process_allgather(words))
+    return [i for i in range(1, every.shape[0]) if not np.array_equal(every[i], every[0])]
 
 
 def _names(ids):

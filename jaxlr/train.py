@@ -412,7 +412,7 @@ def _prepare(  # fmt: skip
         saving = _Saving(
             directory=Path(checkpoint), every=every, key_words=key_words(key), keepers=keepers,
             settings={"examples": n, "features": d, "outputs": k, **settings.identity(),
-                      "data": _data_digest(stream if stream is not None else (X, y), weight),
+                      "data": data_digest(stream if stream is not None else (X, y), weight),
                       "init": None if init is None and "params" not in deprecated else _digest_arrays(params),
                       # (only when given: the names of runs started afresh stay those they were)
                       **({} if given_state is None else {"state": _digest_arrays(state)}),
@@ -1211,7 +1211,7 @@ def _digest_arrays(arrays) -> str:
     return digest.hexdigest()
 
 
-def _data_digest(data, weight) -> str:
+def data_digest(data, weight) -> str:
     """What identifies the rows a run trains on: a digest of every byte of X, y
     and the weights; for a stream, of its file's size and 64 blocks spread
     over it (any change to a sampled block, the size or the targets is seen)."""

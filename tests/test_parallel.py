@@ -161,3 +161,43 @@ def test_the_same_command_trains_the_same_model_on_one_or_two_processes(tmp_path
     np.testing.assert_allclose(np.asarray(two.params.w), np.asarray(one.params.w), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(np.asarray(two.params.b), np.asarray(one.params.b), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(two.predict(X), one.predict(X), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ([["--lr", "0.01"], ["--lr", "0.02"]],
+         "process 1 was started with --lr 0.02, process 0 with --lr 0.01: start every process with the same settings."),
+        ([["--epochs", "5"], []], "process 1 was started with --epochs 200, process 0 with --epochs 5"),
+        ([[], ["--x64"]], "process 1 was started with --x64, process 0 with no --x64"),
+        ([["--data", "t.csv"], ["--data", "u.csv"]],
+         "process 1 read another table from --data than process 0 (its rows, targets or weights differ)"),
+    ],
+)  # fmt: skip
+def test_processes_started_with_different_settings_or_tables_are_refused(tmp_path, options, message):
+    # Different settings train different models, or wait forever for each
+    # other's steps (another number of epochs); every process says so and ends.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 2))
+    y = X @ [1.0, 2.0] + 1.0
+    for name, target in (("t.csv", y), ("u.csv", y + (np.arange(40) == 7))):  # one target differs
+        (tmp_path / name).write_text("a,b,y\n" + "".join(f"{a},{b},{t}\n" for (a, b), t in zip(X, target)))
+    coordinator = f"127.0.0.1:{_free_port()}"
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "jaxlr", "train", "--target", "y", "--no-cache", "--coordinator",
+                          coordinator, "--num-processes", "2", "--process-id", str(i),
+                          *(["--data", "t.csv"] if "--data" not in own else []), *own, "--save", "m.npz"],
+                         cwd=tmp_path, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        for i, own in enumerate(options)
+    ]
+    try:
+        outputs = [p.communicate(timeout=300) for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, (_, err) in zip(processes, outputs):
+        assert p.returncode == 2, err[-2000:]
+        assert err.strip().splitlines()[-1].startswith(f"jaxlr: error: {message}"), err[-2000:]
+    assert not (tmp_path / "m.npz").exists()
