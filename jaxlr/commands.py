@@ -49,15 +49,31 @@ def run(args):
     return {"train": _train, "solve": _solve, "predict": _predict}[args.command](args)
 
 
-def _configure_jax(args):
+@contextlib.contextmanager
+def _configured_jax(args):
+    """JAX as --x64 and --no-cache set it, for this command only: a command
+    run in a process that goes on (`jaxlr.cli.main` from Python) leaves that
+    process's JAX settings as it found them."""
     import jax
 
     from jaxlr import compilation_cache
 
-    if args.x64:
-        jax.config.update("jax_enable_x64", True)
-    if args.no_cache:  # importing jaxlr.train turned the cache on (see jaxlr.compilation_cache)
-        compilation_cache.use_compilation_cache(None)
+    names = ("jax_enable_x64", "jax_enable_compilation_cache", "jax_compilation_cache_dir")
+    before = {name: getattr(jax.config, name) for name in names}
+    try:
+        if args.x64:
+            jax.config.update("jax_enable_x64", True)
+        if args.no_cache:  # importing jaxlr.train turned the cache on (see jaxlr.compilation_cache)
+            compilation_cache.use_compilation_cache(None)
+        yield
+    finally:
+        changed = {name: value for name, value in before.items() if getattr(jax.config, name) != value}
+        for name, value in changed.items():
+            jax.config.update(name, value)
+        if changed.keys() - {"jax_enable_x64"}:
+            from jax.experimental.compilation_cache import compilation_cache as jax_cache
+
+            jax_cache.reset_cache()  # the next compile opens the cache as it was
 
 
 # ------------------------------------------------------------------ data
@@ -335,13 +351,19 @@ ADAPTIVE_TOL, ADAPTIVE_PATIENCE = 1e-3, 5
 def _train(args):
     # JAX and the training code load here (a second or more), while the table is read (see jaxlr.cli).
     with end_at_once():
-        import jax
+        import jaxlr.train  # noqa: F401
 
-        from jaxlr.callbacks import EarlyStopping, Progress
-        from jaxlr.losses import MARGIN_FRACTION, default_margin, margin_warning
-        from jaxlr.train import fit
+    with _configured_jax(args):
+        return _trained(args)
 
-    _configure_jax(args)
+
+def _trained(args):
+    import jax
+
+    from jaxlr.callbacks import EarlyStopping, Progress
+    from jaxlr.losses import MARGIN_FRACTION, default_margin, margin_warning
+    from jaxlr.train import fit
+
     _settle_defaults(args)
     _refuse_what_does_not_apply(args)
     if args.schedule == "optimal":

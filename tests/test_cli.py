@@ -405,3 +405,25 @@ def test_resuming_with_fewer_epochs_names_the_commands_option(tmp_path, capsys):
     assert cli.main([*whole, "--seed", "1", "--resume"]) == 2
     error = capsys.readouterr().err.splitlines()[-1]
     assert "only of a run with another --seed" in error and "`" not in error
+
+
+def test_a_command_run_from_python_leaves_the_processs_jax_settings_as_it_found_them(tmp_path):
+    # --x64 and --no-cache set JAX for the command only: a notebook or script
+    # that runs the command goes on in float32, with its compilation cache.
+    script = (
+        "import jax, jaxlr.train, json\n"
+        "from jaxlr import cli\n"
+        "before = [jax.config.jax_enable_x64, jax.config.jax_enable_compilation_cache,"
+        " jax.config.jax_compilation_cache_dir]\n"
+        "status = cli.main(['train', '--epochs', '1', '--x64', '--no-cache', '--quiet'])\n"
+        "after = [jax.config.jax_enable_x64, jax.config.jax_enable_compilation_cache,"
+        " jax.config.jax_compilation_cache_dir]\n"
+        "print(json.dumps([status, before, after, str(jax.numpy.ones(1).dtype)]))\n"
+    )
+    env = {**os.environ, "JAXLR_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    status, before, after, dtype = json.loads(done.stdout.strip().splitlines()[-1])
+    assert status == 0
+    assert before[0] is False and before[1] is True  # the cache is on by default
+    assert after == before and dtype == "float32"
