@@ -28,6 +28,8 @@ from jaxlr.persist import atomic_write
 FORMAT_VERSION = 4
 _NAME = re.compile(r"^checkpoint-([0-9a-f]{12})-(\d{8})\.npz$")
 _ANY = re.compile(r"^checkpoint-.*\.npz$")  # this format's or an older one's
+# What a write killed midway leaves (`atomic_write`'s temporary file).
+_PARTIAL = re.compile(r"^\.checkpoint-([0-9a-f]{12})-(\d{8})\.npz\.[^.]+\.tmp$")
 _KEEP = 2
 
 
@@ -79,6 +81,9 @@ def save(directory, checkpoint):
     atomic_write(path, lambda file: np.savez(file, **arrays))
     for old in _listed(directory, run)[_KEEP:]:
         old.unlink(missing_ok=True)
+    for partial in _partial(directory, run):  # writes a kill cut short, which this one supersedes
+        if int(_PARTIAL.match(partial.name).group(2)) <= checkpoint.epoch:
+            partial.unlink(missing_ok=True)
     return path
 
 
@@ -118,8 +123,9 @@ def describe(path) -> tuple:
 
 
 def discard(directory, run: str) -> None:
-    """Deletes `run`'s checkpoints from `directory` (and no other run's)."""
-    for path in _listed(Path(directory), run):
+    """Deletes `run`'s checkpoints from `directory` (and no other run's), and
+    what writes of them that were killed midway left."""
+    for path in [*_listed(Path(directory), run), *_partial(Path(directory), run)]:
         path.unlink(missing_ok=True)
 
 
@@ -131,6 +137,13 @@ def _listed(directory, run=None):
         return sorted((p for p in directory.iterdir() if _ANY.match(p.name)), key=lambda p: p.stat().st_mtime, reverse=True)
     found = [p for p in directory.iterdir() if (m := _NAME.match(p.name)) and m.group(1) == run]
     return sorted(found, key=lambda p: p.name, reverse=True)
+
+
+def _partial(directory, run):
+    """The temporary files of `run`'s writes that never finished, in `directory`."""
+    if not directory.is_dir():
+        return []
+    return [p for p in directory.iterdir() if (m := _PARTIAL.match(p.name)) and m.group(1) == run]
 
 
 def _load(path, state_like):

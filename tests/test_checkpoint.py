@@ -442,3 +442,25 @@ def test_a_checkpoint_written_before_the_state_recorded_its_average_start_resume
     whole = jaxlr.fit(X, y, epochs=4, key=jax.random.key(2), batch_size=8, average=average)
     np.testing.assert_array_equal(resumed.params.w, whole.params.w)
     assert int(resumed.state.average_start) == (average or 0)
+
+
+def test_what_a_write_killed_midway_leaves_is_removed_by_the_runs_next_save(tmp_path):
+    # A kill during a write leaves the write's temporary file (the checkpoints
+    # themselves stay whole). The run's next save, or a fresh start over it,
+    # removes those of its own that it supersedes, and no other run's.
+    X, y = _data()
+    jaxlr.fit(X, y, key=jax.random.key(2), epochs=2, checkpoint=tmp_path, checkpoint_every=1)
+    run = jaxlr.checkpoint.files(tmp_path)[0].name.split("-")[1]
+    left = {name: tmp_path / name for name in (
+        f".checkpoint-{run}-00000003.npz.k1lled.tmp",  # this run's, superseded by epoch 3's save
+        f".checkpoint-{run}-00000009.npz.ahead_.tmp",  # this run's, of an epoch not saved yet
+        ".checkpoint-0123456789ab-00000001.npz.other.tmp",  # another run's
+        ".model.npz.s0me0n.tmp",  # not a checkpoint's
+    )}  # fmt: skip
+    for path in left.values():
+        path.write_bytes(b"PK\x03\x04 torn")
+    jaxlr.fit(X, y, key=jax.random.key(2), epochs=3, checkpoint=tmp_path, checkpoint_every=1, resume=True)
+    kept = {name for name, path in left.items() if path.exists()}
+    assert kept == set(list(left)[1:])
+    jaxlr.fit(X, y, key=jax.random.key(2), epochs=1, checkpoint=tmp_path, overwrite=True)
+    assert {name for name, path in left.items() if path.exists()} == set(list(left)[2:])
