@@ -11,6 +11,7 @@ no JAX on a table (the lesson's synthetic data is drawn with it).
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import math
@@ -111,7 +112,12 @@ class _Split:
             if not 1 <= num_val < X.shape[0]:
                 if "val_fraction" not in args.defaulted:
                     raise DataError(f"--val-fraction {args.val_fraction} of {X.shape[0]} rows leaves an empty split.")
-            if num_val < MIN_VALIDATION_ROWS and "val_fraction" in args.defaulted:
+                if "early_stopping" not in args.defaulted:
+                    raise DataError(f"--early-stopping {args.early_stopping} judges a validation split, which the "
+                                    f"default --val-fraction {args.val_fraction} leaves empty in {X.shape[0]} rows: "
+                                    "give a larger --val-fraction, or leave --early-stopping out.")  # fmt: skip
+            # (Early stopping asked for by name keeps its split, however small.)
+            if num_val < MIN_VALIDATION_ROWS and "val_fraction" in args.defaulted and "early_stopping" in args.defaulted:
                 # A handful of held-out rows judges early stopping by noise: it
                 # would stop at the first epochs and blame the learning rate.
                 unsplit = (f"{X.shape[0]} rows are too few for the default validation split: a fraction of "
@@ -388,11 +394,18 @@ def _trained(args):
     else:
         # One process or many, the same split, scaling and start: every
         # process reads the whole table and makes the same choices.
-        table, is_seed_job = _load(args)
+        failure = None
+        try:
+            table, is_seed_job = _load(args)
+            read = None if mesh is None else _what_was_read(table)  # before the split, which may scale X in place
+            with _naming_columns(table):
+                split = _Split(table, args, split_words)
+        except _COMMAND_ERRORS as err:
+            if mesh is None:
+                raise
+            failure = err  # told to the other processes first, which would wait for this one forever
         if mesh is not None:
-            _same_rows_everywhere(table)
-        with _naming_columns(table):
-            split = _Split(table, args, split_words)
+            _agree_across_processes(args, None if failure else read, None if failure else split, failure)
         table = table._replace(X=None, y=None, weight=None)  # the split holds what training needs
         rows = split.placed(mesh, args.engine)
     if "batch_size" in args.defaulted:
@@ -517,28 +530,69 @@ def _scale_out(args):
     return parallel.data_mesh(jax.devices())
 
 
-# What each process may set its own way: where it finds the table (its rows
-# are compared once read), its output, and how it reaches process 0.
+# What each process may set its own way: where it finds the table, its
+# output, and how it reaches process 0. The columns are compared once read,
+# by what they hold (--target 3 and --target y may name the same one).
 _OWN_SETTINGS = {"data", "save", "quiet", "json", "no_cache", "plot", "coordinator", "process_id", "peer_timeout",
-                 "given", "defaulted", "read_ahead"}  # fmt: skip
-
-
-def _same_rows_everywhere(table):
-    """Refuses a run whose processes read different tables: each would train on rows the others do not know."""
-    from jaxlr import parallel
-    from jaxlr.train import data_digest
-
-    differing = parallel.differing_processes(data_digest((table.X, table.y), table.weight))
-    if differing:
-        raise DataError(
-            f"process{'es' * (len(differing) > 1)} {', '.join(map(str, differing))} read another table from --data than process 0 "
-            "(its rows, targets or weights differ): give every process the same table."
-        )
+                 "given", "defaulted", "read_ahead", "target", "features", "drop", "categorical", "max_categories"}  # fmt: skip
+_COMMAND_ERRORS = (cli.UsageError, DataError, ValueError, TypeError, OSError)  # what `cli.main` reports in a line
 
 
 def _shared_settings(args):
-    """The options every process of a run must share, as `--name: value`."""
-    return {f"--{name.replace('_', '-')}": value for name, value in vars(args).items() if name not in _OWN_SETTINGS}
+    """The options every process of a run must share, as `--name: value`; first, whether it reads a table."""
+    return {"--data": bool(args.data), **{f"--{name.replace('_', '-')}": value for name, value in vars(args).items()
+                                           if name not in _OWN_SETTINGS}}  # fmt: skip
+
+
+def _what_was_read(table):
+    """Digests of the table's numbers and of its columns' names, as 32 numbers."""
+    from jaxlr.train import data_digest
+
+    columns = json.dumps([list(table.feature_names), table.target_name]).encode()
+    return np.concatenate([np.frombuffer(bytes.fromhex(data_digest((table.X, table.y), table.weight)), np.uint8)[:16],
+                           np.frombuffer(hashlib.blake2b(columns, digest_size=16).digest(), np.uint8)])  # fmt: skip
+
+
+def _agree_across_processes(args, read, split, failure):
+    """Refuses, in every process alike, a run whose processes read different
+    tables or columns (`read`, from `_what_was_read`), or settled an option
+    by the table differently (one given --batch-size 32, one defaulting to
+    the table's rows); and tells the others when one failed to read or split
+    its table (raising its own error here), where they would otherwise wait
+    for it forever."""
+    from jaxlr import parallel
+
+    settled = ("--batch-size", "--val-fraction", "--early-stopping", "training rows")
+    if failure is not None:
+        mine = np.zeros(1 + 32 + len(settled))
+    else:
+        batch_size = min(args.batch_size, split.rows_trained) if "batch_size" in args.defaulted else args.batch_size
+        mine = np.concatenate([[1.0], read, [batch_size, args.val_fraction or 0.0, args.early_stopping or 0,
+                                             split.rows_trained]])  # fmt: skip
+    every = parallel.every_process(mine)
+    if failure is not None:
+        raise failure
+    failed = [i for i in range(len(every)) if every[i, 0] == 0]
+    if failed:
+        raise DataError(f"{_processes(failed)} stopped on an error reading or splitting --data (see its message).")
+    ours = every[0]
+    for i, theirs in enumerate(every[1:], start=1):
+        if not np.array_equal(theirs[17:33], ours[17:33]):
+            raise DataError(f"process {i} chose other columns than process 0 (its --target, --features, --drop, "
+                            "--categorical, --max-categories, or its table's header): give every process the same.")  # fmt: skip
+        if not np.array_equal(theirs[1:17], ours[1:17]):
+            raise DataError(f"process {i} read another table from --data than process 0 (its rows, targets or "
+                            "weights differ): give every process the same table.")  # fmt: skip
+        for name, their, our in zip(settled, theirs[33:], ours[33:]):
+            if their != our:
+                raise UsageError(
+                    f"process {i} settled {name} at {their:g}, process 0 at {our:g}: one was given it, the other "
+                    f"took its default for this table. Give {name} to every process, or to none."
+                )
+
+
+def _processes(ids):
+    return f"process{'es' * (len(ids) > 1)} {', '.join(map(str, ids))}"
 
 
 class _Whole:

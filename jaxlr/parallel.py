@@ -152,7 +152,7 @@ def meet(host, port, num_processes, process_id, timeout, settings=None):
     coordination service takes it.
     """
     deadline = time.monotonic() + timeout
-    settings = json.dumps(settings or {}, sort_keys=True)
+    settings = json.dumps(settings or {})  # in the caller's order: the first difference named is the first there
     if process_id == 0:
         _gather(port, num_processes, deadline, timeout, f"{host}:{port}", settings)
     else:
@@ -161,6 +161,7 @@ def meet(host, port, num_processes, process_id, timeout, settings=None):
 
 def _gather(port, num_processes, deadline, timeout, address, settings):
     arrived, settings_of, ours = {}, {}, json.loads(settings)
+    refusal = None
     with socket.create_server(("", port)) as server:
         try:
             while len(arrived) < num_processes - 1:
@@ -184,22 +185,25 @@ def _gather(port, num_processes, deadline, timeout, address, settings):
                     continue
                 count, who = int(words[1]), int(words[2])
                 if count != num_processes or who in arrived or not 0 < who < num_processes:
-                    peer.sendall(b"refused\n")
-                    peer.close()
-                    problem = "says --num-processes " + str(count) if count != num_processes else "came twice"
-                    raise ValueError(f"process {who} {problem}; process 0 runs {num_processes} processes.")
+                    problem = f"says --num-processes {count}" if count != num_processes else "came twice"
+                    refusal = f"process {who} {problem}; process 0 runs {num_processes} processes."
+                    arrived[-len(arrived) - 1] = peer  # told too, then let go
+                    break
                 arrived[who], settings_of[who] = peer, theirs
             missing = [i for i in range(1, num_processes) if i not in arrived]
-            differing = next((_differing(who, settings_of[who], ours) for who in sorted(arrived)
-                              if settings_of[who] != ours), None)  # fmt: skip
-            if differing:
-                word = f"refused {differing}\n".encode()
+            refusal = refusal or next((_differing(who, settings_of[who], ours) for who in sorted(settings_of)
+                                       if _written(settings_of[who]) != _written(ours)), None)  # fmt: skip
+            if refusal:
+                word = f"refused {refusal}\n".encode()
             elif missing:
                 word = ("missing " + ",".join(map(str, missing)) + "\n").encode()
             else:
                 word = b"go\n"
             for peer in arrived.values():
-                peer.sendall(word)
+                try:
+                    peer.sendall(word)
+                except OSError:
+                    pass
             for peer in arrived.values():  # they hang up first: the port is free at once
                 peer.settimeout(5.0)
                 try:
@@ -209,8 +213,8 @@ def _gather(port, num_processes, deadline, timeout, address, settings):
         finally:
             for peer in arrived.values():
                 peer.close()
-    if differing:
-        raise ValueError(differing)
+    if refusal:
+        raise ValueError(refusal)
     if missing:
         raise TimeoutError(
             f"process(es) {_names(missing)} of {num_processes} did not join the run at {address} within "
@@ -219,22 +223,31 @@ def _gather(port, num_processes, deadline, timeout, address, settings):
         )
 
 
+def _written(settings):
+    """Settings as JSON writes them: 1 and True, or None and a missing name, differ."""
+    return {name: json.dumps(value) for name, value in settings.items()}
+
+
 def _differing(who, theirs, ours):
-    """What tells process `who`'s settings from process 0's: the first that differs."""
-    name = next(name for name in sorted(theirs.keys() | ours.keys()) if theirs.get(name) != ours.get(name))
-    return (f"process {who} was started with {_setting(name, theirs)}, process 0 with {_setting(name, ours)}: "
+    """What tells process `who`'s settings from process 0's: the first that
+    differs, in process 0's order (then the names only process `who` has)."""
+    names = [*ours, *(name for name in theirs if name not in ours)]
+    mine, others = _written(ours), _written(theirs)
+    name = next(name for name in names if mine.get(name) != others.get(name))
+    return (f"process {who} was started {_setting(name, theirs)}, process 0 {_setting(name, ours)}: "
             "start every process with the same settings.")  # fmt: skip
 
 
 def _setting(name, settings):
-    if name not in settings:
-        return f"no {name}"
-    value = settings[name]
-    if isinstance(value, bool):
-        return name if value else f"no {name}"
+    """A setting as a command line says it: "with --lr 0.01", "with --x64", "without --x64"."""
+    value = settings.get(name)
+    if value is None or value is False:
+        return f"without {name}"
+    if value is True:
+        return f"with {name}"
     if isinstance(value, list):
         value = ",".join(map(str, value))
-    return f"{name} {value}"
+    return f"with {name} {value}"
 
 
 def _report_to(host, port, num_processes, process_id, deadline, timeout, settings):
@@ -271,13 +284,11 @@ def _report_to(host, port, num_processes, process_id, deadline, timeout, setting
     raise ValueError(f"process 0 at {address} refused process {process_id} or went away; see its error.")
 
 
-def differing_processes(digest):
-    """The processes whose `digest` (hex text of a fixed length) is not process 0's; every process learns the same."""
+def every_process(values):
+    """Every process's `values` (a 1-D float64 array of the same length in each), as rows in process order."""
     from jax.experimental import multihost_utils
 
-    words = np.frombuffer(bytes.fromhex(digest), np.uint8)
-    every = np.asarray(multihost_utils.process_allgather(words))
-    return [i for i in range(1, every.shape[0]) if not np.array_equal(every[i], every[0])]
+    return np.asarray(multihost_utils.process_allgather(np.asarray(values, np.float64)))
 
 
 def _names(ids):

@@ -164,29 +164,39 @@ def test_the_same_command_trains_the_same_model_on_one_or_two_processes(tmp_path
 
 
 @pytest.mark.parametrize(
-    "options, message",
+    "options, messages",
     [
         ([["--lr", "0.01"], ["--lr", "0.02"]],
-         "process 1 was started with --lr 0.02, process 0 with --lr 0.01: start every process with the same settings."),
-        ([["--epochs", "5"], []], "process 1 was started with --epochs 200, process 0 with --epochs 5"),
-        ([[], ["--x64"]], "process 1 was started with --x64, process 0 with no --x64"),
+         ["process 1 was started with --lr 0.02, process 0 with --lr 0.01: start every process with the same settings."]),
+        ([["--epochs", "5"], []], ["process 1 was started with --epochs 2, process 0 with --epochs 5"]),
+        ([[], ["--x64"]], ["process 1 was started with --x64, process 0 without --x64"]),
         ([["--data", "t.csv"], ["--data", "u.csv"]],
-         "process 1 read another table from --data than process 0 (its rows, targets or weights differ)"),
+         ["process 1 read another table from --data than process 0 (its rows, targets or weights differ)"]),
+        ([[], ["--features", "b,a"]], ["process 1 chose other columns than process 0"]),
+        # 30 rows: the default batch is all of them, which one process gives by hand as 32.
+        ([["--data", "s.csv", "--batch-size", "32"], ["--data", "s.csv"]],
+         ["process 1 settled --batch-size at 30, process 0 at 32: one was given it"]),
+        ([[], ["--data", "nosuch.csv"]],
+         ["process 1 stopped on an error reading or splitting --data", "--data file 'nosuch.csv' does not exist."]),
+        ([["--data", "t.csv"], ["--target", "y"]], ["process 1 was started without --data, process 0 with --data"]),
+        # The same meaning, said otherwise: trained alike, and both end well.
+        ([["--target", "2", "--lr", "0.01"], ["--lr", "1e-2"]], [None]),
     ],
 )  # fmt: skip
-def test_processes_started_with_different_settings_or_tables_are_refused(tmp_path, options, message):
+def test_processes_started_with_different_settings_or_tables_are_refused(tmp_path, options, messages):
     # Different settings train different models, or wait forever for each
     # other's steps (another number of epochs); every process says so and ends.
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(40, 2))
+    X = rng.normal(size=(400, 2))
     y = X @ [1.0, 2.0] + 1.0
-    for name, target in (("t.csv", y), ("u.csv", y + (np.arange(40) == 7))):  # one target differs
-        (tmp_path / name).write_text("a,b,y\n" + "".join(f"{a},{b},{t}\n" for (a, b), t in zip(X, target)))
+    for name, target, rows in (("t.csv", y, 400), ("u.csv", y + (np.arange(400) == 7), 400), ("s.csv", y, 30)):
+        (tmp_path / name).write_text("a,b,y\n" + "".join(f"{a},{b},{t}\n" for (a, b), t in zip(X[:rows], target)))
     coordinator = f"127.0.0.1:{_free_port()}"
     processes = [
-        subprocess.Popen([sys.executable, "-m", "jaxlr", "train", "--target", "y", "--no-cache", "--coordinator",
+        subprocess.Popen([sys.executable, "-m", "jaxlr", "train", "--no-cache", "--epochs", "2", "--coordinator",
                           coordinator, "--num-processes", "2", "--process-id", str(i),
-                          *(["--data", "t.csv"] if "--data" not in own else []), *own, "--save", "m.npz"],
+                          *(["--data", "t.csv"] if "--data" not in own and own[-2:] != ["--target", "y"] else []),
+                          *(["--target", "y"] if "--target" not in own else []), *own, "--save", "m.npz"],
                          cwd=tmp_path, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
         for i, own in enumerate(options)
     ]
@@ -197,7 +207,22 @@ def test_processes_started_with_different_settings_or_tables_are_refused(tmp_pat
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    for p, (_, err) in zip(processes, outputs):
+    for i, (p, (_, err)) in enumerate(zip(processes, outputs)):
+        message = messages[min(i, len(messages) - 1)]
+        if message is None:
+            assert p.returncode == 0, err[-2000:]
+            continue
         assert p.returncode == 2, err[-2000:]
         assert err.strip().splitlines()[-1].startswith(f"jaxlr: error: {message}"), err[-2000:]
-    assert not (tmp_path / "m.npz").exists()
+    assert (tmp_path / "m.npz").exists() == (messages == [None])
+
+
+def test_what_process_0_names_as_differing_is_what_json_tells_apart():
+    from jaxlr.parallel import _differing, _written
+
+    assert _written({"a": 1}) != _written({"a": True}) and _written({"a": None}) != _written({})
+    assert _differing(1, {"a": True}, {"a": 1}) == ("process 1 was started with a, process 0 with a 1: "
+                                                     "start every process with the same settings.")  # fmt: skip
+    assert _differing(2, {}, {"a": 0}).startswith("process 2 was started without a, process 0 with a 0")
+    # In process 0's order: its first option that differs is named first.
+    assert _differing(1, {"z": 1, "b": 2}, {"z": 0, "b": 3}).startswith("process 1 was started with z 1,")
