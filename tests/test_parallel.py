@@ -90,6 +90,20 @@ def test_eight_devices_take_the_same_steps_as_one():
     assert out["error"] == "`batch_size` (=12) must be divisible by the number of devices (=8)."
 
 
+def _run_together(commands, *, timeout=600, **popen):
+    """Runs the commands side by side; their exit statuses and (stdout, stderr). None is left running."""
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+                 for command in commands]  # fmt: skip
+    try:
+        outputs = [p.communicate(timeout=timeout) for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return [p.returncode for p in processes], outputs
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -98,20 +112,10 @@ def _free_port():
 
 def test_two_processes_train_the_model_one_process_would():
     coordinator = f"127.0.0.1:{_free_port()}"
-    processes = [
-        subprocess.Popen([sys.executable, "-c", MULTI_PROCESS, coordinator, str(i)], env=_env(2),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-        for i in range(2)
-    ]
-    try:
-        outputs = [p.communicate(timeout=600) for p in processes]
-    finally:
-        for p in processes:  # never leave a process behind
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, (out, err) in zip(processes, outputs):
-        assert p.returncode == 0, err[-3000:]
+    statuses, outputs = _run_together([[sys.executable, "-c", MULTI_PROCESS, coordinator, str(i)] for i in range(2)],
+                                      env=_env(2))  # fmt: skip
+    for status, (out, err) in zip(statuses, outputs):
+        assert status == 0, err[-3000:]
     results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
     assert [r["rows"] for r in results] == [[0, 500], [500, 1000]]
     X, y = jaxlr.synthetic_data(jax.random.key(0), num_examples=1000)
@@ -139,20 +143,10 @@ def test_the_same_command_trains_the_same_model_on_one_or_two_processes(tmp_path
                            text=True, timeout=600)  # fmt: skip
     assert alone.returncode == 0, alone.stderr
     coordinator = f"127.0.0.1:{_free_port()}"
-    processes = [
-        subprocess.Popen([sys.executable, *common, "--coordinator", coordinator, "--num-processes", "2",
-                          "--process-id", str(i), "--save", "m.npz"], cwd=tmp_path, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-        for i in range(2)
-    ]
-    try:
-        outputs = [p.communicate(timeout=600) for p in processes]
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert [p.returncode for p in processes] == [0, 0], [err[-2000:] for _, err in outputs]
+    statuses, outputs = _run_together([
+        [sys.executable, *common, "--coordinator", coordinator, "--num-processes", "2", "--process-id", str(i),
+         "--save", "m.npz"] for i in range(2)], cwd=tmp_path, env=env)  # fmt: skip
+    assert statuses == [0, 0], [err[-2000:] for _, err in outputs]
     assert "jaxlr: note: " in outputs[0][1] and "jaxlr: note: " in alone.stderr
     assert outputs[1][0] == "" and "jaxlr:" not in outputs[1][1]  # process 1 trains but stays quiet
     report, alone_report = json.loads(outputs[0][0]), json.loads(alone.stdout)
@@ -192,27 +186,18 @@ def test_processes_started_with_different_settings_or_tables_are_refused(tmp_pat
     for name, target, rows in (("t.csv", y, 400), ("u.csv", y + (np.arange(400) == 7), 400), ("s.csv", y, 30)):
         (tmp_path / name).write_text("a,b,y\n" + "".join(f"{a},{b},{t}\n" for (a, b), t in zip(X[:rows], target)))
     coordinator = f"127.0.0.1:{_free_port()}"
-    processes = [
-        subprocess.Popen([sys.executable, "-m", "jaxlr", "train", "--no-cache", "--epochs", "2", "--coordinator",
-                          coordinator, "--num-processes", "2", "--process-id", str(i),
-                          *(["--data", "t.csv"] if "--data" not in own and own[-2:] != ["--target", "y"] else []),
-                          *(["--target", "y"] if "--target" not in own else []), *own, "--save", "m.npz"],
-                         cwd=tmp_path, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-        for i, own in enumerate(options)
-    ]
-    try:
-        outputs = [p.communicate(timeout=300) for p in processes]
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for i, (p, (_, err)) in enumerate(zip(processes, outputs)):
+    statuses, outputs = _run_together([
+        [sys.executable, "-m", "jaxlr", "train", "--no-cache", "--epochs", "2", "--coordinator", coordinator,
+         "--num-processes", "2", "--process-id", str(i),
+         *(["--data", "t.csv"] if "--data" not in own and own[-2:] != ["--target", "y"] else []),
+         *(["--target", "y"] if "--target" not in own else []), *own, "--save", "m.npz"]
+        for i, own in enumerate(options)], timeout=300, cwd=tmp_path, env=_env(1))  # fmt: skip
+    for i, (status, (_, err)) in enumerate(zip(statuses, outputs)):
         message = messages[min(i, len(messages) - 1)]
         if message is None:
-            assert p.returncode == 0, err[-2000:]
+            assert status == 0, err[-2000:]
             continue
-        assert p.returncode == 2, err[-2000:]
+        assert status == 2, err[-2000:]
         assert err.strip().splitlines()[-1].startswith(f"jaxlr: error: {message}"), err[-2000:]
     assert (tmp_path / "m.npz").exists() == (messages == [None])
 
