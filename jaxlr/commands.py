@@ -435,7 +435,11 @@ def _trained(args):
             # The adaptive rate is cut by fit's own rule on the training loss, with scikit-learn's defaults.
             **(dict(tol=ADAPTIVE_TOL, n_iter_no_change=ADAPTIVE_PATIENCE) if args.schedule == "adaptive" else {}),
             verbose=show_lines and is_seed_job,
-            callback=[stopper, bar if bar.bar is not None else None, lines],
+            # Across processes, every process runs one program per epoch: a
+            # callback sets that, and process 0's (its progress lines, its bar
+            # in a terminal) are not the others'. Programs that differ wait
+            # for each other's collectives forever.
+            callback=[stopper, bar if bar.bar is not None else None, lines, None if mesh is None else _each_epoch],
             checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, overwrite=args.overwrite,
             resume="if_present" if args.resume_if_present else args.resume, devices=mesh,
             init=None if is_seed_job else split.start,
@@ -481,6 +485,11 @@ def _trained(args):
         if margin:
             _warn(margin)
     return 0
+
+
+def _each_epoch(epoch, result):
+    """A callback that does nothing (but make `fit` run one epoch per program)."""
+    return False
 
 
 class _EpochLines:

@@ -175,6 +175,8 @@ def test_the_same_command_trains_the_same_model_on_one_or_two_processes(tmp_path
         ([["--data", "t.csv"], ["--target", "y"]], ["process 1 was started without --data, process 0 with --data"]),
         # The same meaning, said otherwise: trained alike, and both end well.
         ([["--target", "2", "--lr", "0.01"], ["--lr", "1e-2"]], [None]),
+        # Without early stopping, only process 0 prints progress lines: its programs must still be the others'.
+        ([["--val-fraction", "0"], ["--val-fraction", "0"]], [None]),
     ],
 )  # fmt: skip
 def test_processes_started_with_different_settings_or_tables_are_refused(tmp_path, options, messages):
