@@ -14,6 +14,7 @@ only ever deletes its own files: several runs can share a directory.
 import hashlib
 import json
 import re
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -29,7 +30,7 @@ FORMAT_VERSION = 4
 _NAME = re.compile(r"^checkpoint-([0-9a-f]{12})-(\d{8})\.npz$")
 _ANY = re.compile(r"^checkpoint-.*\.npz$")  # this format's or an older one's
 # What a write killed midway leaves (`atomic_write`'s temporary file).
-_PARTIAL = re.compile(r"^\.checkpoint-([0-9a-f]{12})-(\d{8})\.npz\.[^.]+\.tmp$")
+_PARTIAL = re.compile(r"\.checkpoint-([0-9a-f]{12})-([0-9]{8})\.npz\.[^.]+\.tmp")  # (whole names: fullmatch)
 _KEEP = 2
 
 
@@ -82,7 +83,7 @@ def save(directory, checkpoint):
     for old in _listed(directory, run)[_KEEP:]:
         old.unlink(missing_ok=True)
     for partial in _partial(directory, run):  # writes a kill cut short, which this one supersedes
-        if int(_PARTIAL.match(partial.name).group(2)) <= checkpoint.epoch:
+        if int(_PARTIAL.fullmatch(partial.name).group(2)) <= checkpoint.epoch:
             partial.unlink(missing_ok=True)
     return path
 
@@ -140,10 +141,23 @@ def _listed(directory, run=None):
 
 
 def _partial(directory, run):
-    """The temporary files of `run`'s writes that never finished, in `directory`."""
+    """The temporary files of `run`'s writes that never finished, in
+    `directory`: those untouched for `PARTIAL_SECONDS` (a write still going
+    on, of another process on the same run, is left to finish)."""
     if not directory.is_dir():
         return []
-    return [p for p in directory.iterdir() if (m := _PARTIAL.match(p.name)) and m.group(1) == run]
+    found = []
+    for path in directory.iterdir():
+        if (m := _PARTIAL.fullmatch(path.name)) and m.group(1) == run:
+            try:
+                if time.time() - path.stat().st_mtime > PARTIAL_SECONDS:
+                    found.append(path)
+            except OSError:  # renamed or removed by its writer meanwhile
+                pass
+    return found
+
+
+PARTIAL_SECONDS = 60.0
 
 
 def _load(path, state_like):

@@ -59,19 +59,20 @@ def _configured_jax(args):
 
     from jaxlr import compilation_cache
 
-    names = ("jax_enable_x64", "jax_enable_compilation_cache", "jax_compilation_cache_dir")
+    names = ("jax_enable_compilation_cache", "jax_compilation_cache_dir")
     before = {name: getattr(jax.config, name) for name in names}
     try:
-        if args.x64:
-            jax.config.update("jax_enable_x64", True)
-        if args.no_cache:  # importing jaxlr.train turned the cache on (see jaxlr.compilation_cache)
-            compilation_cache.use_compilation_cache(None)
-        yield
+        # float64 in this thread, for the command: the process's own setting
+        # (or a `jax.enable_x64` block around the call) stays as it was.
+        with jax.enable_x64(True) if args.x64 else contextlib.nullcontext():
+            if args.no_cache:  # importing jaxlr.train turned the cache on (see jaxlr.compilation_cache)
+                compilation_cache.use_compilation_cache(None)
+            yield
     finally:
         changed = {name: value for name, value in before.items() if getattr(jax.config, name) != value}
         for name, value in changed.items():
             jax.config.update(name, value)
-        if changed.keys() - {"jax_enable_x64"}:
+        if changed:
             from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
             jax_cache.reset_cache()  # the next compile opens the cache as it was
@@ -109,15 +110,16 @@ class _Split:
             from jaxlr.callbacks import MIN_VALIDATION_ROWS, validation_rows
 
             num_val = validation_rows(X.shape[0], args.val_fraction)
+            # Early stopping asked for by name keeps its split, however small.
+            asked = "early_stopping" not in args.defaulted and getattr(args, "early_stopping", 0) > 0  # (solve has none)
             if not 1 <= num_val < X.shape[0]:
                 if "val_fraction" not in args.defaulted:
                     raise DataError(f"--val-fraction {args.val_fraction} of {X.shape[0]} rows leaves an empty split.")
-                if "early_stopping" not in args.defaulted:
+                if asked:
                     raise DataError(f"--early-stopping {args.early_stopping} judges a validation split, which the "
                                     f"default --val-fraction {args.val_fraction} leaves empty in {X.shape[0]} rows: "
                                     "give a larger --val-fraction, or leave --early-stopping out.")  # fmt: skip
-            # (Early stopping asked for by name keeps its split, however small.)
-            if num_val < MIN_VALIDATION_ROWS and "val_fraction" in args.defaulted and "early_stopping" in args.defaulted:
+            if num_val < MIN_VALIDATION_ROWS and "val_fraction" in args.defaulted and not asked:
                 # A handful of held-out rows judges early stopping by noise: it
                 # would stop at the first epochs and blame the learning rate.
                 unsplit = (f"{X.shape[0]} rows are too few for the default validation split: a fraction of "
@@ -125,7 +127,7 @@ class _Split:
                            f"judge early stopping; training on all of them for {args.epochs} epochs, without early "
                            "stopping (--val-fraction F holds out a split all the same).")  # fmt: skip
                 args.val_fraction = 0.0
-                if "early_stopping" in args.defaulted:
+                if hasattr(args, "early_stopping"):
                     args.early_stopping = 0
         kept = None
         if args.val_fraction:

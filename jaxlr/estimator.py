@@ -424,8 +424,8 @@ class SGDRegressor(RegressorMixin, BaseEstimator):
         key = np.array([0, seed], np.uint32)  # jax.random.key(seed)'s words, without its dispatch
         try:
             result = fit(
-                # `fit` casts a float64 table once, 64-byte aligned, which JAX
-                # then uses in place on a CPU, and refuses values beyond float32.
+                # `fit` casts a float64 table once (a large one 64-byte aligned,
+                # which JAX then uses in place on a CPU), and refuses values beyond float32.
                 X, targets, key=key, epochs=epochs,
                 # (scikit-learn's 'optimal' rates come from alpha, without eta0)
                 lr=None if self.learning_rate == "optimal" else self.eta0, batch_size=min(self.batch_size, n),

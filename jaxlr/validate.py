@@ -307,7 +307,7 @@ def _small_pair(X, y):
     if not (n and d and y.shape[0] == n and y.size) or training_dtype(y.dtype) != dtype:
         return None
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow shows in the sums: the general path names it
-        X, y = X.astype(dtype), y.astype(dtype).reshape(n, -1)
+        X, y = X.astype(dtype, order="C"), y.astype(dtype, order="C").reshape(n, -1)
         if not (np.isfinite(np.sum(X)) and np.isfinite(np.sum(y))):
             return None
     return X, y

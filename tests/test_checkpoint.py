@@ -1,6 +1,7 @@
 """Checkpoints survive kill -9, and a resumed run ends exactly where an uninterrupted one does."""
 
 import functools
+import os
 import signal
 import subprocess
 import sys
@@ -456,9 +457,13 @@ def test_what_a_write_killed_midway_leaves_is_removed_by_the_runs_next_save(tmp_
         f".checkpoint-{run}-00000009.npz.ahead_.tmp",  # this run's, of an epoch not saved yet
         ".checkpoint-0123456789ab-00000001.npz.other.tmp",  # another run's
         ".model.npz.s0me0n.tmp",  # not a checkpoint's
+        f".checkpoint-{run}-00000001.npz.k1lled.tmp\n",  # a user's, whose name only looks like one
+        f".checkpoint-{run}-00000002.npz.wr1ting.tmp",  # this run's, still being written by another process
     )}  # fmt: skip
     for path in left.values():
         path.write_bytes(b"PK\x03\x04 torn")
+        if "wr1ting" not in path.name:  # left by writes long dead
+            os.utime(path, (time.time() - 2 * jaxlr.checkpoint.PARTIAL_SECONDS,) * 2)
     jaxlr.fit(X, y, key=jax.random.key(2), epochs=3, checkpoint=tmp_path, checkpoint_every=1, resume=True)
     kept = {name for name, path in left.items() if path.exists()}
     assert kept == set(list(left)[1:])

@@ -413,17 +413,35 @@ def test_a_command_run_from_python_leaves_the_processs_jax_settings_as_it_found_
     script = (
         "import jax, jaxlr.train, json\n"
         "from jaxlr import cli\n"
-        "before = [jax.config.jax_enable_x64, jax.config.jax_enable_compilation_cache,"
+        "seen, fit = [], jaxlr.train.fit\n"
+        "jaxlr.train.fit = lambda *a, **k: (seen.append(jax.config.jax_enable_x64), fit(*a, **k))[1]\n"
+        "settings = lambda: [jax.config.jax_enable_x64, jax.config.jax_enable_compilation_cache,"
         " jax.config.jax_compilation_cache_dir]\n"
+        "before = settings()\n"
         "status = cli.main(['train', '--epochs', '1', '--x64', '--no-cache', '--quiet'])\n"
-        "after = [jax.config.jax_enable_x64, jax.config.jax_enable_compilation_cache,"
-        " jax.config.jax_compilation_cache_dir]\n"
-        "print(json.dumps([status, before, after, str(jax.numpy.ones(1).dtype)]))\n"
+        "after = settings()\n"
+        "with jax.enable_x64(False):\n"  # a block of the caller's own: --x64 still holds in the command
+        "    status = status or cli.main(['train', '--epochs', '1', '--x64', '--quiet'])\n"
+        "print(json.dumps([status, before, after, settings(), str(jax.numpy.ones(1).dtype), seen]))\n"
     )
     env = {**os.environ, "JAXLR_CACHE_DIR": str(tmp_path / "cache")}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
-    status, before, after, dtype = json.loads(done.stdout.strip().splitlines()[-1])
-    assert status == 0
+    status, before, after, at_end, dtype, seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert status == 0 and seen == [True, True]  # each command trained in float64
     assert before[0] is False and before[1] is True  # the cache is on by default
-    assert after == before and dtype == "float32"
+    assert after == at_end == before and dtype == "float32"
+
+
+@pytest.mark.parametrize("option, held_out", [([], 0), (["--early-stopping", "0"], 0), (["--early-stopping", "3"], 2)])
+def test_early_stopping_asked_for_on_a_small_table_keeps_its_validation_split(tmp_path, capsys, option, held_out):
+    # 14 rows are too few for the default split, which is then dropped with a
+    # note; early stopping asked for by name (3 epochs of patience) keeps it,
+    # where it failed in a matmul. Never stopping (0) is the default's way.
+    rows = "".join(f"{i},{2 * i + 1}\n" for i in range(14))
+    (tmp_path / "t.csv").write_text("x,y\n" + rows)
+    status = cli.main(["train", "--data", str(tmp_path / "t.csv"), "--target", "y", "--epochs", "3", "--json",
+                       "--no-cache", *option])  # fmt: skip
+    assert status == 0, capsys.readouterr().err
+    report = json.loads(capsys.readouterr().out)
+    assert report.get("val_rows", 0) == held_out and report["rows"] == 14

@@ -130,3 +130,33 @@ def test_settings_a_run_would_ignore_are_refused_by_name():
         jaxlr.fit(X, y, key=key, epochs=1, chunk_bytes=10)
     with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="give `devices` .* or the old `device`"):
         jaxlr.fit(X, y, key=key, epochs=1, device=jax.devices()[0], devices=1)
+
+
+@pytest.mark.parametrize("case", ["plain", "fortran", "strided", "big-endian", "float16", "float32", "mixed",
+                                  "y column", "y outputs", "nan in y", "inf in X", "beyond float32"])  # fmt: skip
+def test_a_small_table_is_cast_and_checked_as_the_general_path_does(case):
+    from jaxlr import validate
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(6, 4)), rng.normal(size=6)
+    X, y = {
+        "plain": (X, y), "fortran": (np.asfortranarray(X), y), "strided": (X[:, ::2], y),
+        "big-endian": (X.astype(">f8"), y.astype(">f8")), "float16": (X.astype(np.float16), y),
+        "float32": (X.astype(np.float32), y.astype(np.float32)), "mixed": (X.astype(np.float32), y),
+        "y column": (X, y[:, None]), "y outputs": (X, np.c_[y, 2 * y]), "nan in y": (X, np.r_[y[:5], np.nan]),
+        "inf in X": (np.where(X > 1, np.inf, X), y), "beyond float32": (X * 1e39, y),
+    }[case]  # fmt: skip
+    general, small = [], []
+    for out, check in ((general, lambda: validate._checked_pair(X, y, validate.as_array)),
+                       (small, lambda: validate.training_arrays(X, y))):  # fmt: skip
+        try:
+            out.extend(check())
+        except ValueError as err:
+            out.append(str(err))
+    assert len(small) == len(general)
+    for a, b in zip(small, general):
+        if isinstance(b, str):
+            assert a == b
+        else:
+            assert a.dtype == b.dtype and a.shape == b.shape and a.flags.c_contiguous
+            np.testing.assert_array_equal(a, b)
