@@ -437,11 +437,7 @@ def _trained(args):
             # The adaptive rate is cut by fit's own rule on the training loss, with scikit-learn's defaults.
             **(dict(tol=ADAPTIVE_TOL, n_iter_no_change=ADAPTIVE_PATIENCE) if args.schedule == "adaptive" else {}),
             verbose=show_lines and is_seed_job,
-            # Across processes, every process runs one program per epoch: a
-            # callback sets that, and process 0's (its progress lines, its bar
-            # in a terminal) are not the others'. Programs that differ wait
-            # for each other's collectives forever.
-            callback=[stopper, bar if bar.bar is not None else None, lines, None if mesh is None else _each_epoch],
+            callback=[stopper, bar if bar.bar is not None else None, lines],
             checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, overwrite=args.overwrite,
             resume="if_present" if args.resume_if_present else args.resume, devices=mesh,
             init=None if is_seed_job else split.start,
@@ -487,11 +483,6 @@ def _trained(args):
         if margin:
             _warn(margin)
     return 0
-
-
-def _each_epoch(epoch, result):
-    """A callback that does nothing (but make `fit` run one epoch per program)."""
-    return False
 
 
 class _EpochLines:
@@ -556,7 +547,7 @@ def _shared_settings(args):
 
 
 def _what_was_read(table):
-    """Digests of the table's numbers and of its columns' names, as 32 numbers."""
+    """Digests of the table's numbers and of its columns' names, as 16 numbers each (bytes), one after the other."""
     from jaxlr.train import data_digest
 
     columns = json.dumps([list(table.feature_names), table.target_name]).encode()
@@ -573,9 +564,12 @@ def _agree_across_processes(args, read, split, failure):
     for it forever."""
     from jaxlr import parallel
 
-    settled = ("--batch-size", "--val-fraction", "--early-stopping", "training rows")
+    # What each process tells the others, in this order: whether it read its
+    # table (1) or failed (0), the table's digest, the columns', what it settled.
+    table, columns, settled = slice(1, 17), slice(17, 33), ("--batch-size", "--val-fraction", "--early-stopping",
+                                                            "training rows")  # fmt: skip
     if failure is not None:
-        mine = np.zeros(1 + 32 + len(settled))
+        mine = np.zeros(columns.stop + len(settled))
     else:
         batch_size = min(args.batch_size, split.rows_trained) if "batch_size" in args.defaulted else args.batch_size
         mine = np.concatenate([[1.0], read, [batch_size, args.val_fraction or 0.0, args.early_stopping or 0,
@@ -588,13 +582,13 @@ def _agree_across_processes(args, read, split, failure):
         raise DataError(f"{_processes(failed)} stopped on an error reading or splitting --data (see its message).")
     ours = every[0]
     for i, theirs in enumerate(every[1:], start=1):
-        if not np.array_equal(theirs[17:33], ours[17:33]):
+        if not np.array_equal(theirs[columns], ours[columns]):
             raise DataError(f"process {i} chose other columns than process 0 (its --target, --features, --drop, "
                             "--categorical, --max-categories, or its table's header): give every process the same.")  # fmt: skip
-        if not np.array_equal(theirs[1:17], ours[1:17]):
+        if not np.array_equal(theirs[table], ours[table]):
             raise DataError(f"process {i} read another table from --data than process 0 (its rows, targets or "
                             "weights differ): give every process the same table.")  # fmt: skip
-        for name, their, our in zip(settled, theirs[33:], ours[33:]):
+        for name, their, our in zip(settled, theirs[columns.stop :], ours[columns.stop :]):
             if their != our:
                 raise UsageError(
                     f"process {i} settled {name} at {their:g}, process 0 at {our:g}: one was given it, the other "

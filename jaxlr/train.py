@@ -266,7 +266,7 @@ def fit(
         callback: a function ``callback(epoch, result) -> bool`` or a list of
             them, called after each epoch with that epoch's FitResult;
             returning True stops training. The fused engine then runs one
-            epoch per program.
+            epoch per program (as it always does across processes).
         checkpoint: a directory to save the run in, atomically, keeping its
             previous checkpoint. A directory that already holds checkpoints
             is refused unless `resume` or `overwrite` says what to do with them.
@@ -440,7 +440,12 @@ def _prepare(  # fmt: skip
     epochs = max(0, end_epoch - initial_epoch)
     epochs, capped = _check_counts(n, initial_step, -(-n // batch_size), epochs, stops=spec.stops)
 
-    per_call = None if callback is None else 1
+    # Across processes every process runs one epoch per program: the programs
+    # of all processes must match, and callbacks are each process's own (a
+    # progress line on process 0 only); ones that differ would wait for each
+    # other's collectives forever.
+    across_processes = mesh is not None and jax.process_count() > 1
+    per_call = None if callback is None and not across_processes else 1
     if saving is not None:
         per_call = per_call or saving.every or "auto"
         saving.directory.mkdir(parents=True, exist_ok=True)
